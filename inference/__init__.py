@@ -1,0 +1,1 @@
+"""xscreen inference package."""

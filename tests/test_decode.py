@@ -1,0 +1,116 @@
+"""vision.decode: formats and depths it reads, and every refusal with its typed error."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from vision.decode import (
+    EmptyInputError,
+    NotAnImageError,
+    TooManyPixelsError,
+    TruncatedImageError,
+    decode,
+    decode_dual_energy,
+    encode_png,
+)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", arr)
+    assert ok
+    return buf.tobytes()
+
+
+def test_png_8bit_grey_and_colour():
+    grey = np.arange(12 * 7, dtype=np.uint8).reshape(12, 7)
+    s = decode(_png(grey))
+    assert (s.bit_depth, s.layout, s.format, s.width, s.height) == (8, "grey", "PNG", 7, 12)
+    assert np.array_equal(s.pixels, grey)
+    rgb = np.zeros((5, 6, 3), np.uint8)
+    rgb[..., 0] = 200  # red channel
+    s = decode(encode_png(rgb))
+    assert s.layout == "rgb" and s.pixels[0, 0].tolist() == [200, 0, 0]
+
+
+def test_png_16bit_keeps_values():
+    arr = (np.arange(40 * 30, dtype=np.uint32) * 50 % 65536).astype(np.uint16).reshape(40, 30)
+    s = decode(_png(arr))
+    assert s.bit_depth == 16 and s.pixels.dtype == np.uint16 and np.array_equal(s.pixels, arr)
+
+
+def test_tiff_16bit():
+    arr = np.full((20, 10), 51234, np.uint16)
+    ok, buf = cv2.imencode(".tiff", arr)
+    s = decode(buf.tobytes())
+    assert s.format == "TIFF" and s.bit_depth == 16 and int(s.pixels[3, 3]) == 51234
+
+
+def test_jpeg():
+    arr = np.full((32, 48, 3), 128, np.uint8)
+    ok, buf = cv2.imencode(".jpg", arr)
+    s = decode(buf.tobytes())
+    assert s.format == "JPEG" and s.layout == "rgb" and s.pixels.shape == (32, 48, 3)
+
+
+def test_dual_energy_pair():
+    lo = np.full((8, 9), 1000, np.uint16)
+    hi = np.full((8, 9), 2000, np.uint16)
+    s = decode_dual_energy(_png(lo), _png(hi))
+    assert s.layout == "dual_energy" and s.pixels.shape == (8, 9, 2) and s.pixels[0, 0].tolist() == [1000, 2000]
+    with pytest.raises(NotAnImageError, match="differs"):
+        decode_dual_energy(_png(lo), _png(hi[:4]))
+
+
+def test_refusals():
+    with pytest.raises(EmptyInputError):
+        decode(b"")
+    with pytest.raises(NotAnImageError, match="not an image"):
+        decode(b"hello world, not an image at all")
+    ok, buf = cv2.imencode(".jpg", np.full((64, 64, 3), 90, np.uint8))
+    with pytest.raises(TruncatedImageError):
+        decode(buf.tobytes()[: len(buf) // 2])
+    png = _png(np.full((64, 64), 3, np.uint8))
+    with pytest.raises(TruncatedImageError):
+        decode(png[: len(png) - 20])
+    with pytest.raises(TruncatedImageError):
+        decode(png[:30])
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width×height (grey 8-bit); the data need not be complete."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_refused_before_decoding():
+    data = _bomb_png(20000, 20000)
+    assert len(data) < 10_000
+    with pytest.raises(TooManyPixelsError, match="20000×20000"):
+        decode(data)
+    with pytest.raises(TooManyPixelsError):
+        decode(_png(np.zeros((100, 100), np.uint8)), max_pixels=5000)
+
+
+def test_unsupported_depth_refused():
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.float32), mode="F").save(buf, format="TIFF")
+    from vision.decode import UnsupportedDepthError
+
+    with pytest.raises(UnsupportedDepthError, match="not supported"):
+        decode(buf.getvalue())
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.int32), mode="I").save(buf, format="TIFF")
+    with pytest.raises(UnsupportedDepthError, match="int32"):
+        decode(buf.getvalue())

@@ -1,0 +1,1 @@
+"""xscreen vision package."""

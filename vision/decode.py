@@ -1,0 +1,194 @@
+"""Decoding scanner output into a `Scan`: JPEG, PNG (8/16 bit, grey or colour), TIFF (8/16 bit).
+
+The header is read first (Pillow reads only the header on `open`), so a decompression bomb is refused
+before a single pixel is decoded; the pixels are then decoded by OpenCV, which keeps 16-bit data intact.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from PIL import Image
+
+Layout = Literal["grey", "rgb", "dual_energy"]
+
+#: Default budget: 64 megapixels is well above any baggage scanner's view (a 2,000-line belt scan at
+#: 1.5 mm/px over 3 m is about 4 MP) and far below what would exhaust a lane box's memory.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class DecodeError(ValueError):
+    """Base class of every refusal from `decode`; the message says what is wrong."""
+
+
+class EmptyInputError(DecodeError):
+    pass
+
+
+class NotAnImageError(DecodeError):
+    pass
+
+
+class TruncatedImageError(DecodeError):
+    pass
+
+
+class UnsupportedDepthError(DecodeError):
+    pass
+
+
+class TooManyPixelsError(DecodeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A decoded scan.
+
+    `pixels` is H×W (grey), H×W×3 (RGB, channel order R, G, B) or H×W×2 (dual-energy: low, high).
+    dtype is uint8 for 8-bit data, uint16 for 16-bit data.
+    """
+
+    pixels: np.ndarray
+    bit_depth: int
+    layout: Layout
+    format: str
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+#: Pillow modes of 8-bit and 16-bit grey or colour images; 32-bit integer and float modes are refused.
+_SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L", "I;16N", "I"})
+# "I" is how some Pillow versions open 16-bit grey PNG; a true 32-bit image is refused after decoding by dtype.
+
+_MAGIC = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return 'JPEG', 'PNG' or 'TIFF' from the leading bytes, or None."""
+    for magic, name in _MAGIC.items():
+        if data[: len(magic)] == magic:
+            return name
+    return None
+
+
+def _header_size(data: bytes, fmt: str) -> tuple[int, int, str]:
+    """Width, height and Pillow mode read from the header only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            return int(img.width), int(img.height), str(img.mode)
+    except Image.DecompressionBombError as exc:  # Pillow's own guard fires before ours on huge headers
+        raise TooManyPixelsError(f"{fmt} header declares too many pixels: {exc}") from exc
+    except Exception as exc:
+        raise TruncatedImageError(f"{fmt} header cannot be read ({exc}); the file is truncated or corrupt") from exc
+
+
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
+    """Decode image bytes into a `Scan`.
+
+    Raises a `DecodeError` subclass for empty input, data that is not an image, a truncated file, an
+    unsupported bit depth, or a header declaring more than `max_pixels` pixels (checked before decoding).
+    """
+    if not data:
+        raise EmptyInputError("empty input: no bytes were received")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise NotAnImageError("not an image: expected JPEG, PNG or TIFF (unrecognised leading bytes)")
+    prev = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # we apply our own budget, with our own message
+    try:
+        width, height, mode = _header_size(data, fmt)
+    finally:
+        Image.MAX_IMAGE_PIXELS = prev
+    if width <= 0 or height <= 0:
+        raise NotAnImageError(f"{fmt} header declares an empty image ({width}×{height})")
+    if width * height > max_pixels:
+        raise TooManyPixelsError(
+            f"{fmt} declares {width}×{height} = {width * height:,} pixels, over the budget of {max_pixels:,}"
+        )
+    if mode not in _SUPPORTED_MODES:
+        raise UnsupportedDepthError(f"{fmt} pixel mode {mode!r} is not supported (8- or 16-bit grey or colour only)")
+    if fmt == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise TruncatedImageError("JPEG is truncated: the end-of-image marker is missing")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise TruncatedImageError(f"{fmt} could not be decoded: the file is truncated or corrupt")
+    if pixels.shape[0] != height or pixels.shape[1] != width:
+        raise TruncatedImageError(f"{fmt} decoded to {pixels.shape[1]}×{pixels.shape[0]}, header says {width}×{height}")
+    if pixels.dtype == np.uint8:
+        depth = 8
+    elif pixels.dtype == np.uint16:
+        depth = 16
+    else:
+        raise UnsupportedDepthError(f"{fmt} with {pixels.dtype} samples is not supported (8 or 16 bit only)")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim == 2:
+        layout: Layout = "grey"
+    elif pixels.shape[2] == 3:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+        layout = "rgb"
+    elif pixels.shape[2] == 4:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
+        layout = "rgb"
+    else:
+        raise UnsupportedDepthError(f"{fmt} with {pixels.shape[2]} channels is not supported")
+    if layout == "grey" and fmt == "PNG":
+        pixels = _check_png_truncation(data, pixels)
+    return Scan(pixels=np.ascontiguousarray(pixels), bit_depth=depth, layout=layout, format=fmt)
+
+
+def _check_png_truncation(data: bytes, pixels: np.ndarray) -> np.ndarray:
+    # OpenCV's PNG reader fills missing rows with zeros and returns success on some truncated files;
+    # a PNG must end with its IEND chunk.
+    if b"IEND" not in data[-16:]:
+        raise TruncatedImageError("PNG is truncated: the IEND chunk is missing")
+    return pixels
+
+
+def decode_dual_energy(low: bytes, high: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
+    """Decode a raw dual-energy pair (two grey images of one size, usually 16-bit) into one H×W×2 scan."""
+    lo = decode(low, max_pixels=max_pixels)
+    hi = decode(high, max_pixels=max_pixels)
+    for name, s in (("low", lo), ("high", hi)):
+        if s.layout != "grey":
+            raise NotAnImageError(f"dual-energy {name} image must be single-channel grey, got {s.layout}")
+    if lo.pixels.shape != hi.pixels.shape or lo.bit_depth != hi.bit_depth:
+        raise NotAnImageError(
+            f"dual-energy pair differs: low {lo.width}×{lo.height} {lo.bit_depth}-bit, "
+            f"high {hi.width}×{hi.height} {hi.bit_depth}-bit"
+        )
+    pixels = np.stack([lo.pixels, hi.pixels], axis=-1)
+    return Scan(pixels=pixels, bit_depth=lo.bit_depth, layout="dual_energy", format=lo.format)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Encode an H×W (grey) or H×W×3 (RGB) uint8/uint16 array as PNG bytes (deterministic)."""
+    arr = pixels
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()

@@ -1,0 +1,97 @@
+"""Letterbox: scale an image to fit a fixed input size keeping its aspect ratio, pad the rest.
+
+`letterbox` returns the `LetterboxParams` it used; `unletterbox` maps boxes back with exactly those
+parameters and never recomputes the geometry (so the two cannot drift apart).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LetterboxSpec(BaseModel):
+    """Target input geometry of a model: height × width in pixels and the pad value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    pad_value: int = Field(default=114, ge=0, le=65535)
+    #: Only shrink (never enlarge small images): off by default, so small scans fill the input.
+    scale_down_only: bool = False
+
+
+@dataclass(frozen=True)
+class LetterboxParams:
+    """What `letterbox` did: out = in × scale + (pad_x, pad_y), in pixels."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    src_width: int
+    src_height: int
+    dst_width: int
+    dst_height: int
+
+
+def letterbox(image: np.ndarray, spec: LetterboxSpec) -> tuple[np.ndarray, LetterboxParams]:
+    """Resize `image` (H×W or H×W×C, any dtype) into spec.height × spec.width, centred, padded.
+
+    The resized content is at least 1 pixel in each direction, so extreme aspect ratios (1×N, 20000×30)
+    still map through.
+    """
+    if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"letterbox needs a non-empty H×W or H×W×C image, got shape {image.shape}")
+    src_h, src_w = int(image.shape[0]), int(image.shape[1])
+    scale = min(spec.height / src_h, spec.width / src_w)
+    if spec.scale_down_only:
+        scale = min(scale, 1.0)
+    new_w = min(spec.width, max(1, int(round(src_w * scale))))
+    new_h = min(spec.height, max(1, int(round(src_h * scale))))
+    pad_x = (spec.width - new_w) // 2
+    pad_y = (spec.height - new_h) // 2
+    if (new_w, new_h) != (src_w, src_h):
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (new_w, new_h), interpolation=interp)
+        if image.ndim == 3 and resized.ndim == 2:
+            resized = resized[:, :, None]
+    else:
+        resized = image
+    shape = (spec.height, spec.width) + tuple(image.shape[2:])
+    out = np.full(shape, spec.pad_value, dtype=image.dtype)
+    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    # The effective scale differs per axis after rounding; we keep one scale per axis in the inverse by
+    # recording the real content size instead of recomputing it.
+    params = LetterboxParams(
+        scale=scale, pad_x=pad_x, pad_y=pad_y, src_width=src_w, src_height=src_h, dst_width=new_w, dst_height=new_h
+    )
+    return out, params
+
+
+def unletterbox(boxes_xyxy: np.ndarray, params: LetterboxParams) -> np.ndarray:
+    """Map N×4 boxes (x1, y1, x2, y2, pixels in the letterboxed image) back to the source image.
+
+    Uses the per-axis content scale recorded by `letterbox`; results are clipped to the source image.
+    """
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4).copy()
+    sx = params.dst_width / params.src_width
+    sy = params.dst_height / params.src_height
+    boxes[:, [0, 2]] = (boxes[:, [0, 2]] - params.pad_x) / sx
+    boxes[:, [1, 3]] = (boxes[:, [1, 3]] - params.pad_y) / sy
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, params.src_width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, params.src_height)
+    return boxes.astype(np.float32)
+
+
+def letterbox_boxes(boxes_xyxy: np.ndarray, params: LetterboxParams) -> np.ndarray:
+    """Forward map of N×4 source boxes into the letterboxed image (the training side of `unletterbox`)."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4).copy()
+    sx = params.dst_width / params.src_width
+    sy = params.dst_height / params.src_height
+    boxes[:, [0, 2]] = boxes[:, [0, 2]] * sx + params.pad_x
+    boxes[:, [1, 3]] = boxes[:, [1, 3]] * sy + params.pad_y
+    return boxes.astype(np.float32)
