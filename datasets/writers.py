@@ -64,10 +64,10 @@ def write_coco(
     """
     out_json = Path(out_json)
     index = _class_index(classes)
-    root = Path(image_root).resolve() if image_root is not None else None
+    root = Path(image_root).absolute() if image_root is not None else None
     images, annotations = [], []
     for image_id, sample in enumerate(samples, start=1):
-        path = sample.image_path.resolve()
+        path = sample.image_path.absolute()
         if root is not None:
             try:
                 file_name = path.relative_to(root).as_posix()
