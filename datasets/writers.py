@@ -90,10 +90,16 @@ def write_coco(
             if sample.masks is not None and sample.masks[k] is not None:
                 ann["segmentation"] = sample.masks[k]
             annotations.append(ann)
+    recorded_root = "absolute file_name"
+    if root is not None:
+        try:  # relative to the JSON's folder where possible, so the set can be moved or copied whole
+            recorded_root = os.path.relpath(root, out_json.parent.absolute())
+        except ValueError:
+            recorded_root = str(root)
     doc = {
         "info": {
-            "description": "written by xscreen data convert",
-            "image_root": str(root) if root is not None else "absolute file_name",
+            "description": "written by xscreen",
+            "image_root": recorded_root,
         },
         "images": images,
         "annotations": annotations,

@@ -171,6 +171,8 @@ def read_coco(json_path: Path, *, image_root: Path | None = None, source: str | 
         # `datasets.writers.write_coco` records the root its file_names are relative to.
         info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
         recorded = Path(str(info.get("image_root", ""))) if info.get("image_root") else None
+        if recorded is not None and not recorded.is_absolute():
+            recorded = json_path.parent / recorded  # a set that records its root relative to itself can move
         if recorded is not None and recorded.is_dir():
             image_root = recorded
     root = (

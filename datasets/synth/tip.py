@@ -1,0 +1,206 @@
+"""Threat Image Projection (TIP): contraband projected into existing scans, in the transmission domain.
+
+An item (a contraband object from `datasets.synth.contraband`, as basis thicknesses) multiplies the scan's
+transmission, i.e. adds to its log-attenuation (DESIGN.md §4); pixels are never pasted.
+- Raw dual-energy scans (synthetic or real 16-bit): raw' = dark + (raw − dark) · exp(−L_item), per channel.
+- False-colour scans (real SIXray/PIDray images): the palette's inverse gives pseudo log-attenuation, the
+  item's log-attenuation is added, and the same palette renders it again (`vision.colour.project_log_attenuation`).
+- Grey single-energy scans: the high-energy log-attenuation is added to −log(grey).
+
+Placement: only inside the bag, never in air. The bag region of a scan is where it attenuates (closed and
+filled); the item's whole footprint must fall inside it. The returned box is the bounding box of the
+item's footprint (its visible extent) and the mask is that footprint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from datasets.synth.contraband import build_contraband
+from datasets.synth.items import BasisAccumulator, place
+from datasets.synth.physics import ScannerModel, build_scanner, lookup_log_attenuation
+from vision.colour import RAW_DARK_LEVEL, false_colour_to_pseudo_log_attenuation, project_log_attenuation, raw_to_log_attenuation
+
+#: A pixel belongs to the bag when its mean log-attenuation exceeds this (air reads ≈ 0 ± noise; the
+#: thinnest bag fabric reads about 0.05).
+BAG_LOG_ATT_THRESHOLD = 0.04
+
+#: A cabin bag's long side (cm); used to guess a real scan's pixel size from the bag's extent.
+TYPICAL_BAG_LENGTH_CM = 55.0
+
+
+class PlacementError(RuntimeError):
+    """No place inside the bag fits the item (the bag is too small or the scan is empty)."""
+
+
+@dataclass(frozen=True)
+class TipItem:
+    """A contraband item ready to project: `basis_cm` h×w×2 (PE cm, Al cm), `mask` h×w bool footprint."""
+
+    class_name: str
+    name: str
+    material: str
+    basis_cm: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Where an item went: `box_xyxy` (visible extent, 0-based pixels, x2/y2 exclusive) and the full-size
+    `mask` (H×W bool) of its footprint."""
+
+    class_name: str
+    box_xyxy: tuple[int, int, int, int]
+    mask: np.ndarray
+    name: str
+    material: str
+
+
+def make_tip_item(rng: np.random.Generator, class_name: str, pixel_mm: float) -> TipItem:
+    """One contraband item of `class_name`, randomly rotated, at `pixel_mm` per pixel."""
+    item = build_contraband(rng, class_name, pixel_mm)
+    acc = BasisAccumulator((1, 1))
+    planes = acc.planes(item)
+    h, w = item.shape_hw
+    side = int(np.ceil(np.hypot(h, w))) + 4
+    placed = place(item.name, planes, float(rng.uniform(0, 360)), (side / 2, side / 2), (side, side), flip=bool(rng.random() < 0.5))
+    if placed is None:  # cannot happen: the canvas holds the item at any angle
+        raise RuntimeError(f"{class_name}: empty item")
+    return TipItem(class_name, item.name, item.main_material, placed.basis_cm, placed.mask())
+
+
+def bag_region(log_att_mean: np.ndarray) -> np.ndarray:
+    """H×W bool: inside the bag. Attenuating pixels, closed across small gaps, holes filled, then eroded so
+    an item placed inside keeps off the bag's outline."""
+    solid = (log_att_mean > BAG_LOG_ATT_THRESHOLD).astype(np.uint8)
+    k = max(3, int(round(min(solid.shape) / 40)) | 1)
+    solid = cv2.morphologyEx(solid, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    solid = cv2.morphologyEx(solid, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    # Fill holes: whatever the border's flood fill does not reach is inside.
+    flood = np.pad(solid, 1)
+    mask = np.zeros((flood.shape[0] + 2, flood.shape[1] + 2), np.uint8)
+    cv2.floodFill(flood, mask, (0, 0), 2)
+    filled = (flood[1:-1, 1:-1] != 2).astype(np.uint8)
+    filled = cv2.erode(filled, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return filled.astype(bool)
+
+
+def estimate_pixel_mm(region: np.ndarray) -> float:
+    """A real scan's pixel size (mm), guessed from its bag's long side being a typical cabin bag's."""
+    ys, xs = np.nonzero(region)
+    if ys.size == 0:
+        return 1.2
+    long_px = max(int(xs.max() - xs.min()), int(ys.max() - ys.min()), 1)
+    return float(np.clip(TYPICAL_BAG_LENGTH_CM * 10.0 / long_px, 0.6, 4.0))
+
+
+def choose_offset(rng: np.random.Generator, region: np.ndarray, item_mask: np.ndarray, *, tries: int = 200) -> tuple[int, int]:
+    """Top-left (y, x) where the item's whole footprint lies inside `region`; PlacementError if none."""
+    H, W = region.shape
+    h, w = item_mask.shape
+    if h > H or w > W:
+        raise PlacementError(f"item {w}×{h} px is larger than the scan {W}×{H} px")
+    ys, xs = np.nonzero(region)
+    if ys.size == 0:
+        raise PlacementError("the scan has no bag region (it is all air)")
+    for _ in range(tries):
+        k = int(rng.integers(ys.size))  # centre on a bag pixel, so few tries are wasted in air
+        y0 = int(np.clip(ys[k] - h // 2, 0, H - h))
+        x0 = int(np.clip(xs[k] - w // 2, 0, W - w))
+        if not np.any(item_mask & ~region[y0 : y0 + h, x0 : x0 + w]):
+            return y0, x0
+    raise PlacementError(f"no place inside the bag fits a {w}×{h} px item after {tries} tries")
+
+
+def _full_mask(item: TipItem, offset_yx: tuple[int, int], shape_hw: tuple[int, int]) -> np.ndarray:
+    full = np.zeros(shape_hw, bool)
+    y0, x0 = offset_yx
+    h, w = item.mask.shape
+    full[y0 : y0 + h, x0 : x0 + w] = item.mask
+    return full
+
+
+def item_log_attenuation(item: TipItem, offset_yx: tuple[int, int], shape_hw: tuple[int, int], *, scanner: ScannerModel | None = None) -> np.ndarray:
+    """H×W×2 float32 log-attenuation (low, high) of the item alone, placed at `offset_yx`."""
+    basis = np.zeros((*shape_hw, 2), np.float32)
+    y0, x0 = offset_yx
+    h, w = item.mask.shape
+    basis[y0 : y0 + h, x0 : x0 + w] = item.basis_cm
+    return lookup_log_attenuation(basis, scanner=scanner or build_scanner())
+
+
+def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None) -> np.ndarray:
+    """raw H×W×2 uint16 (low, high) → the same scan with the item's transmission multiplied in."""
+    extra = item_log_attenuation(item, offset_yx, raw.shape[:2], scanner=scanner)
+    signal = raw.astype(np.float32) - np.float32(RAW_DARK_LEVEL)
+    out = signal * np.exp(-extra) + np.float32(RAW_DARK_LEVEL + 0.5)
+    return np.clip(out, 0, 65535).astype(np.uint16)
+
+
+def project_into_grey(grey: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None) -> np.ndarray:
+    """A grey single-energy scan (H×W uint8/uint16, bright = transparent) with the item's high-energy
+    transmission multiplied in."""
+    extra = item_log_attenuation(item, offset_yx, grey.shape[:2], scanner=scanner)[:, :, 1]
+    out = grey.astype(np.float32) * np.exp(-extra)
+    return np.clip(np.round(out), 0, np.iinfo(grey.dtype).max).astype(grey.dtype)
+
+
+def _scan_log_att_mean(pixels: np.ndarray, kind: str, palette: str) -> np.ndarray:
+    if kind == "raw":
+        return raw_to_log_attenuation(pixels).mean(axis=2)
+    if kind == "grey":
+        full = float(np.iinfo(pixels.dtype).max)
+        return -np.log(np.clip(pixels.astype(np.float32) / full, 1e-4, 1.0))
+    return false_colour_to_pseudo_log_attenuation(pixels, palette).mean(axis=2)
+
+
+def project_random(
+    rng: np.random.Generator,
+    pixels: np.ndarray,
+    *,
+    kind: str,
+    palette: str = "sixray",
+    classes: tuple[str, ...],
+    count: int = 1,
+    pixel_mm: float | None = None,
+    scanner: ScannerModel | None = None,
+) -> tuple[np.ndarray, list[Projection]]:
+    """Project `count` random contraband items of `classes` into a scan, inside its bag.
+
+    pixels: H×W×2 uint16 raw (kind="raw"), H×W×3 uint8 RGB false colour (kind="rgb", with `palette`), or
+    H×W grey (kind="grey"). pixel_mm: the scan's pixel size; guessed from the bag's extent when None.
+    Returns the new pixels (same shape and dtype) and one Projection per item placed. An item that does not
+    fit is retried smaller-sized with a fresh draw; PlacementError when the scan has no bag at all.
+    """
+    scanner = scanner or build_scanner()
+    region = bag_region(_scan_log_att_mean(pixels, kind, palette))
+    if not region.any():
+        raise PlacementError("the scan has no bag region (it is all air)")
+    pmm = pixel_mm or estimate_pixel_mm(region)
+    out = pixels
+    done: list[Projection] = []
+    for _ in range(count):
+        class_name = str(classes[int(rng.integers(len(classes)))])
+        for attempt in range(4):
+            # A bag too small for this draw: the next attempt makes the item look smaller (coarser pixels).
+            item = make_tip_item(rng, class_name, pmm * (1.0 + 0.5 * attempt))
+            try:
+                offset = choose_offset(rng, region, item.mask)
+            except PlacementError:
+                continue
+            if kind == "raw":
+                out = project_into_raw(out, item, offset, scanner=scanner)
+            elif kind == "grey":
+                out = project_into_grey(out, item, offset, scanner=scanner)
+            else:
+                extra = item_log_attenuation(item, offset, out.shape[:2], scanner=scanner)
+                out = project_log_attenuation(out, extra, palette)
+            mask = _full_mask(item, offset, out.shape[:2])
+            ys, xs = np.nonzero(mask)
+            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            done.append(Projection(class_name, box, mask, item.name, item.material))
+            break
+    return out, done
