@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/xscreen demo
 
 test: $(STAMP)
+	bash .ci/system-deps.sh
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -176,9 +176,15 @@ def write_bag(bag: SynthBag, config: SynthConfig, out_dir: Path) -> dict:
     return meta
 
 
+def _init_worker(kvp: float) -> None:
+    from datasets.synth.physics import build_scanner
+
+    cv2.setNumThreads(1)  # one process per core: nested threads only contend
+    build_scanner(kvp=kvp)  # the table, once per process
+
+
 def _worker(args: tuple[SynthConfig, int, str]) -> dict:
     config, index, out = args
-    cv2.setNumThreads(1)  # one process per core: nested threads only contend
     return write_bag(make_bag(config, index), config, Path(out))
 
 
@@ -188,10 +194,11 @@ def _iter_bags(config: SynthConfig, out_dir: Path, workers: int) -> Iterator[dic
         for job in jobs:
             yield _worker(job)
         return
-    # fork: the children inherit the imported modules and the scanner table already built by the parent.
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap(_worker, jobs, chunksize=4)
+    # spawn, not fork: a forked child inherits OpenCV's and OpenMP's thread pools with their locks held
+    # by threads that no longer exist, and hangs on its first parallel call.
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(config.kvp,)) as pool:
+        yield from pool.imap(_worker, jobs, chunksize=2)
 
 
 def synthesise_set(config: SynthConfig, out_dir: Path, *, workers: int = 1, progress: bool = True) -> Path:
@@ -206,7 +213,8 @@ def synthesise_set(config: SynthConfig, out_dir: Path, *, workers: int = 1, prog
     out_dir = Path(out_dir)
     for sub in ("images", "raw", "masks", "meta"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    build_scanner(kvp=config.kvp)  # the 1 s table build, once, before forking
+    if workers <= 1:
+        build_scanner(kvp=config.kvp)
     metas: list[dict] = []
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
