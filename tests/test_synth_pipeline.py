@@ -40,7 +40,8 @@ def test_same_seed_byte_identical_whatever_the_workers(tmp_path):
 def test_set_layout_and_boxes_match_masks(tmp_path):
     config = SynthConfig(bags=8, seed=3, size_px=192, clean_fraction=0.0)
     coco = synthesise_set(config, tmp_path, workers=1, progress=False)
-    read = read_dataset(coco)
+    read = read_dataset(tmp_path)  # the folder itself is recognised as a COCO set
+    assert read.format == "coco" and coco.name == "annotations.json"
     assert len(read.samples) == 8 and not read.problems
     assert set(read.classes) == set(config.classes)
     n_boxes = 0

@@ -55,6 +55,11 @@ def coco_json_in(folder: Path) -> Path:
         return found[0]
     if not found:
         raise DatasetLayoutError(f"{folder}: no COCO .json found here or in annotations/")
+    # Sets written by `xscreen synth` and `xscreen tip` keep side files (synth_config.json, tip.json) beside
+    # their COCO file, which they always name annotations.json.
+    named = [p for p in found if p.name == "annotations.json"]
+    if len(named) == 1:
+        return named[0]
     listed = ", ".join(str(p) for p in found)
     raise DatasetLayoutError(f"{folder}: several .json files ({listed}); give the one to read as PATH")
 
