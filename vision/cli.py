@@ -27,7 +27,15 @@ def _root() -> None:
 
 
 #: Packages whose `cli.register(app)` adds subcommands, in help order.
-_COMMAND_MODULES = ("datasets.cli", "datasets.synth.cli", "training.cli", "inference.cli", "edge.cli", "vision.demo")
+_COMMAND_MODULES = (
+    "datasets.cli",
+    "datasets.synth.cli",
+    "training.cli",
+    "inference.cli",
+    "edge.cli",
+    "edge.admin_cli",
+    "vision.demo",
+)
 
 
 def _register_all() -> None:

@@ -1,0 +1,175 @@
+"""`xscreen admin ...`: register stations and users, rotate keys, disable principals.
+
+Each command migrates the database first (so it works on a fresh one), and the commands that make a key
+print it on their LAST line and nowhere else, so a script can take it with `tail -n 1`. Passwords are read
+from stdin (`--password-stdin`), never from the command line, where `ps` and shell history would see them.
+Only typer and `edge.defaults` are imported at load time (see `vision/cli.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from edge.defaults import DATA_DIR_ENV, DB_URL_ENV, DEFAULT_DATA_DIR, DEFAULT_DB_URL
+
+if TYPE_CHECKING:
+    from edge.auth import Auth
+
+__all__ = ["register"]
+
+
+class UserRole(str, Enum):
+    """Roles a user (not a station) can have."""
+
+    supervisor = "supervisor"
+    admin = "admin"
+
+
+class Kind(str, Enum):
+    """Kinds of principal."""
+
+    station = "station"
+    user = "user"
+
+
+DbOption = Annotated[
+    str, typer.Option("--db", envvar=DB_URL_ENV, help="Database URL (sqlite:///... or postgresql+psycopg://...).")
+]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar=DATA_DIR_ENV, help="Data directory of the service.")]
+
+
+@contextmanager
+def _auth(db: str, data_dir: Path) -> Iterator[Auth]:
+    from edge.auth import Auth
+    from edge.store import Store
+
+    store = Store(db, data_dir)
+    try:
+        store.migrate()
+        yield Auth(store)
+    finally:
+        store.close()
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _read_password_stdin() -> str:
+    # One line, without its line ending: `printf '%s\n' "$PW" | xscreen admin add-user ...` is the usual
+    # form, and a trailing newline in a password is never intended.
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def add_station(
+    name: Annotated[str, typer.Argument(help="Station name, e.g. lane-3-scanner.")],
+    db: DbOption = DEFAULT_DB_URL,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Register a station; print its API key on the last line (shown once)."""
+    with _auth(db, data_dir) as auth:
+        try:
+            key = auth.add_station(name)
+        except ValueError as exc:
+            _fail(str(exc))
+    typer.echo(f"Added station {name!r}. Its API key (shown once; only a hash is stored) is on the next line:")
+    typer.echo(key)
+
+
+def add_user(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    role: Annotated[UserRole, typer.Option("--role", help="supervisor (reviews alarms) or admin.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read a login password for the review UI from stdin (one line).")
+    ] = False,
+    db: DbOption = DEFAULT_DB_URL,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Register a supervisor or admin; print their API key (for Bearer use) on the last line."""
+    password = _read_password_stdin() if password_stdin else None
+    with _auth(db, data_dir) as auth:
+        try:
+            key = auth.add_user(name, role.value, password)
+        except ValueError as exc:
+            _fail(str(exc))
+    login = "with a password" if password is not None else "without a password (API key only)"
+    typer.echo(f"Added {role.value} {name!r} {login}. The API key (shown once) is on the next line:")
+    typer.echo(key)
+
+
+def set_password(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    db: DbOption = DEFAULT_DB_URL,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Set a user's password, read from stdin (one line)."""
+    password = _read_password_stdin()
+    with _auth(db, data_dir) as auth:
+        try:
+            auth.set_password(name, password)
+        except (KeyError, ValueError) as exc:
+            _fail(str(exc).strip("'\""))
+    typer.echo(f"Password of {name!r} set.")
+
+
+def rotate_key(
+    name: Annotated[str, typer.Argument(help="Station or user name.")],
+    kind: Annotated[Kind, typer.Option("--kind", help="station or user.")] = Kind.station,
+    db: DbOption = DEFAULT_DB_URL,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Replace a principal's API key (the old one stops working); print the new key on the last line."""
+    with _auth(db, data_dir) as auth:
+        try:
+            key = auth.rotate_key(name, kind=kind.value)
+        except KeyError as exc:
+            _fail(str(exc).strip("'\""))
+    typer.echo(f"New API key of {kind.value} {name!r} (shown once) is on the next line:")
+    typer.echo(key)
+
+
+def disable(
+    name: Annotated[str, typer.Argument(help="Station or user name.")],
+    kind: Annotated[Kind, typer.Option("--kind", help="station or user.")] = Kind.station,
+    enable: Annotated[bool, typer.Option("--enable", help="Re-enable instead.")] = False,
+    db: DbOption = DEFAULT_DB_URL,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Disable a principal (key, password and sessions stop working), or re-enable it with --enable."""
+    with _auth(db, data_dir) as auth:
+        try:
+            auth.set_disabled(name, kind=kind.value, disabled=not enable)
+        except KeyError as exc:
+            _fail(str(exc).strip("'\""))
+    typer.echo(f"{kind.value} {name!r} {'enabled' if enable else 'disabled'}.")
+
+
+def list_principals(
+    db: DbOption = DEFAULT_DB_URL,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """List stations and users with their roles (no secrets)."""
+    with _auth(db, data_dir) as auth:
+        for principal, disabled in auth.principals():
+            state = "disabled" if disabled else "enabled"
+            typer.echo(f"{principal.kind}\t{principal.name}\t{principal.role}\t{state}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `admin` command group to the root `xscreen` app."""
+    admin = typer.Typer(name="admin", help="Stations, users and their keys.", no_args_is_help=True)
+    admin.command("add-station")(add_station)
+    admin.command("add-user")(add_user)
+    admin.command("set-password")(set_password)
+    admin.command("rotate-key")(rotate_key)
+    admin.command("disable")(disable)
+    admin.command("list")(list_principals)
+    app.add_typer(admin)

@@ -1,0 +1,123 @@
+"""Content-addressed image files: `<root>/ab/cd/<sha256>.<suffix>`.
+
+A scan is acknowledged to its station only after its image is on disk, so every write is: a temporary file
+in the target directory, fsync, atomic rename onto the final name, fsync of the directory (the rename is
+only durable once the directory entry is). New directories are fsynced into their parents the same way.
+Files are named by the sha256 of their bytes, so two processes (or two hosts on a shared volume) storing
+the same image write identical files and the rename race is harmless; a re-sent image is not written twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+
+__all__ = ["ImageFiles", "MEDIA_TYPES", "is_sha256_hex", "media_type_for_suffix"]
+
+#: Media type by file suffix. Anything else is stored and served as application/octet-stream.
+MEDIA_TYPES: dict[str, str] = {
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "tif": "image/tiff",
+    "tiff": "image/tiff",
+    "bmp": "image/bmp",
+    "webp": "image/webp",
+    "dcm": "application/dicom",
+    "dcs": "application/dicom",
+}
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Suffixes become part of a path: letters and digits only, so nothing like "../x" can get in.
+_SUFFIX_RE = re.compile(r"^[a-z0-9]{1,10}$")
+
+
+def media_type_for_suffix(suffix: str) -> str:
+    """Media type for a file suffix such as "png" or ".PNG"."""
+    return MEDIA_TYPES.get(suffix.lower().lstrip("."), "application/octet-stream")
+
+
+def is_sha256_hex(value: object) -> bool:
+    """True for a lowercase 64-digit hex string (what `ImageFiles.put` returns)."""
+    return isinstance(value, str) and _SHA256_RE.match(value) is not None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: Path) -> None:
+    """`mkdir -p path`, fsyncing each parent in which a new directory entry was made."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:  # another process made it first; its entry is its to fsync, but be safe
+            pass
+        _fsync_dir(directory.parent)
+
+
+class ImageFiles:
+    """The image store under one root directory (`<data_dir>/images`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _dir(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256[2:4]
+
+    def put(self, data: bytes, *, suffix: str) -> str:
+        """Store `data` durably; return its sha256 hex. Storing the same bytes again writes nothing."""
+        if not data:
+            raise ValueError("empty image")
+        suffix = suffix.lower().lstrip(".")
+        if not _SUFFIX_RE.match(suffix):
+            raise ValueError(f"bad image suffix {suffix!r}: letters and digits only, at most 10")
+        sha256 = hashlib.sha256(data).hexdigest()
+        directory = self._dir(sha256)
+        final = directory / f"{sha256}.{suffix}"
+        if final.is_file():
+            # Already stored, perhaps by another process that has renamed it but not yet fsynced the
+            # directory: fsync it ourselves, since our caller will acknowledge the scan on our return.
+            _fsync_dir(directory)
+            return sha256
+        _makedirs_durable(directory)
+        # A dot-name that `find` globs (`<sha>.*`) never match; unique per writer so concurrent writers of
+        # the same image do not write into one temporary file.
+        tmp = directory / f".{sha256}.{secrets.token_hex(8)}.tmp"
+        try:
+            with open(tmp, "xb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(directory)
+        return sha256
+
+    def find(self, sha256: str) -> Path:
+        """Path of the stored file for `sha256`; KeyError if there is none (or `sha256` is malformed)."""
+        if not is_sha256_hex(sha256):
+            raise KeyError(sha256)
+        # The same bytes stored under two suffixes are two identical files; either will do.
+        matches = sorted(self._dir(sha256).glob(f"{sha256}.*"))
+        if not matches:
+            raise KeyError(sha256)
+        return matches[0]
+
+    def read(self, sha256: str) -> tuple[bytes, str]:
+        """(bytes, media type) of a stored image; KeyError if absent."""
+        path = self.find(sha256)
+        return path.read_bytes(), media_type_for_suffix(path.suffix)

@@ -1,0 +1,1 @@
+"""Alembic revisions of the lane service schema, oldest first (`0001_initial`, ...)."""

@@ -1,0 +1,408 @@
+"""Durable storage of the lane service: scans, reviews, the outbox, and the image files.
+
+`Store` is the one door to the database (`edge.db`) and the image directory (`edge.images`). Every method
+is a complete transaction: when it returns, what it wrote is committed (on SQLite with `synchronous=FULL`,
+on disk), so the service may acknowledge a station as soon as `record_scan` returns.
+
+Several service processes may share one PostgreSQL database and one data directory:
+- ids come from database sequences;
+- `record_scan` and `enqueue` are idempotent through unique constraints (`INSERT ... ON CONFLICT DO
+  NOTHING`, then read the row that won), so a re-send or a race never makes a second row;
+- `claim_outbox` leases rows with `FOR UPDATE SKIP LOCKED` (PostgreSQL) or inside `BEGIN IMMEDIATE`
+  (SQLite), so two workers never hold the same item.
+The outbox delivers at least once: a worker that dies after delivering but before `outbox_done` leaves the
+item to be delivered again when its lease runs out, so receivers should dedupe on the payload's ids.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Engine, exists, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from edge.db import OutboxRow, Review, Scan, make_engine, make_sessionmaker
+from edge.images import ImageFiles, is_sha256_hex
+
+__all__ = [
+    "OUTBOX_MAX_ATTEMPTS", "OUTBOX_MAX_BACKOFF_S", "OutboxItem", "ReviewRecord", "ScanRecord", "Store", "Verdict",
+]
+
+Verdict = Literal["confirmed", "cleared"]
+OutboxStatus = Literal["pending", "done", "dead"]
+
+#: Deliveries tried before an outbox item is marked dead (kept for inspection, never retried).
+OUTBOX_MAX_ATTEMPTS = 10
+#: Ceiling of the retry delay: 2, 4, 8, ... seconds, at most five minutes.
+OUTBOX_MAX_BACKOFF_S = 300.0
+# Jitter takes up to this fraction off each delay, so items that failed together (receiver down) do not
+# all retry in the same second when it comes back.
+_BACKOFF_JITTER = 0.2
+# Longest stored error text: enough for a traceback's last lines, not a whole HTML error page.
+_MAX_ERROR_CHARS = 2000
+# Column widths of edge.db, checked here so that SQLite (which ignores VARCHAR lengths) and PostgreSQL
+# (which raises) behave the same: a ValueError before anything is written.
+_MAX_LEN = {"station": 128, "lane": 128, "bag_id": 128, "view": 64, "media_type": 128, "model_name": 128,
+            "model_version": 64, "user": 128, "kind": 64, "dedupe_key": 256, "worker": 128}
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One stored scan. `result` is the model output as the service stored it (JSON-able dict);
+    `verdict` is the latest review's verdict, None while unreviewed."""
+
+    id: int
+    created_at: datetime
+    station: str
+    lane: str
+    bag_id: str
+    view: str
+    image_sha256: str
+    media_type: str
+    width: int
+    height: int
+    result: dict[str, Any]
+    model_name: str
+    model_version: str
+    alarm: bool
+    alarm_classes: list[str]
+    reviewed: bool
+    verdict: Verdict | None
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """One supervisor verdict on a scan."""
+
+    id: int
+    scan_id: int
+    created_at: datetime
+    user: str
+    verdict: Verdict
+    note: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One outbox entry. While leased, `next_attempt_at` is the lease's end and `leased_by` the worker."""
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    dedupe_key: str
+    status: OutboxStatus
+    attempts: int
+    next_attempt_at: datetime
+    leased_by: str | None
+    last_error: str | None
+    created_at: datetime
+    done_at: datetime | None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check_text(**fields: str) -> None:
+    for name, value in fields.items():
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if len(value) > _MAX_LEN[name]:
+            raise ValueError(f"{name} is longer than {_MAX_LEN[name]} characters")
+
+
+def _outbox_item(row: Any) -> OutboxItem:
+    return OutboxItem(
+        id=row.id, kind=row.kind, payload=row.payload, dedupe_key=row.dedupe_key, status=row.status,
+        attempts=row.attempts, next_attempt_at=row.next_attempt_at, leased_by=row.leased_by,
+        last_error=row.last_error, created_at=row.created_at, done_at=row.done_at,
+    )
+
+
+def _review_record(row: Review) -> ReviewRecord:
+    return ReviewRecord(id=row.id, scan_id=row.scan_id, created_at=row.created_at, user=row.reviewer,
+                        verdict=row.verdict, note=row.note)  # type: ignore[arg-type]
+
+
+# The latest verdict of the scan in the enclosing query, computed rather than copied onto the scan row, so
+# it can never disagree with the review trail.
+_LATEST_VERDICT = (
+    select(Review.verdict).where(Review.scan_id == Scan.id).order_by(Review.id.desc()).limit(1)
+    .correlate(Scan).scalar_subquery().label("verdict")
+)
+_HAS_REVIEW = exists().where(Review.scan_id == Scan.id)
+
+
+def _scan_record(scan: Scan, verdict: str | None) -> ScanRecord:
+    return ScanRecord(
+        id=scan.id, created_at=scan.created_at, station=scan.station, lane=scan.lane, bag_id=scan.bag_id,
+        view=scan.view, image_sha256=scan.image_sha256, media_type=scan.media_type, width=scan.width,
+        height=scan.height, result=scan.result, model_name=scan.model_name, model_version=scan.model_version,
+        alarm=scan.alarm, alarm_classes=list(scan.alarm_classes), reviewed=verdict is not None,
+        verdict=verdict,  # type: ignore[arg-type]
+    )
+
+
+class Store:
+    """Scans, reviews, outbox and images of one lane service (see the module docstring).
+
+    `clock` (returns aware UTC datetimes) exists so tests can move time; `outbox_max_attempts` is how many
+    failed deliveries make an outbox item dead. Nothing touches the database until a method is called;
+    call `migrate()` once at start-up.
+    """
+
+    def __init__(
+        self,
+        db_url: str,
+        data_dir: Path,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        outbox_max_attempts: int = OUTBOX_MAX_ATTEMPTS,
+    ) -> None:
+        if outbox_max_attempts < 1:
+            raise ValueError("outbox_max_attempts must be at least 1")
+        self.data_dir = Path(data_dir)
+        self.images = ImageFiles(self.data_dir / "images")
+        self.engine: Engine = make_engine(db_url)
+        self.outbox_max_attempts = outbox_max_attempts
+        self._clock = clock
+        self._read_sessions = make_sessionmaker(self.engine)
+        self._write_sessions = make_sessionmaker(self.engine, write=True)
+        self._insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest revision (idempotent; safe from several processes)."""
+        from edge.migrations import upgrade_to_head
+
+        upgrade_to_head(self.engine)
+
+    def close(self) -> None:
+        """Close all pooled connections."""
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        """True when the database answers (for health checks)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not healthy"
+            return False
+
+    def now(self) -> datetime:
+        """The store's clock (aware UTC)."""
+        return self._clock()
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Session]:
+        """A session inside one transaction, committed on normal exit and rolled back on error. `write`
+        must be True for any transaction that writes (on SQLite it then takes the write lock up front)."""
+        factory = self._write_sessions if write else self._read_sessions
+        with factory() as session, session.begin():
+            yield session
+
+    # -- images ------------------------------------------------------------------------------------------
+
+    def put_image(self, data: bytes, *, suffix: str) -> str:
+        """Store image bytes durably, content-addressed; return their sha256 hex (idempotent)."""
+        return self.images.put(data, suffix=suffix)
+
+    def read_image(self, sha256: str) -> tuple[bytes, str]:
+        """(bytes, media type) of a stored image; KeyError if absent."""
+        return self.images.read(sha256)
+
+    def image_path(self, sha256: str) -> Path:
+        """Path of a stored image file (for streaming responses); KeyError if absent."""
+        return self.images.find(sha256)
+
+    # -- scans -------------------------------------------------------------------------------------------
+
+    def record_scan(
+        self, *, station: str, lane: str, bag_id: str, view: str, image_sha256: str, media_type: str,
+        width: int, height: int, result: dict, model_name: str, model_version: str, alarm: bool,
+        alarm_classes: list[str],
+    ) -> tuple[ScanRecord, bool]:
+        """Store one screened scan; return (record, created). Idempotent on (station, bag_id,
+        image_sha256): a re-send returns the stored record (the first write wins) and created=False.
+        Committed when it returns."""
+        _check_text(station=station, lane=lane, bag_id=bag_id, view=view, media_type=media_type,
+                    model_name=model_name, model_version=model_version)
+        if not is_sha256_hex(image_sha256):
+            raise ValueError(f"image_sha256 must be 64 lowercase hex digits, got {image_sha256!r}")
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        values = dict(
+            created_at=self.now(), station=station, lane=lane, bag_id=bag_id, view=view,
+            image_sha256=image_sha256, media_type=media_type, width=int(width), height=int(height),
+            result=_json_roundtrip(result), model_name=model_name, model_version=model_version,
+            alarm=bool(alarm), alarm_classes=[str(c) for c in alarm_classes],
+        )
+        key = (Scan.station == station, Scan.bag_id == bag_id, Scan.image_sha256 == image_sha256)
+        with self.transaction(write=True) as session:
+            # ON CONFLICT DO NOTHING rather than catching IntegrityError: on PostgreSQL a failed INSERT
+            # aborts the transaction, and a concurrent insert of the same key is waited for, then skipped.
+            statement = (self._insert(Scan).values(**values)
+                         .on_conflict_do_nothing(index_elements=["station", "bag_id", "image_sha256"])
+                         .returning(Scan.id))
+            created = session.execute(statement).scalar_one_or_none() is not None
+            scan, verdict = session.execute(select(Scan, _LATEST_VERDICT).where(*key)).one()
+            return _scan_record(scan, verdict), created
+
+    def get_scan(self, scan_id: int) -> ScanRecord | None:
+        """The scan with this id, or None."""
+        with self.transaction(write=False) as session:
+            row = session.execute(select(Scan, _LATEST_VERDICT).where(Scan.id == scan_id)).one_or_none()
+            return None if row is None else _scan_record(*row)
+
+    def bag_scans(self, station: str, bag_id: str) -> list[ScanRecord]:
+        """All scans (views, re-screenings) of one bag at one station, oldest first."""
+        with self.transaction(write=False) as session:
+            rows = session.execute(
+                select(Scan, _LATEST_VERDICT).where(Scan.station == station, Scan.bag_id == bag_id).order_by(Scan.id)
+            ).all()
+            return [_scan_record(*row) for row in rows]
+
+    def list_scans(
+        self, *, alarm: bool | None = None, reviewed: bool | None = None, limit: int = 50, offset: int = 0
+    ) -> list[ScanRecord]:
+        """Scans newest first, optionally only alarms / non-alarms and reviewed / unreviewed ones."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be non-negative")
+        query = select(Scan, _LATEST_VERDICT)
+        if alarm is not None:
+            query = query.where(Scan.alarm == alarm)
+        if reviewed is not None:
+            query = query.where(_HAS_REVIEW if reviewed else ~_HAS_REVIEW)
+        query = query.order_by(Scan.id.desc()).limit(limit).offset(offset)
+        with self.transaction(write=False) as session:
+            return [_scan_record(*row) for row in session.execute(query).all()]
+
+    def count_scans(self) -> int:
+        """Number of stored scans."""
+        with self.transaction(write=False) as session:
+            return int(session.execute(select(func.count()).select_from(Scan)).scalar_one())
+
+    # -- reviews -----------------------------------------------------------------------------------------
+
+    def add_review(self, scan_id: int, *, user: str, verdict: Verdict, note: str = "") -> ReviewRecord:
+        """Record a verdict on a scan; it becomes the scan's verdict. KeyError if the scan does not exist."""
+        _check_text(user=user)
+        if verdict not in ("confirmed", "cleared"):
+            raise ValueError(f"verdict must be 'confirmed' or 'cleared', got {verdict!r}")
+        with self.transaction(write=True) as session:
+            if session.execute(select(Scan.id).where(Scan.id == scan_id)).scalar_one_or_none() is None:
+                raise KeyError(scan_id)
+            review = Review(scan_id=scan_id, created_at=self.now(), reviewer=user, verdict=verdict, note=note)
+            session.add(review)
+            session.flush()
+            return _review_record(review)
+
+    def reviews(self, scan_id: int) -> list[ReviewRecord]:
+        """All reviews of a scan, oldest first."""
+        with self.transaction(write=False) as session:
+            rows = session.execute(select(Review).where(Review.scan_id == scan_id).order_by(Review.id)).scalars()
+            return [_review_record(row) for row in rows]
+
+    # -- outbox ------------------------------------------------------------------------------------------
+
+    def enqueue(self, kind: str, payload: dict, *, dedupe_key: str) -> bool:
+        """Add a durable outbox item, due now. Returns False (and adds nothing) if an item with this
+        `dedupe_key` already exists, whatever its state."""
+        _check_text(kind=kind, dedupe_key=dedupe_key)
+        now = self.now()
+        statement = (
+            self._insert(OutboxRow)
+            .values(kind=kind, payload=_json_roundtrip(payload), dedupe_key=dedupe_key, status="pending",
+                    attempts=0, next_attempt_at=now, created_at=now)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(OutboxRow.id)
+        )
+        with self.transaction(write=True) as session:
+            return session.execute(statement).scalar_one_or_none() is not None
+
+    def claim_outbox(self, *, worker: str, limit: int = 10, lease_s: float = 30) -> list[OutboxItem]:
+        """Lease up to `limit` due items (pending, `next_attempt_at <= now`), oldest due first, to `worker`
+        for `lease_s` seconds. Two workers never get the same item; an item whose lease runs out without
+        `outbox_done`/`outbox_failed` is due again."""
+        _check_text(worker=worker)
+        if limit <= 0:
+            return []
+        if lease_s <= 0:
+            raise ValueError("lease_s must be positive")
+        now = self.now()
+        table = OutboxRow.__table__
+        due = (
+            select(table.c.id)
+            .where(table.c.status == "pending", table.c.next_attempt_at <= now)
+            .order_by(table.c.next_attempt_at, table.c.id)
+            .limit(limit)
+        )
+        lease = {"next_attempt_at": now + timedelta(seconds=lease_s), "leased_by": worker}
+        if self.engine.dialect.name == "postgresql":
+            # A CTE with FOR UPDATE is evaluated exactly once; SKIP LOCKED passes over rows another worker
+            # is claiming right now instead of waiting for them (and then re-checks the WHERE on rows that
+            # changed, so an item just leased elsewhere is no longer due).
+            due_cte = due.with_for_update(skip_locked=True).cte("due")
+            statement = update(table).where(table.c.id == due_cte.c.id).values(**lease)
+        else:
+            # BEGIN IMMEDIATE (write transaction) already excludes every other writer on SQLite.
+            statement = update(table).where(table.c.id.in_(due.scalar_subquery())).values(**lease)
+        with self.transaction(write=True) as session:
+            rows = session.execute(statement.returning(*table.c)).all()
+        # RETURNING order is unspecified.
+        return sorted((_outbox_item(row) for row in rows), key=lambda item: item.id)
+
+    def outbox_done(self, item_id: int) -> None:
+        """Mark an item delivered (final). KeyError if there is no such item."""
+        table = OutboxRow.__table__
+        statement = (update(table).where(table.c.id == item_id)
+                     .values(status="done", done_at=self.now(), leased_by=None).returning(table.c.id))
+        with self.transaction(write=True) as session:
+            if session.execute(statement).scalar_one_or_none() is None:
+                raise KeyError(item_id)
+
+    def outbox_failed(self, item_id: int, error: str) -> None:
+        """Record a failed delivery: attempts += 1, retry after min(2**attempts, 300) s (less up to 20 %
+        jitter), or mark the item dead after `outbox_max_attempts` failures. Ignored for an item that is
+        no longer pending (e.g. a slower worker reporting after another one delivered it).
+        KeyError if there is no such item."""
+        with self.transaction(write=True) as session:
+            query = select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()
+            row = session.execute(query).scalar_one_or_none()
+            if row is None:
+                raise KeyError(item_id)
+            if row.status != "pending":
+                return
+            row.attempts += 1
+            row.last_error = str(error)[:_MAX_ERROR_CHARS]
+            row.leased_by = None
+            if row.attempts >= self.outbox_max_attempts:
+                row.status = "dead"
+            else:
+                delay_s = min(2.0**row.attempts, OUTBOX_MAX_BACKOFF_S) * (1 - _BACKOFF_JITTER * random.random())
+                row.next_attempt_at = self.now() + timedelta(seconds=delay_s)
+
+    def outbox_items(self, *, status: OutboxStatus | None = None) -> list[OutboxItem]:
+        """All outbox items (or those with `status`), by id; for tests and inspection."""
+        query = select(OutboxRow).order_by(OutboxRow.id)
+        if status is not None:
+            query = query.where(OutboxRow.status == status)
+        with self.transaction(write=False) as session:
+            return [_outbox_item(row) for row in session.execute(query).scalars()]
+
+
+def _json_roundtrip(value: Any) -> Any:
+    """`value` as it will read back from the database: fails early (TypeError) on what JSON cannot hold,
+    and makes SQLite and PostgreSQL return the same thing (tuples become lists, keys become strings)."""
+    return json.loads(json.dumps(value, allow_nan=False))

@@ -1,0 +1,363 @@
+"""edge.store: images on disk, scans, reviews, the outbox and migrations, on SQLite and on PostgreSQL
+(a throwaway server, see pg_fixtures.py), including two processes working on one database at once."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from edge.migrations import current_revision, head_revision
+from edge.store import OUTBOX_MAX_BACKOFF_S, Store
+from pg_fixtures import db_url, pg_server  # noqa: F401 - fixtures
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+
+class Clock:
+    """A settable clock for the store."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(db_url: str, tmp_path: Path, clock: Clock):  # noqa: F811 - db_url is the imported fixture
+    store = Store(db_url, tmp_path / "data", clock=clock)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def scan_kwargs(**overrides: object) -> dict:
+    values = dict(
+        station="lane-1", lane="1", bag_id="bag-0001", view="top", image_sha256="a" * 64, media_type="image/png",
+        width=640, height=480, result={"detections": [{"cls": "ivory", "score": 0.91, "box_xyxy": [1, 2, 30, 40]}]},
+        model_name="xs-det-s", model_version="1.0.0", alarm=True, alarm_classes=["ivory"],
+    )
+    values.update(overrides)
+    return values
+
+
+# -- images --------------------------------------------------------------------------------------------
+
+
+def test_put_image_is_content_addressed_durable_and_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "data")
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    data = b"\x89PNG fake image bytes"
+    sha = store.put_image(data, suffix=".PNG")
+
+    assert sha == hashlib.sha256(data).hexdigest()
+    path = tmp_path / "data" / "images" / sha[:2] / sha[2:4] / f"{sha}.png"
+    assert path.read_bytes() == data
+    # file, its directory, and the directories created above it
+    assert len(fsyncs) >= 2
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert store.read_image(sha) == (data, "image/png")
+    assert store.image_path(sha) == path
+
+    fsyncs.clear()
+    mtime_ns = path.stat().st_mtime_ns
+    assert store.put_image(data, suffix="png") == sha  # same bytes again: nothing written...
+    assert path.stat().st_mtime_ns == mtime_ns
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    assert len(fsyncs) == 1  # ...but its directory entry is made durable before we return
+
+    other = store.put_image(b"other bytes", suffix="jpg")
+    assert other != sha and store.read_image(other) == (b"other bytes", "image/jpeg")
+    store.close()
+
+
+def test_read_image_missing_or_malformed_is_keyerror_and_bad_suffix_is_refused(tmp_path: Path):
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "data")
+    with pytest.raises(KeyError):
+        store.read_image("0" * 64)
+    with pytest.raises(KeyError):
+        store.read_image("../../etc/passwd")
+    for suffix in ("../x", "p/ng", ""):
+        with pytest.raises(ValueError):
+            store.put_image(b"x", suffix=suffix)
+    with pytest.raises(ValueError):
+        store.put_image(b"", suffix="png")
+    store.close()
+
+
+# -- migrations ----------------------------------------------------------------------------------------
+
+
+def test_migrate_twice_is_a_noop_and_schema_matches_models(store: Store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from edge.db import Base
+
+    record, _ = store.record_scan(**scan_kwargs())
+    store.migrate()
+    assert current_revision(store.engine) == head_revision()
+    assert store.get_scan(record.id) == record
+    with store.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_sqlite_connection_settings(tmp_path: Path):
+    store = Store(f"sqlite:///{tmp_path / 'sub' / 'x.db'}", tmp_path)
+    with store.engine.connect() as connection:
+        pragmas = {name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+                   for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
+    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 30000}
+    store.close()
+
+
+# -- scans ---------------------------------------------------------------------------------------------
+
+
+def test_record_scan_is_idempotent(store: Store, clock: Clock):
+    first, created = store.record_scan(**scan_kwargs())
+    assert created and first.id > 0 and first.created_at == T0
+    assert (first.reviewed, first.verdict, first.alarm_classes) == (False, None, ["ivory"])
+    assert first.result == scan_kwargs()["result"]
+
+    clock.advance(5)
+    again, created_again = store.record_scan(**scan_kwargs(result={"different": True}, alarm=False))
+    assert not created_again
+    assert again == first  # the first write wins
+    assert store.count_scans() == 1
+
+
+def test_same_image_from_two_stations_or_bags_is_two_scans(store: Store):
+    a, _ = store.record_scan(**scan_kwargs(station="lane-1"))
+    b, created = store.record_scan(**scan_kwargs(station="lane-2"))
+    c, created_c = store.record_scan(**scan_kwargs(station="lane-1", bag_id="bag-0002"))
+    assert created and created_c and len({a.id, b.id, c.id}) == 3
+    assert store.count_scans() == 3
+
+
+def test_get_list_and_bag_scans(store: Store):
+    ids = []
+    for i in range(6):
+        record, _ = store.record_scan(**scan_kwargs(bag_id=f"bag-{i // 2}", image_sha256=f"{i:064x}", alarm=i % 2 == 0,
+                                                    alarm_classes=["ivory"] if i % 2 == 0 else []))
+        ids.append(record.id)
+    assert store.get_scan(ids[3]).image_sha256 == f"{3:064x}"
+    assert store.get_scan(10_000) is None
+    assert [s.id for s in store.list_scans()] == ids[::-1]
+    assert [s.id for s in store.list_scans(limit=2, offset=1)] == ids[::-1][1:3]
+    assert [s.id for s in store.list_scans(alarm=True)] == [ids[4], ids[2], ids[0]]
+    assert [s.id for s in store.list_scans(alarm=False)] == [ids[5], ids[3], ids[1]]
+    assert [s.id for s in store.bag_scans("lane-1", "bag-1")] == [ids[2], ids[3]]
+    assert store.bag_scans("lane-2", "bag-1") == []
+
+    store.add_review(ids[2], user="sup", verdict="confirmed")
+    assert [s.id for s in store.list_scans(alarm=True, reviewed=False)] == [ids[4], ids[0]]
+    assert [s.id for s in store.list_scans(reviewed=True)] == [ids[2]]
+
+
+def test_record_scan_validates_fields_the_same_on_both_backends(store: Store):
+    with pytest.raises(ValueError):
+        store.record_scan(**scan_kwargs(station=""))
+    with pytest.raises(ValueError):
+        store.record_scan(**scan_kwargs(bag_id="x" * 129))
+    with pytest.raises(ValueError):
+        store.record_scan(**scan_kwargs(width=0))
+    with pytest.raises(ValueError):
+        store.record_scan(**scan_kwargs(image_sha256="../../etc/passwd"))
+    with pytest.raises(ValueError):  # NaN is not JSON
+        store.record_scan(**scan_kwargs(result={"score": float("nan")}))
+    assert store.count_scans() == 0
+
+
+# -- reviews -------------------------------------------------------------------------------------------
+
+
+def test_reviews_latest_verdict_wins_and_trail_is_kept(store: Store, clock: Clock):
+    scan, _ = store.record_scan(**scan_kwargs())
+    first = store.add_review(scan.id, user="alice", verdict="confirmed", note="tusk section under clothes")
+    clock.advance(60)
+    second = store.add_review(scan.id, user="bob", verdict="cleared")
+    assert (first.user, first.verdict, first.scan_id) == ("alice", "confirmed", scan.id)
+    assert first.note == "tusk section under clothes"
+    assert second.created_at == T0 + timedelta(seconds=60)
+    assert store.reviews(scan.id) == [first, second]
+    got = store.get_scan(scan.id)
+    assert got.reviewed and got.verdict == "cleared"
+
+    with pytest.raises(KeyError):
+        store.add_review(9999, user="alice", verdict="confirmed")
+    with pytest.raises(ValueError):
+        store.add_review(scan.id, user="alice", verdict="maybe")  # type: ignore[arg-type]
+    assert len(store.reviews(scan.id)) == 2
+
+
+# -- outbox --------------------------------------------------------------------------------------------
+
+
+def test_enqueue_dedupes_and_claim_leases(store: Store, clock: Clock):
+    assert store.enqueue("webhook", {"scan_id": 1}, dedupe_key="webhook:1")
+    assert not store.enqueue("webhook", {"scan_id": 1, "again": True}, dedupe_key="webhook:1")
+    assert store.enqueue("webhook", {"scan_id": 2}, dedupe_key="webhook:2")
+    assert [i.payload for i in store.outbox_items()] == [{"scan_id": 1}, {"scan_id": 2}]
+
+    claimed = store.claim_outbox(worker="w1", limit=1, lease_s=30)
+    assert [i.dedupe_key for i in claimed] == ["webhook:1"]
+    assert claimed[0].leased_by == "w1" and claimed[0].next_attempt_at == T0 + timedelta(seconds=30)
+    assert [i.dedupe_key for i in store.claim_outbox(worker="w2")] == ["webhook:2"]
+    assert store.claim_outbox(worker="w2") == []  # both leased
+
+    clock.advance(31)  # w1 died: its lease ran out, the item is due again
+    assert [i.dedupe_key for i in store.claim_outbox(worker="w2")] == ["webhook:1", "webhook:2"]
+    store.outbox_done(claimed[0].id)
+    done = store.outbox_items(status="done")
+    assert [i.id for i in done] == [claimed[0].id] and done[0].done_at == clock.now
+    clock.advance(3600)
+    assert [i.dedupe_key for i in store.claim_outbox(worker="w3")] == ["webhook:2"]  # done is never due
+    assert not store.enqueue("webhook", {}, dedupe_key="webhook:1")  # a delivered key stays taken
+    with pytest.raises(KeyError):
+        store.outbox_done(12345)
+
+
+def test_outbox_backoff_and_dead_letter(db_url: str, tmp_path: Path, clock: Clock):  # noqa: F811
+    store = Store(db_url, tmp_path, clock=clock, outbox_max_attempts=4)
+    store.migrate()
+    store.enqueue("webhook", {"scan_id": 7}, dedupe_key="webhook:7")
+    for attempt in range(1, 4):
+        (item,) = store.claim_outbox(worker="w")
+        store.outbox_failed(item.id, f"HTTP 503 #{attempt}")
+        (item,) = store.outbox_items()
+        delay_s = (item.next_attempt_at - clock.now).total_seconds()
+        assert item.status == "pending" and item.attempts == attempt and item.last_error == f"HTTP 503 #{attempt}"
+        assert 0.8 * 2**attempt - 1e-3 <= delay_s <= 2**attempt + 1e-3  # 2, 4, 8 s less jitter
+        assert store.claim_outbox(worker="w") == []  # not due before the delay
+        clock.advance(delay_s)
+    (item,) = store.claim_outbox(worker="w")
+    store.outbox_failed(item.id, "HTTP 503 #4")
+    (item,) = store.outbox_items()
+    assert item.status == "dead" and item.attempts == 4
+    clock.advance(10 * OUTBOX_MAX_BACKOFF_S)
+    assert store.claim_outbox(worker="w") == []
+    store.outbox_failed(item.id, "late report")  # not pending any more: ignored
+    assert store.outbox_items()[0].attempts == 4
+    store.close()
+
+
+def test_outbox_backoff_is_capped(db_url: str, tmp_path: Path, clock: Clock):  # noqa: F811
+    store = Store(db_url, tmp_path, clock=clock, outbox_max_attempts=20)
+    store.migrate()
+    store.enqueue("webhook", {}, dedupe_key="k")
+    delays_s = []
+    for _ in range(10):
+        (item,) = store.claim_outbox(worker="w", lease_s=1)
+        store.outbox_failed(item.id, "down")
+        (item,) = store.outbox_items()
+        delays_s.append((item.next_attempt_at - clock.now).total_seconds())
+        clock.now = item.next_attempt_at
+    assert item.attempts == 10 and item.status == "pending"
+    # 2**9 = 512 s and 2**10 = 1024 s without the cap
+    assert all(0.8 * OUTBOX_MAX_BACKOFF_S - 1e-3 <= d <= OUTBOX_MAX_BACKOFF_S + 1e-3 for d in delays_s[8:]), delays_s
+    store.close()
+
+
+def test_default_dead_letter_after_ten_failures(store: Store, clock: Clock):
+    store.enqueue("export", {"scan_id": 1}, dedupe_key="export:1")
+    for attempt in range(1, 11):
+        (item,) = store.claim_outbox(worker="w")
+        store.outbox_failed(item.id, "refused")
+        (item,) = store.outbox_items()
+        assert item.status == ("dead" if attempt == 10 else "pending")
+        clock.now = max(clock.now, item.next_attempt_at)
+    assert store.claim_outbox(worker="w") == [] and store.outbox_items(status="dead") == [item]
+
+
+def test_skip_locked_claims_pass_over_rows_another_transaction_holds(store: Store):
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite claims are serialised by BEGIN IMMEDIATE")
+    for i in range(3):
+        store.enqueue("webhook", {"i": i}, dedupe_key=f"k{i}")
+    first_id = store.outbox_items()[0].id
+    with store.engine.connect() as other:
+        with other.begin():  # another worker is in the middle of claiming the first item
+            other.execute(text("SELECT id FROM outbox WHERE id = :id FOR UPDATE"), {"id": first_id})
+            claimed = store.claim_outbox(worker="w", limit=10)  # must neither block nor take it
+            assert [i.payload["i"] for i in claimed] == [1, 2]
+    assert [i.payload["i"] for i in store.claim_outbox(worker="w")] == [0]
+
+
+# -- two processes at once -----------------------------------------------------------------------------
+
+N_SCANS = 40
+N_ITEMS = 60
+
+
+def _worker(db_url: str, data_dir: str, name: str, barrier, results) -> None:  # noqa: F811 - a plain argument
+    """One service process: migrate, record the same scans, enqueue the same items, drain the outbox."""
+    try:
+        store = Store(db_url, Path(data_dir))
+        barrier.wait()
+        store.migrate()  # both at once on an empty database
+        barrier.wait()
+        recorded = []
+        for i in range(N_SCANS):
+            record, created = store.record_scan(**scan_kwargs(bag_id=f"bag-{i}", image_sha256=f"{i:064x}"))
+            recorded.append((i, record.id, created))
+        enqueued = sum(store.enqueue("webhook", {"i": i}, dedupe_key=f"webhook:{i}") for i in range(N_ITEMS))
+        barrier.wait()
+        claimed: list[int] = []
+        while batch := store.claim_outbox(worker=name, limit=3):
+            for item in batch:
+                store.outbox_done(item.id)
+                claimed.append(item.id)
+        store.close()
+        results.put((name, recorded, enqueued, claimed, None))
+    except Exception as exc:  # noqa: BLE001 - report to the parent instead of dying silently
+        barrier.abort()
+        results.put((name, [], 0, [], repr(exc)))
+
+
+@pytest.mark.slow  # spawns two interpreters: a few seconds
+def test_two_processes_share_one_database(db_url: str, tmp_path: Path):  # noqa: F811
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2, timeout=120)
+    results = context.Queue()
+    processes = [context.Process(target=_worker, args=(db_url, str(tmp_path), name, barrier, results))
+                 for name in ("p1", "p2")]
+    for process in processes:
+        process.start()
+    outcomes = {}
+    for _ in processes:
+        name, recorded, enqueued, claimed, error = results.get(timeout=180)
+        outcomes[name] = (recorded, enqueued, claimed, error)
+    for process in processes:
+        process.join(timeout=30)
+    assert all(error is None for *_, error in outcomes.values()), outcomes
+
+    store = Store(db_url, tmp_path)
+    assert store.count_scans() == N_SCANS
+    (rec1, enq1, claim1, _), (rec2, enq2, claim2, _) = outcomes.values()
+    for (i, id1, created1), (_, id2, created2) in zip(rec1, rec2):
+        assert id1 == id2, f"scan {i} got two ids"
+        assert created1 != created2, f"scan {i}: exactly one process creates it"
+    assert enq1 + enq2 == N_ITEMS
+    assert not set(claim1) & set(claim2), "an outbox item was claimed by both processes"
+    items = store.outbox_items()
+    assert sorted(claim1 + claim2) == [i.id for i in items] and len(items) == N_ITEMS
+    assert all(i.status == "done" for i in items)
+    store.close()
