@@ -1,0 +1,197 @@
+"""`xscreen train`, `xscreen eval` and `xscreen calibrate`.
+
+Only typer and the standard library are imported here; torch and the training code are imported inside
+each command, so `xscreen --help` stays fast and works on a lane box without torch.
+
+    xscreen train --config configs/tiny.yaml --out runs/tiny [--set optim.epochs=5 ...] [--resume runs/tiny/last.ckpt]
+    torchrun --nproc_per_node=2 -m vision.cli train --config configs/s512.yaml --out runs/s512
+    xscreen eval --model runs/tiny/best.ckpt --data synth-val/ --json eval.json --plots plots/
+    xscreen calibrate --model runs/tiny/best.ckpt --data synth-val/ --target-pfa 0.05 [--out calibrated.ckpt]
+
+Exit codes: 0 done; 2 bad input (config, checkpoint, dataset, or a model format this install cannot run).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+_FORMAT_HELP = "Dataset layout for --data: auto, coco, voc, lines, yolo, gdxray, or a dataset name (pidray, …)."
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def _resolve_config(config: Path | None, overrides: list[str], resume: Path | None) -> Any:
+    """The run's TrainConfig: the file + overrides, or (resuming without --config) the checkpoint's own."""
+    from training.config import ConfigError, load_config
+
+    try:
+        if config is not None:
+            return load_config(config, overrides)
+        if resume is None:
+            raise _fail("--config is required (or --resume a checkpoint, whose config is then used)")
+        import yaml
+
+        from training.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(resume)["config"]
+        # Through a file, so the checkpoint's config is validated exactly as a config file is.
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(yaml.safe_dump(saved, sort_keys=False))
+            return load_config(path, overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise _fail(f"{resume}: {exc}") from None
+
+
+def train_command(
+    out: Annotated[Path, typer.Option("--out", help="Run folder: config.yaml, last.ckpt, best.ckpt, metrics.jsonl, tb/.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", exists=True, dir_okay=False, help="Training config (YAML).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config value: key.sub=value (repeatable).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", exists=True, dir_okay=False, help="Continue from RUN/last.ckpt.")
+    ] = None,
+) -> None:
+    """Train the detector (also under `torchrun --nproc_per_node=N -m vision.cli train ...`)."""
+    cfg = _resolve_config(config, list(overrides or []), resume)
+    from training.engine import ResumeError, train
+
+    try:
+        last = train(cfg, out, resume=resume)
+    except ResumeError as exc:
+        raise _fail(f"{resume}: {exc}") from None
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"last checkpoint: {last}")
+
+
+def _load(model: Path, device: str) -> Any:
+    from training.evaluate import OnnxEngineUnavailableError, load_model
+
+    try:
+        return load_model(model, device=device)
+    except OnnxEngineUnavailableError as exc:
+        raise _fail(str(exc)) from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise _fail(f"{model}: cannot load the model: {exc}") from None
+
+
+def _dataset(data: Path, format: str, loaded: Any) -> Any:
+    from training.evaluate import build_eval_dataset
+
+    try:
+        return build_eval_dataset(data, format=format, classes=loaded.classes, spec=loaded.spec)
+    except (OSError, ValueError) as exc:  # layout, annotation and class-map errors are ValueErrors
+        raise _fail(f"{data}: {exc}") from None
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def eval_command(
+    model: Annotated[Path, typer.Option("--model", exists=True, dir_okay=False, help="Checkpoint (.ckpt) or ONNX package (.onnx).")],
+    data: Annotated[Path, typer.Option("--data", exists=True, help="Dataset folder or annotation file.")],
+    format: Annotated[str, typer.Option("--format", "-f", help=_FORMAT_HELP)] = "auto",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the evaluation summary here (JSON).")] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Folder for PR, ROC and confusion-matrix PNGs.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda (checkpoints only).")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+) -> None:
+    """Measure a model on a dataset: COCO mAP per class, bag ROC, Pd at Pfa 0.01 and 0.05 — through the
+    lane's post-processing and decision code, at the model's own thresholds."""
+    from training.evaluate import evaluate_model
+    from training.metrics import evaluation_json
+
+    loaded = _load(model, device)
+    dataset = _dataset(data, format, loaded)
+    report = evaluate_model(
+        loaded.predictor, dataset, classes=loaded.classes, postprocess=loaded.postprocess, policy=loaded.policy,
+        batch_size=batch_size, workers=workers,
+    )  # fmt: skip
+    summary = evaluation_json(report)
+    summary["model"] = str(model)
+    summary["data"] = str(data)
+    typer.echo(f"{summary['counts']['images']} images, {summary['counts']['boxes']} boxes")
+    typer.echo(f"mAP50 {_fmt(summary['map50'])}  mAP50-95 {_fmt(summary['map50_95'])}  bag AUROC {_fmt(summary['bag_auroc'])}")
+    for key, pd in summary["pd_at_pfa"].items():
+        typer.echo(f"Pd at Pfa {key}: {_fmt(pd)}")
+    for name, ap in summary["per_class"].items():
+        typer.echo(f"  {name:<18} AP50 {_fmt(ap)}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2, allow_nan=False))
+        typer.echo(f"wrote {json_out}")
+    if plots is not None:
+        from training.plots import write_plots
+
+        for path in write_plots(report, plots):
+            typer.echo(f"wrote {path}")
+
+
+def calibrate_command(
+    model: Annotated[Path, typer.Option("--model", exists=True, dir_okay=False, help="Training checkpoint (.ckpt).")],
+    data: Annotated[Path, typer.Option("--data", exists=True, help="Validation dataset (with clean bags).")],
+    format: Annotated[str, typer.Option("--format", "-f", help=_FORMAT_HELP)] = "auto",
+    target_pfa: Annotated[
+        float, typer.Option("--target-pfa", min=0.0, max=0.999, help="Bag-level false-alarm rate to calibrate for.")
+    ] = 0.05,
+    out: Annotated[Path | None, typer.Option("--out", help="Checkpoint to write (default: update --model in place).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda.")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", min=0)] = 0,
+) -> None:
+    """Set per-class alarm thresholds so that at most --target-pfa of the clean bags alarm, save them in the
+    checkpoint (the model package takes them from there), and print them with the Pd they reach."""
+    from training.checkpoint import save_checkpoint, with_thresholds
+    from training.evaluate import calibrate_from_predictions, predict_dataset
+
+    if model.suffix.lower() == ".onnx":
+        raise _fail("calibrate works on a training checkpoint; export the calibrated checkpoint afterwards")
+    loaded = _load(model, device)
+    dataset = _dataset(data, format, loaded)
+    predictions = predict_dataset(
+        loaded.predictor, dataset, postprocess=loaded.postprocess, batch_size=batch_size, workers=workers
+    )
+    try:
+        cal = calibrate_from_predictions(
+            predictions, classes=loaded.classes, target_pfa=target_pfa, score_floor=loaded.postprocess.score_floor
+        )
+    except ValueError as exc:  # e.g. no clean bags
+        raise _fail(f"{data}: {exc}") from None
+    operating_point = {
+        "target_pfa": cal.target_pfa,
+        "achieved_pfa": cal.achieved_pfa,
+        "pd": cal.pd,
+        "calibration_data": str(data),
+    }
+    state = with_thresholds(loaded.checkpoint, cal.thresholds, operating_point)
+    dest = save_checkpoint(state, out or model)
+    typer.echo(f"calibrated on {cal.n_clean} clean and {cal.n_threat} threat bags for Pfa ≤ {cal.target_pfa:g}")
+    for name, thr in cal.thresholds.items():
+        typer.echo(f"  {name:<18} threshold {thr:.4f}")
+    typer.echo(f"Pfa reached {cal.achieved_pfa:.4f}, Pd {_fmt(cal.pd)}")
+    for note in cal.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"wrote {dest}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)
+    app.command("calibrate")(calibrate_command)
