@@ -1,0 +1,189 @@
+"""The lane service: `create_app(settings)` builds the FastAPI app; its lifespan makes the heavy objects.
+
+Import this module freely: nothing heavy happens at import or in `create_app`. The lifespan, in order:
+1. loads the model package (`inference.Engine`, refusing a package whose metadata or checksum is wrong);
+2. opens the store and migrates the schema; builds `Auth` on it;
+3. starts the micro-batcher worker(s) and, if a webhook URL is set, the outbox sender;
+then marks the service ready (`/readyz` 200). Shutdown stops them in reverse order.
+
+    uvicorn --factory edge.app:app_from_env      # settings from XSCREEN_* variables
+    xscreen serve --model model.onnx            # the same, from the command line
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edge.batcher import MicroBatcher
+from edge.context import ServiceContext
+from edge.limits import BodySizeLimitMiddleware
+from edge.logs import configure_logging, log_event
+from edge.metrics import EdgeMetrics, RequestMetricsMiddleware
+from edge.ratelimit import RateLimiter
+from edge.settings import EdgeSettings
+
+_log = logging.getLogger("xscreen.edge.app")
+
+_DESCRIPTION = """\
+The lane service of xscreen: stations send X-ray scans, the service screens them for concealed
+contraband with the lane's model package, stores image and result durably, and supervisors review the
+alarms in a browser.
+
+Authentication: `Authorization: Bearer <key>` (stations, supervisors, admins), or the review UI's session
+cookie (supervisors, admins; unsafe methods also need the CSRF token). Roles: *station* sends scans and
+reads its own records; *supervisor* reads scans, images, TDRs and reviews them; *admin* may do all a
+supervisor may.
+"""
+
+_TAGS = [
+    {"name": "scans", "description": "Screening, stored scans, images, reviews and threat reports."},
+    {"name": "stream", "description": (
+        "`WS /v1/stream` (WebSockets are not listed below). Authenticate with a station key (Bearer header on "
+        "the handshake, or a first message `{\"key\": ...}`; answer `{\"type\": \"ready\"}`). Then per scan: "
+        "a JSON text frame `{station, lane, bag_id, view, seq?, content_type?}` and one binary frame with the "
+        "image file (or the file as base64 in `image_b64`). Answers come in the order sent: `{type: result, "
+        "seq, ...}` with the fields of `POST /v1/scans`, or `{type: error, seq, status, detail}`.")},
+    {"name": "reviews", "description": "Seizure export."},
+    {"name": "operations", "description": "Health, readiness, metrics."},
+    {"name": "ui", "description": "The review UI (HTML)."},
+]
+
+
+def _start_engine(settings: EdgeSettings) -> Any:
+    from inference.engine import Engine
+
+    return Engine(settings.model_path, threads=settings.engine_threads, max_batch=settings.batch_max_size)
+
+
+def _open_store(settings: EdgeSettings) -> tuple[Any, Any]:
+    from edge.auth import Auth
+    from edge.store import Store
+
+    store = Store(settings.db_url, settings.data_dir)
+    try:
+        store.migrate()
+    except Exception:
+        store.close()
+        raise
+    return store, Auth(store)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    ctx: ServiceContext = app.state.ctx
+    settings = ctx.settings
+    ctx.decode_slots = asyncio.Semaphore(settings.decode_workers)
+    # The exit stack undoes whatever was started, in reverse order, also when a later step fails.
+    async with AsyncExitStack() as stack:
+        # Blocking start-up work runs in threads so the loop (and /healthz) stays responsive meanwhile.
+        engine = await asyncio.to_thread(_start_engine, settings)
+        ctx.metrics.set_model(name=engine.package.name, version=engine.package.version,
+                              sha256=engine.package.weights_sha256, classes=list(engine.class_names),
+                              providers=list(engine.providers))
+        store, auth = await asyncio.to_thread(_open_store, settings)
+        stack.push_async_callback(asyncio.to_thread, store.close)
+        batcher = MicroBatcher(engine.detect_prepared, max_batch=settings.batch_max_size,
+                               max_wait_ms=settings.batch_max_wait_ms, queue_max=settings.queue_max,
+                               workers=settings.batch_workers, metrics=ctx.metrics)
+        await batcher.start()
+        stack.push_async_callback(batcher.stop)
+        ctx.engine, ctx.store, ctx.auth, ctx.batcher = engine, store, auth, batcher
+        stack.callback(_clear, ctx)
+        if settings.webhook_url:
+            from edge.outbox import WebhookSender
+
+            sender = WebhookSender(store, settings.webhook_url, timeout_s=settings.webhook_timeout_s,
+                                   poll_s=settings.outbox_poll_s, metrics=ctx.metrics)
+            ctx.background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
+        stack.push_async_callback(_stop_background, ctx)
+        ctx.ready = True
+        log_event(_log, "service ready", model=engine.package.name, version=engine.package.version,
+                  providers=list(engine.providers), db=_redacted(settings.db_url))
+        try:
+            yield
+        finally:
+            ctx.ready = False
+    log_event(_log, "service stopped")
+
+
+def _clear(ctx: ServiceContext) -> None:
+    ctx.engine = ctx.store = ctx.auth = ctx.batcher = None
+
+
+async def _stop_background(ctx: ServiceContext) -> None:
+    for task in ctx.background:
+        task.cancel()
+    await asyncio.gather(*ctx.background, return_exceptions=True)
+    ctx.background.clear()
+
+
+def _redacted(db_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(db_url).render_as_string(hide_password=True)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # The UI's "log in first" redirect is an HTTPException with a Location header and a 303 status.
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # One readable sentence first (the station operator's), the structured errors after it.
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}" for e in exc.errors()]
+    return JSONResponse({"detail": "; ".join(parts) or "invalid request",
+                         "errors": [{k: v for k, v in e.items() if k in ('loc', 'msg', 'type')} for e in exc.errors()]},
+                        status_code=422)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Runs in Starlette's outermost middleware: log once with the traceback, answer JSON, never the trace.
+    request_id = request.scope.get("state", {}).get("request_id")
+    _log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": request_id, "path": request.url.path}})
+    return JSONResponse({"detail": f"internal error (request id {request_id})"}, status_code=500)
+
+
+def create_app(settings: EdgeSettings) -> FastAPI:
+    """The lane service app for `settings` (cheap: the lifespan does the heavy work)."""
+    from edge import routes_ops, routes_scans, routes_stream, seizures, ui
+
+    configure_logging(settings.log_level)
+    metrics = EdgeMetrics(batch_max_size=settings.batch_max_size)
+    app = FastAPI(
+        title="xscreen lane service",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        openapi_tags=_TAGS,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ServiceContext(
+        settings=settings,
+        metrics=metrics,
+        limiter=RateLimiter(rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst),
+    )
+    app.include_router(routes_scans.router)
+    app.include_router(routes_stream.router)
+    app.include_router(seizures.router)
+    app.include_router(routes_ops.router)
+    ui.mount(app)
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
+    # Outermost last: the metrics middleware sees every answer, including the body limit's 413s.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """`create_app` with settings from the environment / `.env` (for `uvicorn --factory`)."""
+    return create_app(EdgeSettings())  # type: ignore[call-arg]  # model_path comes from XSCREEN_MODEL_PATH

@@ -1,0 +1,253 @@
+"""The micro-batcher: scans from every lane share model calls.
+
+A scan, already decoded and letterboxed by the request (C×H×W at the model's input size, plus its
+`LetterboxParams`), waits in one bounded queue. A worker takes the first waiting scan, then keeps taking
+scans until it holds `max_batch` of them or `max_wait_ms` have passed since the first one arrived, and runs
+them as one batch in a worker thread (ONNX Runtime releases the GIL, so the event loop keeps accepting
+requests meanwhile).
+
+Back-pressure and memory: the queue holds at most `queue_max` prepared inputs (each C×H×W, e.g. 768 KB
+at 3×512×512), so a full queue refuses new scans at once (`QueueFullError` → 503 with Retry-After) instead
+of letting latency and memory grow. A scan whose request deadline has passed by the time its batch forms
+is dropped unrun, so an overloaded lane spends no model time on answers nobody waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.logs import log_event
+from edge.metrics import EdgeMetrics
+from vision.letterbox import LetterboxParams
+from vision.postprocess import Detections
+
+_log = logging.getLogger("xscreen.edge.batcher")
+
+#: Signature of the model call: B×C×H×W batch and B letterbox parameter sets → B detections (scan pixels).
+RunBatch = Callable[[np.ndarray, Sequence[LetterboxParams]], list[Detections]]
+
+
+class QueueFullError(RuntimeError):
+    """The batch queue is full; `retry_after_s` estimates when there will be room."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"the screening queue is full; retry in about {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(TimeoutError):
+    """The scan was not screened before its request deadline."""
+
+
+class BatcherStoppedError(RuntimeError):
+    """The service is shutting down."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One scan's detections and how long it waited and ran."""
+
+    detections: Detections
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Item:
+    tensor: np.ndarray
+    params: LetterboxParams
+    deadline: float  # time.monotonic()
+    enqueued: float
+    future: asyncio.Future[BatchResult] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A queued scan, to `wait` for."""
+
+    item: _Item
+
+
+class MicroBatcher:
+    """Batches scans for `run_batch` (see module docstring). Start with `start()`, stop with `stop()`."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        queue_max: int,
+        workers: int = 1,
+        metrics: EdgeMetrics | None = None,
+    ) -> None:
+        if max_batch < 1 or queue_max < 1 or workers < 1:
+            raise ValueError("max_batch, queue_max and workers must be ≥ 1")
+        #: The model call; public so that tests can wrap it (e.g. with a slow stub).
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.queue_max = queue_max
+        self.workers = workers
+        self.metrics = metrics
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        # Moving average of one batch's run time, for Retry-After estimates.
+        self._batch_s_avg = 0.05
+
+    @property
+    def depth(self) -> int:
+        """Scans waiting (not yet taken into a batch)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not all(t.done() for t in self._tasks)
+
+    async def start(self) -> None:
+        """Create the queue and the worker tasks (in the running event loop)."""
+        self._queue = asyncio.Queue(maxsize=self.queue_max)
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="xscreen-infer")
+        self._tasks = [asyncio.create_task(self._worker(i), name=f"batcher-{i}") for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        """Cancel the workers; scans still queued fail with `BatcherStoppedError`."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+        if self._queue is not None:
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if not item.future.done():
+                    item.future.set_exception(BatcherStoppedError("the service is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def retry_after_s(self) -> float:
+        """A Retry-After estimate: time to drain the queue at the recent batch rate (≥ 1 s)."""
+        batches = math.ceil((self.depth + 1) / self.max_batch) / self.workers
+        return max(1.0, math.ceil(batches * self._batch_s_avg))
+
+    @property
+    def full(self) -> bool:
+        """The queue is full right now (a cheap check before decoding; `enqueue` decides)."""
+        return self._queue is not None and self._queue.full()
+
+    def enqueue(self, tensor: np.ndarray, params: LetterboxParams, *, deadline: float) -> Ticket:
+        """Queue one prepared scan (C×H×W at the model's input size) without waiting.
+
+        deadline: `time.monotonic()` by which the answer is needed. Raises `QueueFullError` at once when
+        the queue is full, `BatcherStoppedError` when the workers are not running.
+        """
+        if self._queue is None or not self.running:
+            raise BatcherStoppedError("the screening worker is not running")
+        now = time.monotonic()
+        item = _Item(tensor=tensor, params=params, deadline=deadline, enqueued=now,
+                     future=asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise QueueFullError(self.retry_after_s()) from None
+        self._update_depth()
+        return Ticket(item)
+
+    async def wait(self, ticket: Ticket) -> BatchResult:
+        """The queued scan's result; `DeadlineExceededError` when its deadline passes first."""
+        item = ticket.item
+        try:
+            # On timeout (or if the caller is cancelled: client gone) wait_for cancels the future; the
+            # worker sees it done and neither runs the scan nor sets a result nobody would read.
+            return await asyncio.wait_for(item.future, timeout=max(0.0, item.deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineExceededError("the scan was not screened before the request deadline") from None
+
+    async def submit(self, tensor: np.ndarray, params: LetterboxParams, *, deadline: float) -> BatchResult:
+        """`enqueue` and `wait` in one call."""
+        return await self.wait(self.enqueue(tensor, params, deadline=deadline))
+
+    def _update_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.depth)
+
+    async def _collect(self) -> list[_Item]:
+        """The next batch: wait for one scan, then gather more until full or the wait is over."""
+        assert self._queue is not None
+        first = await self._queue.get()
+        items = [first]
+        until = first.enqueued + self.max_wait_s
+        while len(items) < self.max_batch:
+            try:
+                items.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self._queue.get(), timeout=left))
+            except TimeoutError:
+                break
+        self._update_depth()
+        return items
+
+    async def _worker(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._collect()
+            now = time.monotonic()
+            live = [it for it in items if not it.future.done() and it.deadline > now]
+            for it in items:
+                if it not in live and not it.future.done():
+                    it.future.set_exception(DeadlineExceededError("the request deadline passed while the scan was queued"))
+            if not live:
+                continue
+            batch = np.stack([it.tensor for it in live])
+            params = [it.params for it in live]
+            start = time.monotonic()
+            try:
+                dets = await loop.run_in_executor(self._executor, self.run_batch, batch, params)
+                if len(dets) != len(live):
+                    raise RuntimeError(f"the model returned {len(dets)} results for {len(live)} scans")
+            except asyncio.CancelledError:
+                for it in live:
+                    if not it.future.done():
+                        it.future.set_exception(BatcherStoppedError("the service is shutting down"))
+                raise
+            except Exception as exc:  # one bad batch must not kill the worker; its scans get the error
+                log_event(_log, "batch failed", logging.ERROR, error=repr(exc), batch_size=len(live), worker=index)
+                for it in live:
+                    if not it.future.done():
+                        it.future.set_exception(exc)
+                continue
+            run_s = time.monotonic() - start
+            self._batch_s_avg = 0.8 * self._batch_s_avg + 0.2 * run_s
+            if self.metrics is not None:
+                self.metrics.batch_size.observe(len(live))
+                self.metrics.inference_latency.observe(run_s)
+            for it, d in zip(live, dets):
+                if not it.future.done():
+                    it.future.set_result(
+                        BatchResult(
+                            detections=d,
+                            queue_ms=(start - it.enqueued) * 1000.0,
+                            inference_ms=run_s * 1000.0,
+                            batch_size=len(live),
+                        )
+                    )

@@ -1,0 +1,92 @@
+"""`xscreen serve` and `xscreen station`.
+
+Only typer and edge.defaults are imported at load time (see vision/cli.py): FastAPI, uvicorn, ONNX Runtime
+and httpx are imported inside the commands, so `xscreen --help` stays fast on any install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edge.defaults import DEFAULT_DATA_DIR, DEFAULT_DB_URL
+
+__all__ = ["register"]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def serve_command(
+    model: Annotated[Path, typer.Option("--model", exists=True, dir_okay=False, help="Model package (.onnx).")],
+    db: Annotated[Optional[str], typer.Option("--db", help=f"Database URL (default {DEFAULT_DB_URL}, or XSCREEN_DB_URL).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help=f"Image store (default {DEFAULT_DATA_DIR}, or XSCREEN_DATA_DIR).")] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port (default 8000).")] = None,
+    tdr_dir: Annotated[Optional[Path], typer.Option("--tdr-dir", help="Write a DICOS TDR per alarm here.")] = None,
+    webhook_url: Annotated[Optional[str], typer.Option("--webhook-url", help="POST every alarm here.")] = None,
+    insecure_cookies: Annotated[bool, typer.Option("--insecure-cookies", help="Session cookies without Secure (plain-HTTP development only).")] = False,
+) -> None:
+    """Run the lane service (FastAPI + uvicorn). Other settings come from XSCREEN_* variables or .env."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from edge.app import create_app
+    from edge.logs import configure_logging, uvicorn_log_config
+    from edge.settings import EdgeSettings
+
+    overrides = {"model_path": model, "db_url": db, "data_dir": data_dir, "host": host, "port": port,
+                 "tdr_dir": tdr_dir, "webhook_url": webhook_url}
+    if insecure_cookies:
+        overrides["session_cookie_secure"] = False
+    try:
+        settings = EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise _fail(f"invalid settings:\n{exc}") from None
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    # uvicorn's own access log is off: the service writes one structured line per request itself.
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=uvicorn_log_config(settings.log_level),
+                ws_max_size=settings.max_body_bytes + 65536, timeout_graceful_shutdown=10)
+
+
+def station_command(
+    url: Annotated[str, typer.Option("--url", help="Lane service base URL, e.g. http://127.0.0.1:8000.")],
+    key: Annotated[str, typer.Option("--key", envvar="XSCREEN_STATION_KEY", help="Station API key (or XSCREEN_STATION_KEY).")],
+    lanes: Annotated[int, typer.Option("--lanes", min=1, max=64, help="Lanes sending concurrently.")] = 2,
+    rate: Annotated[float, typer.Option("--rate", min=0.001, help="Bags per second over all lanes.")] = 2.0,
+    source: Annotated[str, typer.Option("--source", help="'synth' (physics synthesiser) or a folder of scans.")] = "synth",
+    bags: Annotated[int, typer.Option("--bags", min=0, help="Stop after this many bags.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Synthetic bag seed.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON (no live table).")] = False,
+) -> None:
+    """Simulate a station: stream bags to a lane service and show sent, alarms, latency p50/p95, errors."""
+    import json
+
+    from edge.station import StationConfig, StationError, run_station
+
+    if source != "synth" and not Path(source).is_dir():
+        raise _fail(f"--source must be 'synth' or a folder; {source!r} is neither")
+    cfg = StationConfig(url=url.rstrip("/"), key=key, lanes=lanes, rate=rate, source=source, bags=bags, seed=seed,
+                        live=not json_out)
+    try:
+        summary = run_station(cfg)
+    except StationError as exc:
+        raise _fail(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(summary.as_dict()))
+    else:
+        for sample in summary.error_samples:
+            typer.echo(f"error sample: {sample}", err=True)
+    if summary.errors:
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` and `station` to the root `xscreen` app (`admin` comes from edge.admin_cli)."""
+    app.command("serve")(serve_command)
+    app.command("station")(station_command)

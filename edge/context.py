@@ -1,0 +1,44 @@
+"""The running service's shared objects, made in the app's lifespan and reached through `app.state.ctx`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from edge.batcher import MicroBatcher
+from edge.metrics import EdgeMetrics
+from edge.ratelimit import RateLimiter
+from edge.settings import EdgeSettings
+
+if TYPE_CHECKING:  # only for annotations: importing these here would load them at app import time
+    from edge.auth import Auth
+    from edge.store import Store
+    from inference.engine import Engine
+
+
+@dataclass
+class ServiceContext:
+    """Everything a request handler needs. `engine`, `store`, `auth` and `batcher` are None until the
+    lifespan has made them (`ready` turns True then)."""
+
+    settings: EdgeSettings
+    metrics: EdgeMetrics
+    #: Scans per station (token bucket per station name).
+    limiter: RateLimiter
+    #: Password attempts per user name on the login form (argon2 makes each slow; this caps how many).
+    login_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=0.2, burst=10))
+    engine: Engine | None = None
+    store: Store | None = None
+    auth: Auth | None = None
+    batcher: MicroBatcher | None = None
+    #: Bounds how many scans are decoded at once, hence the memory held by decoded pixels.
+    decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    ready: bool = False
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def require(self) -> tuple[Engine, Store, Auth, MicroBatcher]:
+        """The started components; raises RuntimeError while the service is still starting or stopping."""
+        if self.engine is None or self.store is None or self.auth is None or self.batcher is None:
+            raise RuntimeError("the service is not ready")
+        return self.engine, self.store, self.auth, self.batcher

@@ -1,0 +1,324 @@
+"""Screening one scan, shared by `POST /v1/scans` and `WS /v1/stream`.
+
+    [duplicate (same station, bag, image sha256)? answer the stored result] → decode + letterbox (thread,
+    bounded) → store image ∥ micro-batcher (model) → vision.decide → store.record_scan (durable)
+    → webhook outbox item, TDR file (alarms) → fuse with the bag's other views → answer
+
+The answer is sent only after `put_image` and `record_scan` returned, i.e. after the image file and the
+record are on disk: a station that got an answer can forget the scan; one that did not re-sends it, and
+the (station, bag_id, image sha256) key makes the re-send return the stored record (`duplicate: true`).
+Side effects of an alarm are re-applied on a duplicate (the outbox dedupes, the TDR file is rewritten),
+so a crash between recording and enqueueing loses nothing once the station retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge.batcher import BatcherStoppedError, DeadlineExceededError, QueueFullError
+from edge.context import ServiceContext
+from edge.formats import DicosError, UnsupportedMediaTypeError, Upload, decode_upload
+from edge.logs import log_event
+from edge.ratelimit import retry_after_header
+from edge.store import ScanRecord
+from edge.tdr import write_tdr_file
+from vision.decide import BagDecision, decide, fuse_views
+from vision.decode import DecodeError, TooManyPixelsError
+from vision.letterbox import LetterboxParams
+from vision.postprocess import Detections
+from vision.preprocess import IncompatibleScanError, prepare
+
+if TYPE_CHECKING:
+    from inference.engine import Engine
+
+_log = logging.getLogger("xscreen.edge.ingest")
+
+# Identifiers end up in file names, logs and a UI: printable, no separators that need escaping.
+_FIELD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+_FIELD_MAX = {"station": 128, "lane": 128, "bag_id": 128, "view": 64}
+
+
+class IngestError(Exception):
+    """A scan refused with an HTTP status and a message for the station."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class ScanMeta:
+    """Which scan this is: the station (must be the authenticated one), its lane, the bag and the view."""
+
+    station: str
+    lane: str
+    bag_id: str
+    view: str
+
+
+def validate_meta(fields: dict[str, Any], *, station_name: str) -> ScanMeta:
+    """Check the identifying fields; `view` defaults to "0". 422 for missing/malformed, 403 for a station
+    field that is not the authenticated station."""
+    values: dict[str, str] = {}
+    for name in ("station", "lane", "bag_id", "view"):
+        raw = fields.get(name)
+        if raw is None or raw == "":
+            if name == "view":
+                raw = "0"
+            else:
+                raise IngestError(422, f"field '{name}' is required (form field or query parameter)")
+        value = str(raw)
+        if len(value) > _FIELD_MAX[name] or not _FIELD_RE.match(value):
+            raise IngestError(
+                422, f"field '{name}' must be 1–{_FIELD_MAX[name]} characters of letters, digits and . _ : - "
+                     f"(starting with a letter or digit)"
+            )
+        values[name] = value
+    if values["station"] != station_name:
+        raise IngestError(403, f"field 'station' is {values['station']!r} but this key belongs to station {station_name!r}")
+    return ScanMeta(**values)
+
+
+def check_rate(ctx: ServiceContext, station: str) -> None:
+    """429 with Retry-After when `station` is over its rate."""
+    wait_s = ctx.limiter.acquire(station)
+    if wait_s > 0:
+        ctx.metrics.rejections.labels(reason="rate_limited").inc()
+        raise IngestError(
+            429, f"station {station!r} is over its rate limit ({ctx.settings.rate_limit_per_s:g} scans/s, "
+                 f"burst {ctx.settings.rate_limit_burst})", {"Retry-After": retry_after_header(wait_s)},
+        )
+
+
+# -- stored result <-> decisions ------------------------------------------------------------------------
+
+
+def result_document(
+    detections: Detections, decision: BagDecision, *, class_names: tuple[str, ...], thresholds: np.ndarray,
+    scan_info: dict[str, Any], timings: dict[str, float], model: dict[str, str],
+) -> dict[str, Any]:
+    """What `record_scan` stores as `result` (plain JSON): every detection with its alarm flag, the
+    decision, the scan's properties and this screening's timings."""
+    over = detections.scores.astype(np.float64) >= thresholds[detections.class_ids]
+    dets = [
+        {"class": class_names[int(c)], "class_id": int(c), "score": float(s),
+         "box_xyxy": [float(v) for v in box], "alarm": bool(a)}
+        for box, s, c, a in zip(detections.boxes_xyxy, detections.scores, detections.class_ids, over)
+    ]
+    return {
+        "detections": dets,
+        "decision": {
+            "alarm": decision.alarm,
+            "alarm_classes": list(decision.alarm_classes),
+            "max_score_per_class": dict(decision.max_score_per_class),
+            "suspicion": float(decision.suspicion),
+        },
+        "scan": scan_info,
+        "timings": timings,
+        "model": model,
+    }
+
+
+def decision_from_result(result: dict[str, Any]) -> BagDecision:
+    """Rebuild a stored view's `BagDecision` (for `fuse_views` over a bag's views)."""
+    d = result["decision"]
+    alarmed = [x for x in result.get("detections", []) if x.get("alarm")]
+    dets = Detections.from_arrays(
+        np.array([x["box_xyxy"] for x in alarmed], np.float32).reshape(-1, 4),
+        np.array([x["score"] for x in alarmed], np.float32),
+        np.array([x["class_id"] for x in alarmed], np.int64),
+    )
+    return BagDecision(
+        alarm=bool(d["alarm"]),
+        alarm_classes=tuple(d["alarm_classes"]),
+        alarm_detections=(dets,),
+        max_score_per_class={k: float(v) for k, v in d["max_score_per_class"].items()},
+        suspicion=float(d["suspicion"]),
+    )
+
+
+def fuse_bag(views: list[ScanRecord]) -> BagDecision:
+    """The bag decision over all stored views of one bag (views of another class map are skipped)."""
+    decisions = [decision_from_result(v.result) for v in views]
+    names = list(decisions[-1].max_score_per_class)
+    same_map = [d for d in decisions if list(d.max_score_per_class) == names]
+    return fuse_views(same_map)
+
+
+# -- the pipeline ---------------------------------------------------------------------------------------
+
+
+def _decode_and_prepare(upload: Upload, ctx: ServiceContext) -> tuple[dict[str, Any], np.ndarray, LetterboxParams]:
+    engine, *_ = ctx.require()
+    scan = decode_upload(upload, max_pixels=ctx.settings.max_pixels)
+    tensor, params = prepare(scan.pixels, engine.spec)
+    info = {"width": scan.width, "height": scan.height, "layout": scan.layout, "bit_depth": scan.bit_depth,
+            "format": scan.format}
+    return info, tensor, params
+
+
+async def decode_scan(ctx: ServiceContext, upload: Upload) -> tuple[dict[str, Any], np.ndarray, LetterboxParams]:
+    """Decode and letterbox in a worker thread, at most `decode_workers` at once; map refusals to HTTP."""
+    try:
+        async with ctx.decode_slots:
+            return await asyncio.to_thread(_decode_and_prepare, upload, ctx)
+    except TooManyPixelsError as exc:
+        ctx.metrics.rejections.labels(reason="too_many_pixels").inc()
+        raise IngestError(413, str(exc)) from None
+    except UnsupportedMediaTypeError as exc:
+        ctx.metrics.rejections.labels(reason="media_type").inc()
+        raise IngestError(415, str(exc)) from None
+    except (DecodeError, DicosError, IncompatibleScanError) as exc:
+        ctx.metrics.rejections.labels(reason="undecodable").inc()
+        raise IngestError(422, str(exc)) from None
+
+
+async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started: float) -> dict[str, Any]:
+    """Screen one scan (see the module docstring); returns the `ScanResultOut` fields.
+
+    started: `time.perf_counter()` when the request arrived (the deadline and total_ms count from it).
+    Raises `IngestError` for every refusal.
+    """
+    engine, store, _auth, batcher = ctx.require()
+    deadline = time.monotonic() + ctx.settings.request_deadline_s - (time.perf_counter() - started)
+    sha = upload.sha256
+
+    # A re-send of a scan already recorded: answer the stored result, decode and run nothing.
+    existing = [r for r in await asyncio.to_thread(store.bag_scans, meta.station, meta.bag_id) if r.image_sha256 == sha]
+    if existing:
+        record = existing[0]
+        await _after_record(ctx, record)
+        timings = {"decode_ms": 0.0, "queue_ms": 0.0, "inference_ms": 0.0}
+        return await _answer(ctx, record, timings, started=started, duplicate=True)
+
+    if batcher.full:  # refuse before spending a decode on a scan the queue cannot take
+        raise _queue_full(ctx, batcher.retry_after_s())
+    t0 = time.perf_counter()
+    scan_info, tensor, params = await decode_scan(ctx, upload)
+    decode_ms = (time.perf_counter() - t0) * 1000.0
+
+    try:
+        ticket = batcher.enqueue(tensor, params, deadline=deadline)
+    except QueueFullError as exc:
+        raise _queue_full(ctx, exc.retry_after_s) from None
+    except BatcherStoppedError as exc:
+        raise IngestError(503, str(exc), {"Retry-After": "5"}) from None
+    # The image is written while the scan waits for its batch (both take milliseconds; in parallel the
+    # answer comes sooner). Only queued scans are written: an overloaded lane does no disk work for 503s.
+    put = asyncio.create_task(asyncio.to_thread(store.put_image, upload.data, suffix=upload.suffix))
+    try:
+        batch = await batcher.wait(ticket)
+    except DeadlineExceededError as exc:
+        ctx.metrics.rejections.labels(reason="deadline").inc()
+        raise IngestError(504, f"{exc} ({ctx.settings.request_deadline_s:g} s)") from None
+    except BatcherStoppedError as exc:
+        raise IngestError(503, str(exc), {"Retry-After": "5"}) from None
+    finally:
+        # The image write runs on even when screening failed: it must not be left half done, and the
+        # file is content-addressed, so a later re-send finds it written.
+        stored_sha = await put
+    if stored_sha != sha:  # the store hashes what it wrote; a mismatch would break idempotency
+        raise RuntimeError(f"image store returned sha256 {stored_sha} for bytes hashing to {sha}")
+
+    decision = decide(batch.detections, engine.class_names, engine.policy)
+    timings = {"decode_ms": decode_ms, "queue_ms": batch.queue_ms, "inference_ms": batch.inference_ms}
+    model = {"name": engine.package.name, "version": engine.package.version, "sha256": engine.package.weights_sha256}
+    result = result_document(
+        batch.detections, decision, class_names=tuple(engine.class_names),
+        thresholds=engine.policy.threshold_array(), scan_info=scan_info, timings=timings, model=model,
+    )
+    record, created = await asyncio.to_thread(
+        store.record_scan,
+        station=meta.station, lane=meta.lane, bag_id=meta.bag_id, view=meta.view, image_sha256=sha,
+        media_type=upload.media_type, width=scan_info["width"], height=scan_info["height"], result=result,
+        model_name=engine.package.name, model_version=engine.package.version, alarm=decision.alarm,
+        alarm_classes=list(decision.alarm_classes),
+    )
+    if created:
+        ctx.metrics.scans.labels(lane=record.lane, alarm=str(record.alarm).lower()).inc()
+        for name in record.alarm_classes:
+            ctx.metrics.alarms.labels(class_name=name, lane=record.lane).inc()
+    await _after_record(ctx, record)
+    return await _answer(ctx, record, timings, started=started, duplicate=not created)
+
+
+def webhook_payload(record: ScanRecord) -> dict[str, Any]:
+    """What the webhook receiver gets for an alarm (ids let it dedupe at-least-once deliveries)."""
+    return {
+        "event": "alarm",
+        "scan_id": record.id,
+        "created_at": record.created_at.isoformat(),
+        "station": record.station,
+        "lane": record.lane,
+        "bag_id": record.bag_id,
+        "view": record.view,
+        "alarm_classes": list(record.alarm_classes),
+        "detections": [d for d in record.result.get("detections", []) if d.get("alarm")],
+        "model": {"name": record.model_name, "version": record.model_version},
+        "links": {"scan": f"/v1/scans/{record.id}", "image": f"/v1/scans/{record.id}/image",
+                  "tdr": f"/v1/scans/{record.id}/tdr"},
+    }
+
+
+def _queue_full(ctx: ServiceContext, retry_after_s: float) -> IngestError:
+    ctx.metrics.rejections.labels(reason="queue_full").inc()
+    return IngestError(503, f"the screening queue is full; retry in about {retry_after_s:.0f} s",
+                       {"Retry-After": retry_after_header(retry_after_s)})
+
+
+def package_thresholds(engine: Engine, record: ScanRecord) -> dict[str, float] | None:
+    """The running package's thresholds if `record` was screened by this very package, else None (a TDR
+    must not claim thresholds of a model that did not raise the alarm)."""
+    pkg = engine.package
+    if (record.model_name, record.model_version) != (pkg.name, pkg.version):
+        return None
+    return dict(pkg.thresholds)
+
+
+async def _after_record(ctx: ServiceContext, record: ScanRecord) -> None:
+    """Durable side effects of an alarm: the webhook outbox item (before the answer, so an acknowledged
+    alarm is never without its notification) and, if configured, the TDR file."""
+    if not record.alarm:
+        return
+    engine, store, _auth, _batcher = ctx.require()
+    if ctx.settings.webhook_url:
+        await asyncio.to_thread(store.enqueue, "webhook", webhook_payload(record), dedupe_key=f"webhook:{record.id}")
+    if ctx.settings.tdr_dir is not None:
+        try:
+            await asyncio.to_thread(write_tdr_file, record, ctx.settings.tdr_dir,
+                                    thresholds=package_thresholds(engine, record))
+        except Exception as exc:  # the report can be regenerated from the record: never fail the scan for it
+            log_event(_log, "TDR file not written", logging.ERROR, scan_id=record.id, error=repr(exc))
+
+
+async def _answer(
+    ctx: ServiceContext, record: ScanRecord, timings: dict[str, float], *, started: float, duplicate: bool
+) -> dict[str, Any]:
+    _engine, store, _auth, _batcher = ctx.require()
+    views = await asyncio.to_thread(store.bag_scans, record.station, record.bag_id)
+    bag = fuse_bag(views) if views else decision_from_result(record.result)
+    return {
+        "id": record.id,
+        "station": record.station,
+        "lane": record.lane,
+        "bag_id": record.bag_id,
+        "view": record.view,
+        "alarm": record.alarm,
+        "alarm_classes": list(record.alarm_classes),
+        "bag_alarm": bag.alarm,
+        "bag_alarm_classes": list(bag.alarm_classes),
+        "bag_views": max(1, len(views)),
+        "detections": record.result.get("detections", []),
+        "model": {"name": record.model_name, "version": record.model_version},
+        "timings": {**timings, "total_ms": (time.perf_counter() - started) * 1000.0},
+        "duplicate": duplicate,
+    }

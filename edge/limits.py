@@ -1,0 +1,83 @@
+"""Request body size limit (HTTP 413), enforced while the body streams in.
+
+A declared `Content-Length` over the limit is refused before a byte is read; a chunked body is counted as
+it arrives and refused as soon as it passes the limit, so no handler ever buffers more than the limit.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edge.metrics import EdgeMetrics
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimitMiddleware:
+    """Pure ASGI middleware: 413 for HTTP request bodies over `max_body_bytes`."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: EdgeMetrics | None = None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:  # the app answered before reading everything; nothing more to say
+                return
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        if self.metrics is not None:
+            self.metrics.rejections.labels(reason="body_too_large").inc()
+        body = json.dumps(
+            {"detail": f"request body is larger than the limit of {self.max_body_bytes:,} bytes"}
+        ).encode()
+        await send({
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")],
+        })
+        await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,144 @@
+"""Prometheus metrics of the lane service, and the middleware that measures and logs every request.
+
+Each app gets its own `CollectorRegistry`, so two apps in one process (tests) never collide on metric
+names. Route labels are route *templates* (`/v1/scans/{scan_id}`), never raw paths, so label cardinality
+stays fixed whatever ids clients send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edge.logs import ACCESS_LOGGER, log_event
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+_access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+class EdgeMetrics:
+    """The service's metrics, registered in `registry` (a fresh one per app by default)."""
+
+    def __init__(self, *, batch_max_size: int, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "xscreen_http_requests", "HTTP requests and WebSocket sessions by route template, method and status.",
+            ["route", "method", "status"], registry=r,
+        )
+        self.request_latency = Histogram(
+            "xscreen_http_request_latency_seconds", "Request latency by route template and method.",
+            ["route", "method"], buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        # One bucket per possible size: the distribution of batch sizes is the point of micro-batching.
+        self.batch_size = Histogram(
+            "xscreen_batch_size", "Scans per model call.",
+            buckets=tuple(float(i) for i in range(1, batch_max_size + 1)), registry=r,
+        )
+        self.queue_depth = Gauge("xscreen_queue_depth", "Scans waiting for the model.", registry=r)
+        self.inference_latency = Histogram(
+            "xscreen_inference_latency_seconds", "Model call latency (one batch).",
+            buckets=_LATENCY_BUCKETS_S, registry=r,
+        )
+        self.scans = Counter("xscreen_scans", "Scans screened, by lane and outcome.", ["lane", "alarm"], registry=r)
+        self.alarms = Counter(
+            "xscreen_alarms", "Alarmed scans by class and lane (a scan alarming on two classes counts in both).",
+            ["class_name", "lane"], registry=r,
+        )
+        self.rejections = Counter(
+            "xscreen_rejections", "Requests refused before screening, by reason.", ["reason"], registry=r
+        )
+        self.outbox = Counter("xscreen_webhook_deliveries", "Webhook delivery attempts by result.", ["result"], registry=r)
+        self.model_info = Info("xscreen_model", "The model package the lane runs.", registry=r)
+
+    def set_model(self, *, name: str, version: str, sha256: str, classes: list[str], providers: list[str]) -> None:
+        self.model_info.info(
+            {"name": name, "version": version, "sha256": sha256, "classes": ",".join(classes),
+             "providers": ",".join(providers)}
+        )
+
+
+class RequestMetricsMiddleware:
+    """Pure ASGI middleware: request id, latency, Prometheus counters and one JSON access-log line per request.
+
+    The route template and the authenticated station are read back from the scope after the app ran
+    (FastAPI stores the matched route in `scope["route"]`; our auth dependency stores the principal's name
+    in `scope["state"]`).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: EdgeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        # Clip a caller-supplied id: it goes into every log line.
+        request_id = request_id[:64]
+        scope.setdefault("state", {})["request_id"] = request_id
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+                message = {**message, "headers": headers}
+            elif message["type"] == "websocket.accept":
+                status["code"] = 101
+            elif message["type"] == "websocket.close" and status["code"] == 500:
+                status["code"] = 403  # closed before accepting: refused handshake
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            latency_s = time.perf_counter() - start
+            route = _route_template(scope)
+            method = scope.get("method", "WS")
+            self.metrics.requests.labels(route=route, method=method, status=str(status["code"])).inc()
+            self.metrics.request_latency.labels(route=route, method=method).observe(latency_s)
+            state: dict[str, Any] = scope.get("state", {})
+            log_event(
+                _access_log,
+                "request",
+                request_id=request_id,
+                method=method,
+                route=route,
+                path=scope.get("path"),
+                status=status["code"],
+                latency_ms=round(latency_s * 1000.0, 2),
+                station=state.get("station"),
+                principal=state.get("principal"),
+            )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    # Starlette routes (FastAPI's /openapi.json, /docs) carry no "route"; without path parameters their path
+    # is their template. Static files are mounted, not routed; anything else unmatched is one label.
+    if scope.get("endpoint") is not None and not scope.get("path_params"):
+        return str(scope.get("path", "unmatched"))
+    root = scope.get("root_path", "")
+    if scope.get("path", "").startswith(root + "/ui/static/"):
+        return "/ui/static"
+    return "unmatched"

@@ -1,0 +1,93 @@
+"""The webhook sender: delivers the outbox's "webhook" items (one per alarm) at least once.
+
+A background task claims due items from the store (a lease, so several service processes never send the
+same item at once), POSTs each payload as JSON to the configured URL with a timeout, and marks it done on
+a 2xx answer or failed otherwise; the store schedules retries with exponential backoff and gives up
+after a fixed number of attempts (`edge.store`). The `Idempotency-Key` header (`webhook:<scan id>`) lets
+the receiver drop the duplicates that at-least-once delivery implies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+import httpx
+
+from edge.logs import log_event
+from edge.metrics import EdgeMetrics
+from edge.store import OutboxItem, Store
+
+_log = logging.getLogger("xscreen.edge.outbox")
+
+#: Items claimed per round, and how long a claim is held before another worker may take the item.
+CLAIM_LIMIT = 10
+LEASE_S = 60.0
+
+
+def worker_name() -> str:
+    """This process's name in outbox leases (host:pid), for inspection."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:128]
+
+
+class WebhookSender:
+    """Delivers webhook outbox items to `url`; run `run()` as a task, cancel it to stop."""
+
+    def __init__(self, store: Store, url: str, *, timeout_s: float, poll_s: float, metrics: EdgeMetrics | None = None,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self.store = store
+        self.url = url
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self.metrics = metrics
+        self.worker = worker_name()
+        self._client = client
+
+    async def deliver(self, client: httpx.AsyncClient, item: OutboxItem) -> None:
+        """POST one item and record the outcome in the store."""
+        try:
+            response = await client.post(self.url, json=item.payload, headers={"Idempotency-Key": item.dedupe_key,
+                                                                               "X-Xscreen-Attempt": str(item.attempts + 1)})
+            ok = 200 <= response.status_code < 300
+            error = None if ok else f"HTTP {response.status_code}: {response.text[:500]}"
+        except httpx.HTTPError as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        if ok:
+            await asyncio.to_thread(self.store.outbox_done, item.id)
+        else:
+            await asyncio.to_thread(self.store.outbox_failed, item.id, error or "failed")
+            log_event(_log, "webhook delivery failed", logging.WARNING, outbox_id=item.id, attempt=item.attempts + 1,
+                      error=error)
+        if self.metrics is not None:
+            self.metrics.outbox.labels(result="ok" if ok else "failed").inc()
+
+    async def run_once(self, client: httpx.AsyncClient) -> int:
+        """Claim and deliver one round of due webhook items; returns how many were claimed."""
+        items = await asyncio.to_thread(self.store.claim_outbox, worker=self.worker, limit=CLAIM_LIMIT, lease_s=LEASE_S)
+        for item in items:
+            if item.kind != "webhook":
+                # Not ours: give it back at once (counts as an attempt, so a stray kind cannot loop forever).
+                await asyncio.to_thread(self.store.outbox_failed, item.id, f"no sender for kind {item.kind!r}")
+                continue
+            await self.deliver(client, item)
+        return len(items)
+
+    async def run(self) -> None:
+        """Deliver until cancelled; sleeps `poll_s` whenever nothing was due. Errors are logged, not fatal."""
+        client = self._client or httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
+        try:
+            while True:
+                try:
+                    claimed = await self.run_once(client)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # e.g. the database briefly unreachable: try again later
+                    log_event(_log, "outbox round failed", logging.ERROR, error=repr(exc))
+                    claimed = 0
+                if claimed < CLAIM_LIMIT:
+                    await asyncio.sleep(self.poll_s)
+        finally:
+            if self._client is None:
+                await client.aclose()

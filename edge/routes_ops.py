@@ -1,0 +1,70 @@
+"""Operations routes: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from edge.deps import AnyRoleDep, CtxDep, ReviewerDep
+from edge.schemas import ErrorOut, HealthOut, MeOut, ReadyOut
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/healthz",
+    response_model=HealthOut,
+    summary="Liveness: the process is up",
+    description="Always 200 while the process serves HTTP. No authentication.",
+)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    summary="Readiness: the model is loaded, the database answers, the batcher runs",
+    description="200 when ready to screen, else 503 (a load balancer should send no scans). No authentication.",
+    responses={503: {"model": ReadyOut, "description": "Not ready."}},
+)
+async def readyz(ctx: CtxDep) -> Response:
+    db_ok = False
+    if ctx.store is not None:
+        db_ok = await asyncio.to_thread(ctx.store.ping)
+    body = {
+        "model_loaded": ctx.engine is not None,
+        "database": db_ok,
+        "batcher": ctx.batcher is not None and ctx.batcher.running,
+    }
+    ready = ctx.ready and all(body.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", **body}, status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="Request counts and latencies per route, batch sizes, queue depth, alarms per class and lane, "
+                "the model package. Role: supervisor, admin (scrape with a Bearer key).",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+)
+async def metrics(principal: ReviewerDep, ctx: CtxDep) -> Response:
+    if ctx.batcher is not None:
+        ctx.metrics.queue_depth.set(ctx.batcher.depth)
+    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/v1/me",
+    response_model=MeOut,
+    summary="Who the caller is",
+    description="The authenticated principal's name, role and kind (a station simulator learns its station "
+                "name from its key here). Any role.",
+    responses={401: {"model": ErrorOut}},
+)
+async def me(principal: AnyRoleDep) -> dict[str, str]:
+    return {"name": principal.name, "role": principal.role, "kind": principal.kind}

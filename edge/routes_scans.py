@@ -1,0 +1,287 @@
+"""`/v1/scans`: ingest (stations), records, images, previews, reviews and TDRs (supervisors, admins)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from edge.auth import Principal
+from edge.deps import AnyRoleDep, CtxDep, ReviewerDep, StationDep
+from edge.formats import RAW_MEDIA_TYPES, Upload, normalise_media_type, upload_from_bytes, upload_from_pair
+from edge.ingest import IngestError, check_rate, package_thresholds, screen, validate_meta
+from edge.preview import render_preview
+from edge.schemas import ErrorOut, ReviewIn, ReviewOut, ScanListOut, ScanRecordOut, ScanResultOut
+from edge.store import ScanRecord
+from edge.tdr import TDR_MEDIA_TYPE, TdrError, build_tdr
+
+router = APIRouter(prefix="/v1/scans", tags=["scans"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No, malformed or invalid credentials."},
+    403: {"model": ErrorOut, "description": "The caller's role may not use this route."},
+}
+_NOT_FOUND = {404: {"model": ErrorOut, "description": "No scan with this id."}}
+
+# The ingest body is read by hand (raw image or multipart), so its schema is given here for /openapi.json.
+_INGEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "Either a multipart form — file field `image` (PNG, JPEG, TIFF or a DICOS DX file), or `low` and "
+            "`high` (a raw dual-energy pair of grey images) — with fields station, lane, bag_id, view; or the "
+            "raw image as the body (Content-Type image/png, image/jpeg, image/tiff or application/dicom) with "
+            "station, lane, bag_id, view as query parameters."
+        ),
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "low": {"type": "string", "format": "binary"},
+                        "high": {"type": "string", "format": "binary"},
+                        "station": {"type": "string"},
+                        "lane": {"type": "string"},
+                        "bag_id": {"type": "string"},
+                        "view": {"type": "string"},
+                    },
+                }
+            },
+            **{t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_MEDIA_TYPES},
+        },
+    }
+}
+
+
+def _error(exc: IngestError) -> HTTPException:
+    return HTTPException(exc.status, detail=exc.detail, headers=exc.headers or None)
+
+
+async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
+    """The scan bytes and any form fields, from a multipart form or a raw body (see _INGEST_BODY)."""
+    content_type = normalise_media_type(request.headers.get("content-type"))
+    if content_type is None:
+        raise IngestError(415, "Content-Type is missing: send multipart/form-data or one of "
+                               f"{sorted(RAW_MEDIA_TYPES)}")
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=3, max_fields=16)
+        try:
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            files = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
+            if "image" in files:
+                if "low" in files or "high" in files:
+                    raise IngestError(422, "send either 'image' or 'low' and 'high', not both")
+                f = files["image"]
+                return upload_from_bytes(await f.read(), f.content_type), fields
+            if "low" in files and "high" in files:
+                return upload_from_pair(await files["low"].read(), await files["high"].read()), fields
+            if "low" in files or "high" in files:
+                raise IngestError(422, "a dual-energy pair needs both file fields 'low' and 'high'")
+            raise IngestError(422, "no scan in the form: add file field 'image' (or 'low' and 'high')")
+        finally:
+            await form.close()
+    try:
+        return upload_from_bytes(await request.body(), content_type), {}
+    except ValueError as exc:  # UnsupportedMediaTypeError
+        raise IngestError(415, str(exc)) from None
+
+
+@router.post(
+    "",
+    response_model=ScanResultOut,
+    summary="Screen one scan (one view of a bag)",
+    description=(
+        "Decode, screen (micro-batched with every lane), store and answer. The answer comes only after the "
+        "image and the record are durably written. Re-sending the same image of the same bag returns the "
+        "stored answer with `duplicate: true`. Role: station (the `station` field must be the key's station)."
+    ),
+    responses={
+        **_ERRORS,
+        413: {"model": ErrorOut, "description": "Body or pixel count over the limit (decompression bomb)."},
+        415: {"model": ErrorOut, "description": "Content type not accepted."},
+        422: {"model": ErrorOut, "description": "Missing fields, undecodable or incompatible scan."},
+        429: {"model": ErrorOut, "description": "Station over its rate limit (see Retry-After)."},
+        503: {"model": ErrorOut, "description": "Screening queue full (see Retry-After)."},
+        504: {"model": ErrorOut, "description": "Not screened before the request deadline."},
+    },
+    openapi_extra=_INGEST_BODY,
+)
+async def post_scan(
+    request: Request,
+    principal: StationDep,
+    ctx: CtxDep,
+    station: Annotated[str | None, Query(description="Station name (or form field).")] = None,
+    lane: Annotated[str | None, Query(description="Lane (or form field).")] = None,
+    bag_id: Annotated[str | None, Query(description="Bag identifier (or form field).")] = None,
+    view: Annotated[str | None, Query(description="View of the bag, e.g. top, side (or form field).")] = None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        check_rate(ctx, principal.name)
+        upload, form_fields = await _read_upload(request)
+        query = {"station": station, "lane": lane, "bag_id": bag_id, "view": view}
+        meta = validate_meta({**{k: v for k, v in query.items() if v is not None}, **form_fields},
+                             station_name=principal.name)
+        return await screen(ctx, meta, upload, started=started)
+    except IngestError as exc:
+        raise _error(exc) from None
+
+
+def record_out(record: ScanRecord, *, principal: Principal) -> dict[str, Any]:
+    """A stored scan as `ScanRecordOut`; review fields only for supervisors and admins."""
+    show_reviews = principal.role in ("supervisor", "admin")
+    return {
+        "id": record.id, "created_at": record.created_at, "station": record.station, "lane": record.lane,
+        "bag_id": record.bag_id, "view": record.view, "image_sha256": record.image_sha256,
+        "media_type": record.media_type, "width": record.width, "height": record.height,
+        "alarm": record.alarm, "alarm_classes": record.alarm_classes,
+        "detections": record.result.get("detections", []),
+        "model": {"name": record.model_name, "version": record.model_version},
+        "reviewed": record.reviewed if show_reviews else None,
+        "verdict": record.verdict if show_reviews else None,
+    }
+
+
+async def _get_record(ctx: CtxDep, scan_id: int) -> ScanRecord:
+    _engine, store, _auth, _batcher = ctx.require()
+    record = await asyncio.to_thread(store.get_scan, scan_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no scan with id {scan_id}")
+    return record
+
+
+@router.get(
+    "",
+    response_model=ScanListOut,
+    summary="List scans, newest first",
+    description="Filter by alarm and reviewed. Role: supervisor, admin.",
+    responses=_ERRORS,
+)
+async def list_scans(
+    principal: ReviewerDep,
+    ctx: CtxDep,
+    alarm: Annotated[bool | None, Query()] = None,
+    reviewed: Annotated[bool | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    _engine, store, _auth, _batcher = ctx.require()
+    records = await asyncio.to_thread(store.list_scans, alarm=alarm, reviewed=reviewed, limit=limit, offset=offset)
+    total = await asyncio.to_thread(store.count_scans)
+    return {"items": [record_out(r, principal=principal) for r in records], "limit": limit, "offset": offset,
+            "total": total}
+
+
+@router.get(
+    "/{scan_id}",
+    response_model=ScanRecordOut,
+    summary="One stored scan",
+    description="Role: supervisor, admin; a station may read only its own scans (without review fields).",
+    responses={**_ERRORS, **_NOT_FOUND},
+)
+async def get_scan(scan_id: int, principal: AnyRoleDep, ctx: CtxDep) -> dict[str, Any]:
+    record = await _get_record(ctx, scan_id)
+    if principal.role == "station" and record.station != principal.name:
+        # 404, not 403: a station learns nothing about other stations' scan ids.
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no scan with id {scan_id}")
+    return record_out(record, principal=principal)
+
+
+@router.get(
+    "/{scan_id}/image",
+    summary="The stored scan file, as the station sent it",
+    description="Served by record id only (never by path). Role: supervisor, admin.",
+    response_class=FileResponse,
+    responses={**_ERRORS, **_NOT_FOUND, 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {},
+                                                          "application/dicom": {}}}},
+)
+async def get_image(scan_id: int, principal: ReviewerDep, ctx: CtxDep) -> Response:
+    _engine, store, _auth, _batcher = ctx.require()
+    record = await _get_record(ctx, scan_id)
+    try:
+        path = await asyncio.to_thread(store.image_path, record.image_sha256)
+    except KeyError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"the image of scan {scan_id} is missing") from None
+    return FileResponse(path, media_type=record.media_type, headers={"Cache-Control": "private, max-age=3600"},
+                        filename=f"scan-{scan_id}.{path.suffix.lstrip('.')}", content_disposition_type="inline")
+
+
+@router.get(
+    "/{scan_id}/preview.png",
+    summary="An 8-bit PNG rendering of the scan, optionally with its detections drawn",
+    description="For the review UI (browsers show neither 16-bit TIFF nor DICOS). Role: supervisor, admin.",
+    response_class=Response,
+    responses={**_ERRORS, **_NOT_FOUND, 200: {"content": {"image/png": {}}}},
+)
+async def get_preview(
+    scan_id: int,
+    principal: ReviewerDep,
+    ctx: CtxDep,
+    boxes: Annotated[bool, Query(description="Draw the detections that alarmed.")] = True,
+    max_side: Annotated[int, Query(ge=64, le=4096, description="Longest side of the PNG, pixels.")] = 1024,
+) -> Response:
+    _engine, store, _auth, _batcher = ctx.require()
+    record = await _get_record(ctx, scan_id)
+    try:
+        data, _media = await asyncio.to_thread(store.read_image, record.image_sha256)
+    except KeyError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"the image of scan {scan_id} is missing") from None
+    async with ctx.decode_slots:
+        png = await asyncio.to_thread(render_preview, data, record, boxes=boxes, max_side=max_side,
+                                      max_pixels=ctx.settings.max_pixels)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get(
+    "/{scan_id}/reviews",
+    response_model=list[ReviewOut],
+    summary="Review trail of a scan, oldest first",
+    description="Role: supervisor, admin.",
+    responses={**_ERRORS, **_NOT_FOUND},
+)
+async def get_reviews(scan_id: int, principal: ReviewerDep, ctx: CtxDep) -> list[Any]:
+    _engine, store, _auth, _batcher = ctx.require()
+    await _get_record(ctx, scan_id)
+    return await asyncio.to_thread(store.reviews, scan_id)
+
+
+@router.post(
+    "/{scan_id}/reviews",
+    response_model=ReviewOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Record a verdict (confirmed / cleared) on a scan",
+    description="The latest review is the scan's verdict; earlier ones stay as the audit trail. Role: "
+                "supervisor, admin (with a session cookie, the CSRF token is required).",
+    responses={**_ERRORS, **_NOT_FOUND},
+)
+async def post_review(scan_id: int, body: ReviewIn, principal: ReviewerDep, ctx: CtxDep) -> Any:
+    _engine, store, _auth, _batcher = ctx.require()
+    await _get_record(ctx, scan_id)
+    return await asyncio.to_thread(store.add_review, scan_id, user=principal.name, verdict=body.verdict, note=body.note)
+
+
+@router.get(
+    "/{scan_id}/tdr",
+    summary="DICOS Threat Detection Report of an alarmed scan",
+    description="Built with pydicos from the stored record (one PTO per alarmed detection). Role: "
+                "supervisor, admin. 409 if the scan did not alarm.",
+    response_class=Response,
+    responses={**_ERRORS, **_NOT_FOUND, 409: {"model": ErrorOut, "description": "The scan did not alarm."},
+               200: {"content": {TDR_MEDIA_TYPE: {}}}},
+)
+async def get_tdr(scan_id: int, principal: ReviewerDep, ctx: CtxDep) -> Response:
+    engine, _store, _auth, _batcher = ctx.require()
+    record = await _get_record(ctx, scan_id)
+    if not record.alarm:
+        return JSONResponse({"detail": f"scan {scan_id} did not alarm; there is no threat report"}, status_code=409)
+    try:
+        data = await asyncio.to_thread(build_tdr, record, thresholds=package_thresholds(engine, record))
+    except TdrError as exc:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, detail=str(exc)) from None
+    return Response(data, media_type=TDR_MEDIA_TYPE,
+                    headers={"Content-Disposition": f'attachment; filename="tdr-scan-{scan_id}.dcs"'})

@@ -1,0 +1,129 @@
+"""The lane service's settings: environment variables `XSCREEN_*` (or a `.env` file), else defaults.
+
+    XSCREEN_MODEL_PATH=model.onnx XSCREEN_DB_URL=sqlite:///./xscreen-data/xscreen.db xscreen serve
+
+Unknown `XSCREEN_*` keys in the `.env` file are errors, so a misspelt limit does not silently fall back to
+its default; other keys in it (other tools') are left alone, and so is the environment, which other xscreen
+commands read too (e.g. XSCREEN_STATION_KEY). Nothing here opens a file or a connection: the app's
+lifespan does that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from edge.defaults import DEFAULT_DATA_DIR, DEFAULT_DB_URL
+
+#: 32 MP: a 2,000-line belt scan at 1.5 mm/px over 3 m is about 4 MP, a high-resolution cabinet scanner
+#: about 16 MP; a decoded 32 MP RGB scan takes ~100 MB, which a lane box can afford a few of at once.
+DEFAULT_SERVICE_MAX_PIXELS = 32_000_000
+
+
+#: XSCREEN_* variables of other commands, allowed in a shared .env file.
+_OTHER_XSCREEN_KEYS = frozenset({"station_key", "pg_bin"})
+
+
+class _CheckedDotEnv:
+    """The .env source, refusing XSCREEN_* keys that are not settings (typos)."""
+
+    def __init__(self, source: DotEnvSettingsSource, fields: set[str]) -> None:
+        self.source = source
+        self.fields = fields
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = "xscreen_"
+        unknown = sorted(
+            k for k in self.source.env_vars
+            if k.lower().startswith(prefix) and k.lower()[len(prefix):] not in self.fields | _OTHER_XSCREEN_KEYS
+        )
+        if unknown:
+            raise ValueError(f".env holds unknown xscreen settings {unknown}; known: "
+                             f"{sorted('XSCREEN_' + f.upper() for f in self.fields)}")
+        # Other tools' keys would reach the model as extras; only settings go on.
+        return {k: v for k, v in self.source().items() if k in self.fields}
+
+
+class EdgeSettings(BaseSettings):
+    """Everything the lane service is configured by (see the field descriptions for units)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="XSCREEN_",
+        env_file=".env",
+        extra="ignore",  # for the .env file's other keys; XSCREEN_* typos are caught by _CheckedDotEnv
+        frozen=True,
+        protected_namespaces=(),
+    )
+
+    model_path: Path = Field(description="The model package (.onnx) the lane runs.")
+    db_url: str = Field(DEFAULT_DB_URL, description="SQLAlchemy URL: sqlite:///file.db or postgresql+psycopg://...")
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where scan images are stored (content-addressed).")
+    host: str = Field("127.0.0.1", description="Address `xscreen serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535)
+
+    batch_max_size: int = Field(8, ge=1, le=256, description="N: at most this many scans per model call.")
+    batch_max_wait_ms: float = Field(
+        5.0, ge=0.0, le=1000.0, description="T: how long the first scan of a batch waits for company (ms)."
+    )
+    batch_workers: int = Field(1, ge=1, le=16, description="Threads running model calls in parallel.")
+    queue_max: int = Field(64, ge=1, description="Scans waiting for the model; beyond this a request gets 503.")
+    decode_workers: int = Field(
+        2, ge=1, le=64, description="Scans decoded at once (bounds the memory held by decoded pixels)."
+    )
+    request_deadline_s: float = Field(10.0, gt=0.0, description="A scan not answered by then gets 504.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    max_pixels: int = Field(DEFAULT_SERVICE_MAX_PIXELS, ge=1, description="Larger scans get 413 before decoding.")
+    rate_limit_per_s: float = Field(20.0, gt=0.0, description="Sustained scans per second per station.")
+    rate_limit_burst: int = Field(40, ge=1, description="Scans a station may send at once before 429.")
+
+    tdr_dir: Path | None = Field(None, description="If set, a DICOS TDR is written here for every alarmed scan.")
+    webhook_url: str | None = Field(None, description="If set, every alarm is POSTed here (at least once).")
+    webhook_timeout_s: float = Field(5.0, gt=0.0)
+    outbox_poll_s: float = Field(1.0, gt=0.0, description="How often the webhook sender looks for due items.")
+
+    engine_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: all cores).")
+    session_cookie_name: str = Field("xscreen_session", pattern=r"^[A-Za-z0-9_\-]+$")
+    session_cookie_secure: bool = Field(
+        True, description="Mark cookies Secure (HTTPS only). Turn off only for plain-HTTP development."
+    )
+    session_ttl_s: int = Field(8 * 3600, ge=60, description="A review UI login lasts this long.")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[Any, ...]:
+        dotenv: Any = dotenv_settings
+        if isinstance(dotenv_settings, DotEnvSettingsSource):
+            dotenv = _CheckedDotEnv(dotenv_settings, set(cls.model_fields))
+        return init_settings, env_settings, dotenv, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # extra="ignore" lets a shared .env file work; keyword arguments must still name real settings.
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown settings {unknown}")
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "EdgeSettings":
+        if self.queue_max < self.batch_max_size:
+            # A batch is formed from queued scans; a queue smaller than a batch can never fill one.
+            raise ValueError(f"queue_max ({self.queue_max}) must be ≥ batch_max_size ({self.batch_max_size})")
+        return self

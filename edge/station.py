@@ -1,0 +1,212 @@
+"""The station simulator: N lanes sending bags to a lane service at R bags/s in total.
+
+    xscreen station --url http://127.0.0.1:8000 --key xs_st_... --lanes 4 --rate 8 --source synth --bags 200
+
+Bags come from the physics synthesiser (`--source synth`, needs the `synth` extra: xraydb, spekpy; it is
+imported only then) or from a folder of scans (PNG, JPEG, TIFF, DICOS .dcs), cycled. Bag k is due at
+t0 + k/R whatever lane sends it, so the offered load is R bags/s as long as the service keeps up; a lane
+that is refused with 429/503 waits the Retry-After and tries again (at most `max_retries` times), as a
+real station would. Prints a live summary (rich) and returns the final one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+_SUFFIX_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".tif": "image/tiff",
+                 ".tiff": "image/tiff", ".dcs": "application/dicom"}
+
+
+class StationError(RuntimeError):
+    """The simulator cannot run (bad source, service unreachable, key refused)."""
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    """url: service base URL; key: a station API key; station: its name (None: asked from /v1/me);
+    lanes: concurrent senders; rate: bags/s over all lanes; source: "synth" or a folder; bags: total;
+    live: show the rich live table."""
+
+    url: str
+    key: str
+    station: str | None = None
+    lanes: int = 2
+    rate: float = 2.0
+    source: str = "synth"
+    bags: int = 20
+    view: str = "top"
+    timeout_s: float = 30.0
+    max_retries: int = 3
+    seed: int = 0
+    synth_size_px: int = 512
+    live: bool = True
+
+
+@dataclass
+class StationSummary:
+    """What happened: answered scans, alarms, errors (after retries), retries, latencies (ms)."""
+
+    sent: int = 0
+    alarms: int = 0
+    errors: int = 0
+    retries: int = 0
+    duplicates: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    error_samples: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def _pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else 0.0
+
+    @property
+    def latency_ms_p50(self) -> float:
+        return self._pct(50)
+
+    @property
+    def latency_ms_p95(self) -> float:
+        return self._pct(95)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"sent": self.sent, "alarms": self.alarms, "errors": self.errors, "retries": self.retries,
+                "duplicates": self.duplicates, "latency_ms_p50": round(self.latency_ms_p50, 1),
+                "latency_ms_p95": round(self.latency_ms_p95, 1), "elapsed_s": round(self.elapsed_s, 2),
+                "bags_per_s": round(self.sent / self.elapsed_s, 2) if self.elapsed_s else 0.0}
+
+
+BagSource = Callable[[int], tuple[bytes, str, str]]  # bag index → (file bytes, content type, name)
+
+
+def folder_source(folder: Path) -> BagSource:
+    """Scans of a folder, cycled in name order."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _SUFFIX_TYPES and p.is_file())
+    if not files:
+        raise StationError(f"{folder} holds no scans ({', '.join(sorted(_SUFFIX_TYPES))})")
+
+    def get(k: int) -> tuple[bytes, str, str]:
+        path = files[k % len(files)]
+        return path.read_bytes(), _SUFFIX_TYPES[path.suffix.lower()], path.stem
+
+    return get
+
+
+def synth_source(*, seed: int, size_px: int) -> BagSource:
+    """Synthetic bags (false-colour PNG) from datasets.synth; StationError if its dependencies are missing."""
+    try:
+        from datasets.synth.pipeline import SynthConfig, make_bag
+    except ImportError as exc:
+        raise StationError(
+            f"--source synth needs the synthesiser's dependencies ({exc.name or exc}); install the synth extra "
+            "(pip install 'xscreen[synth]') or pass --source DIR with a folder of scans"
+        ) from exc
+    from vision.decode import encode_png
+
+    config = SynthConfig(bags=1_000_000, seed=seed, size_px=size_px)
+
+    def get(k: int) -> tuple[bytes, str, str]:
+        bag = make_bag(config, k)
+        return encode_png(bag.image), "image/png", bag.stem
+
+    return get
+
+
+async def _who_am_i(client: httpx.AsyncClient) -> str:
+    try:
+        r = await client.get("/v1/me")
+    except httpx.HTTPError as exc:
+        raise StationError(f"cannot reach the service: {exc}") from exc
+    if r.status_code != 200:
+        raise StationError(f"the service refused the key ({r.status_code}: {r.text[:200]})")
+    me = r.json()
+    if me.get("role") != "station":
+        raise StationError(f"the key belongs to {me.get('kind')} {me.get('name')!r} (role {me.get('role')}), not a station")
+    return str(me["name"])
+
+
+async def _send_bag(client: httpx.AsyncClient, cfg: StationConfig, station: str, lane: int, bag_id: str,
+                    data: bytes, content_type: str, summary: StationSummary) -> None:
+    fields = {"station": station, "lane": f"lane-{lane}", "bag_id": bag_id, "view": cfg.view}
+    for attempt in range(cfg.max_retries + 1):
+        start = time.perf_counter()
+        try:
+            r = await client.post("/v1/scans", files={"image": (f"{bag_id}", data, content_type)}, data=fields)
+        except httpx.HTTPError as exc:
+            summary.errors += 1
+            summary.error_samples = (summary.error_samples + [f"{type(exc).__name__}: {exc}"])[-5:]
+            return
+        if r.status_code in (429, 503) and attempt < cfg.max_retries:
+            summary.retries += 1
+            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+            continue
+        if r.status_code != 200:
+            summary.errors += 1
+            summary.error_samples = (summary.error_samples + [f"{r.status_code}: {r.text[:200]}"])[-5:]
+            return
+        body = r.json()
+        summary.sent += 1
+        summary.latencies_ms.append((time.perf_counter() - start) * 1000.0)
+        summary.alarms += int(bool(body.get("alarm")))
+        summary.duplicates += int(bool(body.get("duplicate")))
+        return
+
+
+def _table(summary: StationSummary, cfg: StationConfig):  # -> rich.table.Table
+    from rich.table import Table
+
+    table = Table(title=f"xscreen station → {cfg.url}  ({cfg.lanes} lanes, {cfg.rate:g} bags/s)")
+    for name in ("sent", "alarms", "errors", "retries", "p50 ms", "p95 ms", "bags/s"):
+        table.add_column(name, justify="right")
+    d = summary.as_dict()
+    table.add_row(str(d["sent"]), str(d["alarms"]), str(d["errors"]), str(d["retries"]), f"{d['latency_ms_p50']:.1f}",
+                  f"{d['latency_ms_p95']:.1f}", f"{d['bags_per_s']:.2f}")
+    return table
+
+
+async def run_station_async(cfg: StationConfig, source: BagSource | None = None) -> StationSummary:
+    """Run the simulator until `cfg.bags` bags are answered or failed (see the module docstring)."""
+    if cfg.lanes < 1 or cfg.rate <= 0 or cfg.bags < 0:
+        raise StationError("lanes must be ≥ 1, rate > 0 and bags ≥ 0")
+    if source is None:
+        source = synth_source(seed=cfg.seed, size_px=cfg.synth_size_px) if cfg.source == "synth" else folder_source(Path(cfg.source))
+    summary = StationSummary()
+    run_id = uuid.uuid4().hex[:8]  # bag ids unique per run, so a second run is not answered as duplicates
+    counter = itertools.count()
+    headers = {"Authorization": f"Bearer {cfg.key}"}
+    async with httpx.AsyncClient(base_url=cfg.url, headers=headers, timeout=cfg.timeout_s) as client:
+        station = cfg.station or await _who_am_i(client)
+        t0 = time.monotonic()
+
+        async def lane_worker(lane: int) -> None:
+            while (k := next(counter)) < cfg.bags:
+                due = t0 + k / cfg.rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                data, content_type, name = await asyncio.to_thread(source, k)
+                await _send_bag(client, cfg, station, lane, f"{run_id}-{k:06d}-{name}"[:128], data, content_type, summary)
+
+        workers = [asyncio.create_task(lane_worker(i + 1)) for i in range(cfg.lanes)]
+        if cfg.live:
+            from rich.live import Live
+
+            with Live(_table(summary, cfg), refresh_per_second=4) as live:
+                while not all(w.done() for w in workers):
+                    summary.elapsed_s = time.monotonic() - t0
+                    live.update(_table(summary, cfg))
+                    await asyncio.wait(workers, timeout=0.25)
+                summary.elapsed_s = time.monotonic() - t0
+                live.update(_table(summary, cfg))
+        await asyncio.gather(*workers)
+        summary.elapsed_s = time.monotonic() - t0
+    return summary
+
+
+def run_station(cfg: StationConfig, source: BagSource | None = None) -> StationSummary:
+    """Blocking `run_station_async`."""
+    return asyncio.run(run_station_async(cfg, source))

@@ -1,0 +1,287 @@
+"""The review UI: plain server-rendered HTML (templates in edge/ui/templates, CSS/JS in edge/ui/static).
+
+Pages: /login; /ui/queue (alarmed bags, unreviewed first, with thumbnails that have the alarmed boxes
+drawn server-side); /ui/bags/{scan_id} (every view of that bag, detections, review trail, confirm / clear
+with a note); /ui/seizures (confirmed bags, JSON export and TDR links).
+
+Security: supervisors and admins log in with a password; the session token travels only in an HttpOnly,
+SameSite=Strict cookie (Secure unless turned off in settings). Every POST from the UI carries the
+session's CSRF token in a hidden field and is refused without it; the login form itself is protected by a
+double-submit token (a cookie and a field that must match). Pages are sent with a strict
+Content-Security-Policy (no inline script), no framing, no referrer. Every value put into a page is
+HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import secrets
+from collections import OrderedDict
+from pathlib import Path
+from string import Template
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from edge.auth import Principal
+from edge.context import ServiceContext
+from edge.deps import CtxDep, csrf_ok
+from edge.seizures import collect_seizures
+from edge.store import ScanRecord
+
+_HERE = Path(__file__).resolve().parent / "ui"
+TEMPLATES = _HERE / "templates"
+STATIC = _HERE / "static"
+LOGIN_CSRF_COOKIE = "xscreen_login_csrf"
+QUEUE_LIMIT = 200  # alarmed scans shown in the queue
+
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+router = APIRouter(tags=["ui"], include_in_schema=True)
+
+
+def _template(name: str) -> Template:
+    return Template((TEMPLATES / name).read_text(encoding="utf-8"))
+
+
+def e(value: Any) -> str:
+    """HTML-escape any value for text and attribute positions."""
+    return html.escape(str(value), quote=True)
+
+
+def _page(title: str, body: str, *, principal: Principal | None = None, csrf: str = "", status_code: int = 200) -> HTMLResponse:
+    nav = ""
+    if principal is not None:
+        nav = _template("nav.html").substitute(user=e(principal.name), role=e(principal.role), csrf=e(csrf))
+    doc = _template("layout.html").substitute(title=e(title), nav=nav, body=body)
+    return HTMLResponse(doc, status_code=status_code, headers=_SECURITY_HEADERS)
+
+
+class UISession:
+    """The logged-in UI user and the session's CSRF token."""
+
+    def __init__(self, principal: Principal, csrf: str) -> None:
+        self.principal = principal
+        self.csrf = csrf
+
+
+async def ui_session(request: Request, ctx: CtxDep) -> UISession:
+    """The session behind the cookie; GET without one → redirect to /login; POST without CSRF → 403."""
+    _engine, _store, auth, _batcher = ctx.require()
+    token = request.cookies.get(ctx.settings.session_cookie_name)
+    found = await run_in_threadpool(auth.session_principal, token) if token else None
+    if found is None:
+        if request.method in ("GET", "HEAD"):
+            raise HTTPException(status.HTTP_303_SEE_OTHER, detail="log in first", headers={"Location": "/login"})
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="log in first")
+    principal, csrf = found
+    if principal.role not in ("supervisor", "admin"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="the review UI is for supervisors and admins")
+    if request.method not in ("GET", "HEAD") and not await csrf_ok(request, csrf):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="CSRF token missing or wrong; reload the page and retry")
+    request.state.principal = f"{principal.kind}:{principal.name}"
+    return UISession(principal, csrf)
+
+
+SessionDep = Annotated[UISession, Depends(ui_session)]
+
+
+# -- login / logout -------------------------------------------------------------------------------------
+
+
+def _login_page(ctx: ServiceContext, message: str = "", status_code: int = 200) -> HTMLResponse:
+    token = secrets.token_urlsafe(32)
+    body = _template("login.html").substitute(csrf=e(token), message=f'<p class="error">{e(message)}</p>' if message else "")
+    response = _page("Log in", body, status_code=status_code)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/login",
+                        secure=ctx.settings.session_cookie_secure, max_age=3600)
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse, summary="Login page of the review UI")
+async def login_form(ctx: CtxDep) -> HTMLResponse:
+    return _login_page(ctx)
+
+
+@router.post("/login", response_class=HTMLResponse, summary="Log in with a password; sets the session cookie",
+             responses={303: {"description": "Logged in: go to the queue."}, 401: {"description": "Wrong credentials."}})
+async def login(
+    request: Request,
+    ctx: CtxDep,
+    username: Annotated[str, Form(max_length=128)],
+    password: Annotated[str, Form(max_length=1024)],
+    csrf_token: Annotated[str, Form(max_length=128)] = "",
+) -> Response:
+    _engine, _store, auth, _batcher = ctx.require()
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not cookie or not hmac.compare_digest(cookie.encode(), csrf_token.encode()):
+        return _login_page(ctx, "The login form expired; please try again.", status.HTTP_403_FORBIDDEN)
+    if ctx.login_limiter.acquire(username) > 0:
+        return _login_page(ctx, "Too many attempts; wait a minute and try again.", status.HTTP_429_TOO_MANY_REQUESTS)
+    principal = await run_in_threadpool(auth.verify_password, username, password)
+    if principal is None or principal.role not in ("supervisor", "admin"):
+        return _login_page(ctx, "Wrong name or password.", status.HTTP_401_UNAUTHORIZED)
+    token, _csrf = await run_in_threadpool(lambda: auth.create_session(principal, ttl_s=ctx.settings.session_ttl_s))
+    request.state.principal = f"{principal.kind}:{principal.name}"
+    response = RedirectResponse("/ui/queue", status_code=status.HTTP_303_SEE_OTHER)
+    response.set_cookie(ctx.settings.session_cookie_name, token, httponly=True, samesite="strict", path="/",
+                        secure=ctx.settings.session_cookie_secure, max_age=ctx.settings.session_ttl_s)
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout", summary="End the UI session", responses={303: {"description": "Logged out."}})
+async def logout(request: Request, session: SessionDep, ctx: CtxDep) -> Response:
+    _engine, _store, auth, _batcher = ctx.require()
+    token = request.cookies.get(ctx.settings.session_cookie_name, "")
+    await run_in_threadpool(auth.end_session, token)
+    response = RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(ctx.settings.session_cookie_name, path="/")
+    return response
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> Response:
+    return RedirectResponse("/ui/queue", status_code=status.HTTP_303_SEE_OTHER)
+
+
+# -- pages ----------------------------------------------------------------------------------------------
+
+
+def _classes(record: ScanRecord) -> str:
+    return ", ".join(e(c) for c in record.alarm_classes) or "—"
+
+
+def _group_bags(records: list[ScanRecord]) -> "OrderedDict[tuple[str, str], list[ScanRecord]]":
+    bags: OrderedDict[tuple[str, str], list[ScanRecord]] = OrderedDict()
+    for r in records:
+        bags.setdefault((r.station, r.bag_id), []).append(r)
+    return bags
+
+
+def _queue_rows(records: list[ScanRecord], *, empty: str) -> str:
+    rows = []
+    for (station, bag_id), views in _group_bags(records).items():
+        first = views[0]
+        thumbs = "".join(
+            f'<img class="thumb" alt="view {e(v.view)}" src="/v1/scans/{v.id}/preview.png?max_side=256">' for v in views
+        )
+        state = e(first.verdict) if first.verdict else '<span class="badge">unreviewed</span>'
+        classes = sorted({c for v in views for c in v.alarm_classes})
+        rows.append(
+            f'<tr class="bag" data-scan-id="{first.id}"><td>{thumbs}</td>'
+            f'<td><a href="/ui/bags/{first.id}">{e(bag_id)}</a></td><td>{e(station)} / {e(first.lane)}</td>'
+            f'<td>{", ".join(e(c) for c in classes)}</td><td>{e(first.created_at.strftime("%Y-%m-%d %H:%M:%S"))}</td>'
+            f'<td>{state}</td></tr>'
+        )
+    return "\n".join(rows) or f'<tr><td colspan="6">{e(empty)}</td></tr>'
+
+
+@router.get("/ui/queue", response_class=HTMLResponse, summary="Queue of flagged bags (unreviewed first)")
+async def queue_page(session: SessionDep, ctx: CtxDep) -> HTMLResponse:
+    _engine, store, _auth, _batcher = ctx.require()
+    unreviewed = await asyncio.to_thread(store.list_scans, alarm=True, reviewed=False, limit=QUEUE_LIMIT)
+    reviewed = await asyncio.to_thread(store.list_scans, alarm=True, reviewed=True, limit=50)
+    body = _template("queue.html").substitute(unreviewed=_queue_rows(unreviewed, empty="No alarms waiting."),
+                                              reviewed=_queue_rows(reviewed, empty="None yet."),
+                                              count=len(_group_bags(unreviewed)))
+    return _page("Alarm queue", body, principal=session.principal, csrf=session.csrf)
+
+
+def _detections_table(record: ScanRecord) -> str:
+    rows = [
+        f'<tr class="{"alarm" if d.get("alarm") else ""}"><td>{e(d["class"])}</td><td>{float(d["score"]):.3f}</td>'
+        f'<td>{", ".join(f"{float(v):.0f}" for v in d["box_xyxy"])}</td><td>{"yes" if d.get("alarm") else ""}</td></tr>'
+        for d in record.result.get("detections", [])
+    ]
+    return "\n".join(rows) or '<tr><td colspan="4">No detections.</td></tr>'
+
+
+async def _bag_views(ctx: ServiceContext, scan_id: int) -> tuple[ScanRecord, list[ScanRecord]]:
+    _engine, store, _auth, _batcher = ctx.require()
+    record = await asyncio.to_thread(store.get_scan, scan_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no scan with id {scan_id}")
+    views = await asyncio.to_thread(store.bag_scans, record.station, record.bag_id)
+    return record, views or [record]
+
+
+@router.get("/ui/bags/{scan_id}", response_class=HTMLResponse, summary="A bag: its views, detections, verdicts")
+async def bag_page(scan_id: int, session: SessionDep, ctx: CtxDep) -> HTMLResponse:
+    _engine, store, _auth, _batcher = ctx.require()
+    record, views = await _bag_views(ctx, scan_id)
+    parts = []
+    for v in views:
+        trail = await asyncio.to_thread(store.reviews, v.id)
+        trail_html = "".join(
+            f"<li>{e(r.created_at.strftime('%Y-%m-%d %H:%M:%S'))} {e(r.user)}: <b>{e(r.verdict)}</b> {e(r.note)}</li>"
+            for r in trail
+        ) or "<li>not reviewed</li>"
+        tdr = f' · <a href="/v1/scans/{v.id}/tdr">DICOS TDR</a>' if v.alarm else ""
+        parts.append(_template("view.html").substitute(
+            id=v.id, view=e(v.view), alarm="ALARM" if v.alarm else "clear", classes=_classes(v),
+            detections=_detections_table(v), trail=trail_html, tdr=tdr, width=v.width, height=v.height,
+        ))
+    body = _template("bag.html").substitute(
+        scan_id=record.id, bag_id=e(record.bag_id), station=e(record.station), lane=e(record.lane),
+        verdict=e(record.verdict or "unreviewed"), views="\n".join(parts), csrf=e(session.csrf),
+    )
+    return _page(f"Bag {record.bag_id}", body, principal=session.principal, csrf=session.csrf)
+
+
+@router.post("/ui/bags/{scan_id}/review", summary="Confirm or clear a bag (CSRF-protected form)",
+             responses={303: {"description": "Recorded: back to the queue."}})
+async def review_bag(
+    scan_id: int,
+    session: SessionDep,
+    ctx: CtxDep,
+    verdict: Annotated[str, Form(pattern="^(confirmed|cleared)$")],
+    note: Annotated[str, Form(max_length=2000)] = "",
+    csrf_token: Annotated[str, Form(max_length=128)] = "",  # checked by ui_session; declared for the form schema
+) -> Response:
+    _engine, store, _auth, _batcher = ctx.require()
+    _record, views = await _bag_views(ctx, scan_id)
+    # The verdict is on the bag: it goes on every view that alarmed (on all views if none did), so the
+    # bag leaves the queue whichever view was opened.
+    targets = [v for v in views if v.alarm] or views
+    for v in targets:
+        await asyncio.to_thread(store.add_review, v.id, user=session.principal.name, verdict=verdict, note=note)  # type: ignore[arg-type]
+    return RedirectResponse("/ui/queue", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/ui/seizures", response_class=HTMLResponse, summary="Confirmed bags, with export links")
+async def seizures_page(session: SessionDep, ctx: CtxDep) -> HTMLResponse:
+    _engine, store, _auth, _batcher = ctx.require()
+    items = await asyncio.to_thread(collect_seizures, store)
+    rows = []
+    for s in items:
+        links = " ".join(f'<a href="{e(u)}">TDR {e(u.split("/")[3])}</a>' for u in s["tdr_urls"])
+        rows.append(
+            f'<tr class="seizure"><td><a href="/ui/bags/{s["scan_ids"][0]}">{e(s["bag_id"])}</a></td>'
+            f'<td>{e(s["station"])} / {e(s["lane"])}</td><td>{", ".join(e(c) for c in s["classes"])}</td>'
+            f'<td>{e(s["confirmed_by"])}</td><td>{e(s["confirmed_at"].strftime("%Y-%m-%d %H:%M:%S"))}</td>'
+            f'<td>{e(s["note"])}</td><td>{links}</td></tr>'
+        )
+    body = _template("seizures.html").substitute(
+        rows="\n".join(rows) or '<tr><td colspan="7">No seizures yet.</td></tr>', count=len(items)
+    )
+    return _page("Seizures", body, principal=session.principal, csrf=session.csrf)
+
+
+def mount(app: FastAPI) -> None:
+    """Add the UI routes and static files to `app`."""
+    app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
+

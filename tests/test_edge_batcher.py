@@ -1,0 +1,127 @@
+"""Units of the lane service without a model: the micro-batcher, the token bucket, upload formats, the
+body limit's streaming check."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from edge.batcher import DeadlineExceededError, MicroBatcher, QueueFullError
+from edge.formats import (
+    DUAL_ENERGY_MEDIA_TYPE,
+    UnsupportedMediaTypeError,
+    decode_upload,
+    pack_dual_energy,
+    unpack_dual_energy,
+    upload_from_bytes,
+    upload_from_pair,
+)
+from edge.ratelimit import RateLimiter, retry_after_header
+from edge_support import grey16_png, png_bytes
+from vision.decode import NotAnImageError
+from vision.letterbox import LetterboxParams
+from vision.postprocess import Detections
+
+PARAMS = LetterboxParams(scale=1.0, pad_x=0, pad_y=0, src_width=8, src_height=8, dst_width=8, dst_height=8)
+
+
+def _recording_run(sizes: list[int], delay_s: float = 0.0):
+    def run(batch: np.ndarray, params) -> list[Detections]:
+        sizes.append(batch.shape[0])
+        time.sleep(delay_s)
+        # Echo each input's first value as its score, so results can be matched to inputs.
+        return [Detections.from_arrays(np.zeros((1, 4)), [float(x[0, 0, 0]) / 255], [0]) for x in batch]
+
+    return run
+
+
+def _tensor(value: int) -> np.ndarray:
+    return np.full((3, 8, 8), value, np.uint8)
+
+
+def test_concurrent_scans_share_batches_and_get_their_own_answers():
+    async def main() -> tuple[list[int], list[float]]:
+        sizes: list[int] = []
+        b = MicroBatcher(_recording_run(sizes), max_batch=4, max_wait_ms=50.0, queue_max=16)
+        await b.start()
+        try:
+            deadline = time.monotonic() + 5
+            results = await asyncio.gather(*(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in range(6)))
+        finally:
+            await b.stop()
+        return sizes, [float(r.detections.scores[0]) for r in results]
+
+    sizes, scores = asyncio.run(main())
+    assert sizes == [4, 2]
+    assert scores == pytest.approx([i / 255 for i in range(6)])
+
+
+def test_a_lone_scan_waits_at_most_max_wait():
+    async def main() -> float:
+        b = MicroBatcher(_recording_run([]), max_batch=8, max_wait_ms=30.0, queue_max=8)
+        await b.start()
+        try:
+            start = time.monotonic()
+            await b.submit(_tensor(1), PARAMS, deadline=start + 5)
+            return time.monotonic() - start
+        finally:
+            await b.stop()
+
+    assert asyncio.run(main()) < 1.0
+
+
+def test_full_queue_refuses_at_once_and_expired_scans_are_not_run():
+    async def main() -> tuple[list[int], list[object]]:
+        sizes: list[int] = []
+        b = MicroBatcher(_recording_run(sizes, delay_s=0.3), max_batch=1, max_wait_ms=0.0, queue_max=1)
+        await b.start()
+        try:
+            now = time.monotonic()
+            first = asyncio.create_task(b.submit(_tensor(1), PARAMS, deadline=now + 5))
+            await asyncio.sleep(0.05)  # the worker took it: the queue is empty again
+            second = asyncio.create_task(b.submit(_tensor(2), PARAMS, deadline=now + 0.1))
+            await asyncio.sleep(0.01)
+            with pytest.raises(QueueFullError) as full:
+                await b.submit(_tensor(3), PARAMS, deadline=now + 5)
+            assert full.value.retry_after_s >= 1
+            outcomes = await asyncio.gather(first, second, return_exceptions=True)
+            await asyncio.sleep(0.4)  # let the worker look at the expired scan
+            return sizes, outcomes
+        finally:
+            await b.stop()
+
+    sizes, (first, second) = asyncio.run(main())
+    assert not isinstance(first, Exception)
+    assert isinstance(second, DeadlineExceededError)
+    assert sizes == [1]  # the expired scan never reached the model
+
+
+def test_token_bucket():
+    now = [0.0]
+    limiter = RateLimiter(rate_per_s=2.0, burst=3, clock=lambda: now[0])
+    assert [limiter.acquire("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.acquire("a")
+    assert wait == pytest.approx(0.5)
+    assert limiter.acquire("b") == 0.0  # buckets are per key
+    now[0] += 0.5
+    assert limiter.acquire("a") == 0.0
+    assert retry_after_header(0.2) == "1" and retry_after_header(2.1) == "3"
+
+
+def test_upload_types_and_the_dual_energy_container():
+    assert upload_from_bytes(png_bytes(1), None).media_type == "image/png"
+    assert upload_from_bytes(png_bytes(1), "image/jpeg").media_type == "image/png"  # the bytes decide
+    with pytest.raises(UnsupportedMediaTypeError):
+        upload_from_bytes(png_bytes(1), "application/pdf")
+    low, high = grey16_png(1), grey16_png(2)
+    up = upload_from_pair(low, high)
+    assert up.media_type == DUAL_ENERGY_MEDIA_TYPE
+    assert upload_from_pair(low, high).sha256 == up.sha256  # deterministic: re-sends are duplicates
+    assert unpack_dual_energy(pack_dual_energy(low, high)) == (low, high)
+    scan = decode_upload(up, max_pixels=10**6)
+    assert scan.layout == "dual_energy" and scan.pixels.shape == (48, 64, 2) and scan.pixels.dtype == np.uint16
+    with pytest.raises(NotAnImageError):
+        unpack_dual_energy(pack_dual_energy(low, high)[:-5])
