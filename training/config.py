@@ -66,6 +66,8 @@ class DataConfig:
     val: tuple[SourceConfig, ...] = (SourceConfig(seed=10_000, length=64),)
     workers: int = 0
     augment: bool = True
+    #: Training samples per epoch, drawn from the sources by weight; default: the sum of the sources' sizes.
+    epoch_len: int | None = None
 
 
 @dataclass(frozen=True)

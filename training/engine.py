@@ -270,7 +270,7 @@ def build_train_data(config: TrainConfig, spec: PreprocessSpec, ctx: DistContext
         config.data.train, classes=classes, spec=spec, train=True, augment=config.data.augment, seed=config.seed
     )
     sampler = data_lib.build_sampler(
-        train_ds, config.data.train, epoch_len=None, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size
+        train_ds, config.data.train, epoch_len=config.data.epoch_len, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size
     )
     workers = config.data.workers
     loader = DataLoader(
