@@ -25,21 +25,23 @@ def main() -> None:
     args = ap.parse_args()
 
     from datasets.synth.bags import generate_bag
-    from datasets.synth.physics import build_scanner, render_raw
-    from datasets.synth.pipeline import SynthConfig, bag_rng, render_image, synthesise_set
+    from datasets.synth.look import display, look_for, scan
+    from datasets.synth.physics import build_scanner
+    from datasets.synth.pipeline import SynthConfig, bag_rng, synthesise_set
     from vision.decode import encode_png
 
     config = SynthConfig(bags=args.bags, seed=123, size_px=args.size, palette=args.palette)
     scanner = build_scanner(kvp=config.kvp)
-    stages: dict[str, list[float]] = {"scene": [], "render_raw": [], "false_colour": [], "png_encode(3)": []}
+    stages: dict[str, list[float]] = {"scene": [], "scan": [], "display": [], "png_encode(3)": []}
+    look = look_for(args.palette)
     for i in range(min(10, args.bags)):
         rng = bag_rng(999, i)
         t0 = time.perf_counter()
         scene = generate_bag(rng, config.bag_config())
         t1 = time.perf_counter()
-        raw = render_raw(scene.basis_cm, rng=rng, dose=config.dose, blur_px=config.blur_px, scanner=scanner)
+        raw = scan(scene.basis_cm, look, rng, scanner)
         t2 = time.perf_counter()
-        image = render_image(raw, args.palette)
+        image = display(raw, args.palette, look, rng)
         t3 = time.perf_counter()
         encode_png(image), encode_png(np.ascontiguousarray(raw[:, :, 0])), encode_png(np.ascontiguousarray(raw[:, :, 1]))
         t4 = time.perf_counter()

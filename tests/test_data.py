@@ -237,9 +237,12 @@ def test_tip_projects_allowed_classes_deterministically(scans):
 
 
 def _hue_hist(rgb: np.ndarray) -> np.ndarray:
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    coloured = (hsv[..., 1] > 60) & (hsv[..., 2] > 40) & (hsv[..., 2] < 250)  # not air, not black
-    h = np.histogram(hsv[..., 0][coloured], bins=18, range=(0, 180))[0].astype(np.float64)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float64)
+    # Each pixel counts by how coloured it is (saturation, fading out near black and white) rather than by a
+    # hard cut-off, so noise on pale pixels near a threshold cannot flip them in and out of the histogram.
+    v = hsv[..., 2]
+    weight = (hsv[..., 1] / 255.0) * np.clip((v - 20) / 40, 0, 1) * np.clip((252 - v) / 20, 0, 1)
+    h = np.histogram(hsv[..., 0], bins=18, range=(0, 180), weights=weight)[0]
     return h / h.sum()
 
 
@@ -250,7 +253,7 @@ def test_augmentation_never_changes_hue():
     for seed in range(6):
         out, _, _ = augment_scan(bag.image, bag.boxes_xyxy, np.zeros(len(bag.boxes_xyxy), np.int64), seed=seed, config=cfg)
         assert not np.array_equal(out, bag.image)
-        assert np.abs(_hue_hist(out) - before).sum() < 0.25
+        assert np.abs(_hue_hist(out) - before).sum() < 0.1
     # Pixel by pixel (no geometry), at the strongest gain and noise: hue moves by rounding only.
     h0 = cv2.cvtColor(bag.image, cv2.COLOR_RGB2HSV).astype(np.int32)
     coloured = (h0[..., 1] > 60) & (h0[..., 2] > 40) & (h0[..., 2] < 250)
@@ -261,9 +264,9 @@ def test_augmentation_never_changes_hue():
     # The histogram measure would catch a colour change: a small hue shift or a per-channel gain.
     hsv = cv2.cvtColor(bag.image, cv2.COLOR_RGB2HSV)
     hsv[..., 0] = (hsv[..., 0].astype(np.int32) + 8) % 180
-    assert np.abs(_hue_hist(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)) - before).sum() > 0.5
+    assert np.abs(_hue_hist(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)) - before).sum() > 0.3
     tinted = (bag.image * np.array([1.0, 1.0, 0.9])).astype(np.uint8)
-    assert np.abs(_hue_hist(tinted) - before).sum() > 0.5
+    assert np.abs(_hue_hist(tinted) - before).sum() > 0.3
 
 
 def test_raw_gain_keeps_the_material_ratio_and_air():

@@ -97,14 +97,14 @@ PALETTES: dict[str, Palette] = {
     "sixray": Palette(
         name="sixray",
         background_value=225.0 / 255.0,
-        hue_deg_by_zeff=((5.0, 33.0), (8.0, 37.0), (9.5, 44.0), (10.5, 80.0), (12.0, 112.0), (15.0, 130.0),
-                         (18.0, 150.0), (20.0, 195.0), (23.0, 215.0), (30.0, 225.0)),
+        hue_deg_by_zeff=((5.0, 24.0), (6.0, 28.0), (7.0, 35.0), (8.0, 42.0), (9.5, 52.0), (10.5, 80.0), (12.0, 108.0),
+                         (15.0, 135.0), (18.0, 165.0), (20.0, 188.0), (23.0, 200.0), (30.0, 218.0)),
         value_by_log_att=((0.0, 1.0), (0.4, 0.93), (1.0, 0.80), (2.0, 0.60), (3.0, 0.44), (4.5, 0.26),
                           (6.0, 0.11), (8.0, 0.0)),
         saturation_by_value=(
-            (7.0, ((0.0, 0.95), (0.3, 0.80), (0.6, 0.72), (0.7, 0.75), (0.8, 0.66), (0.91, 0.38), (0.98, 0.22),
+            (7.0, ((0.0, 0.95), (0.3, 0.80), (0.6, 0.72), (0.7, 0.75), (0.8, 0.62), (0.91, 0.30), (0.98, 0.18),
                    (1.0, 0.0))),
-            (13.0, ((0.0, 1.0), (0.37, 0.90), (0.48, 0.82), (0.59, 0.74), (0.69, 0.60), (0.8, 0.40),
+            (13.0, ((0.0, 0.95), (0.37, 0.82), (0.48, 0.72), (0.59, 0.62), (0.69, 0.50), (0.8, 0.36),
                     (0.91, 0.28), (0.98, 0.20), (1.0, 0.0))),
             (22.0, ((0.0, 0.97), (0.97, 0.90), (1.0, 0.0))),
         ),
@@ -112,8 +112,8 @@ PALETTES: dict[str, Palette] = {
     "pidray": Palette(
         name="pidray",
         background_value=1.0,
-        hue_deg_by_zeff=((5.0, 24.0), (8.0, 28.0), (9.5, 34.0), (10.5, 80.0), (12.0, 104.0), (15.0, 112.0),
-                         (18.0, 122.0), (20.0, 180.0), (23.0, 214.0), (30.0, 222.0)),
+        hue_deg_by_zeff=((5.0, 27.0), (8.0, 34.0), (9.5, 40.0), (10.5, 88.0), (12.0, 106.0), (15.0, 116.0),
+                         (18.0, 126.0), (20.0, 196.0), (23.0, 218.0), (30.0, 226.0)),
         value_by_log_att=((0.0, 1.0), (0.4, 0.95), (1.0, 0.86), (2.0, 0.70), (3.0, 0.54), (4.5, 0.33),
                           (6.0, 0.13), (8.0, 0.0)),
         saturation_by_value=(
@@ -219,11 +219,30 @@ def _colour_table(p: Palette) -> np.ndarray:
     return palette_rgb(l2, z2, p) * np.float32(255.0)
 
 
+def smooth_zeff(zeff: np.ndarray, log_att_high: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Z_eff low-passed over σ px, each pixel weighted by its attenuation (H×W float32 → H×W float32).
+
+    Scanners classify material on a smoothed ratio image (the per-pixel ratio is too noisy to colour
+    by), so hue varies more slowly than brightness and spills across edges in soft blotches. Weights
+    min(L_high, 1) keep air and faint pixels, whose ratio is noise, from dragging their neighbours.
+    """
+    weight = np.clip(log_att_high, 0.02, 1.0).astype(np.float32)
+    num = cv2.GaussianBlur(zeff * weight, (0, 0), sigma_px, borderType=cv2.BORDER_REPLICATE)
+    den = cv2.GaussianBlur(weight, (0, 0), sigma_px, borderType=cv2.BORDER_REPLICATE)
+    return num / den
+
+
 def render_false_colour_from_log_attenuation(log_att: np.ndarray, *, palette: str | Palette = "sixray",
-                                             zeff_knots: ZeffKnots = DEFAULT_ZEFF_KNOTS) -> np.ndarray:
-    """Log-attenuation H×W×2 float32 (L_low, L_high) → false-colour H×W×3 uint8 RGB."""
+                                             zeff_knots: ZeffKnots = DEFAULT_ZEFF_KNOTS,
+                                             zeff_smooth_px: float = 0.0) -> np.ndarray:
+    """Log-attenuation H×W×2 float32 (L_low, L_high) → false-colour H×W×3 uint8 RGB.
+
+    zeff_smooth_px: σ of the scanner's material-map smoothing (`smooth_zeff`); 0 = per-pixel Z_eff.
+    """
     p = _palette(palette)
     zeff = zeff_from_log_attenuation(log_att, zeff_knots=zeff_knots)
+    if zeff_smooth_px > 0:
+        zeff = smooth_zeff(zeff, log_att[..., 1], zeff_smooth_px)
     l_mean = np.maximum(0.5 * (log_att[..., 0] + log_att[..., 1]), 0.0)
     rgb = _remap(_colour_table(p), (zeff - np.float32(_Z_MIN)) * np.float32(1.0 / _Z_STEP),
                  l_mean * np.float32(1.0 / _L_STEP))
@@ -231,10 +250,10 @@ def render_false_colour_from_log_attenuation(log_att: np.ndarray, *, palette: st
 
 
 def render_false_colour(low_high: np.ndarray, *, palette: str | Palette = "sixray",
-                        zeff_knots: ZeffKnots = DEFAULT_ZEFF_KNOTS) -> np.ndarray:
+                        zeff_knots: ZeffKnots = DEFAULT_ZEFF_KNOTS, zeff_smooth_px: float = 0.0) -> np.ndarray:
     """Dual-energy raw H×W×2 uint16 (low, high) → false-colour H×W×3 uint8 RGB in a vendor's palette."""
     return render_false_colour_from_log_attenuation(raw_to_log_attenuation(low_high), palette=palette,
-                                                    zeff_knots=zeff_knots)
+                                                    zeff_knots=zeff_knots, zeff_smooth_px=zeff_smooth_px)
 
 
 def render_grey(low_high: np.ndarray, *, channel: str = "high", black_log_att: float = 8.0,

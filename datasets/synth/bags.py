@@ -36,9 +36,10 @@ class BagConfig:
     """What bags to make. Ranges are inclusive (low, high) pairs.
 
     size_px: (height, width) of the scene; real scans are landscape, about 4:3.
-    pixel_mm: range of pixel size on the belt (mm). Line arrays are ≈ 1.0–1.5 mm; published datasets are
-        often downscaled, hence up to 2.2. Within the range the scale makes the bag fill 70–95 % of the
-        image, as datasets crop scans to the bag; it is raised past the range only if the bag would not fit.
+    pixel_mm: range of pixel size on the belt (mm). Line arrays are ≈ 1.0–1.5 mm; displays zoom in and
+        published datasets are often downscaled, hence 0.8 to 2.2. Within the range the scale makes the bag
+        fill 80–97 % of the image, as datasets crop scans to the bag; it is raised past the range only if
+        the bag would not fit.
     n_clutter: benign items in a bag (a tray holds at most 6).
     contraband_classes / n_contraband / clean_fraction: which classes; how many objects in a bag that has
         any (a low bound of 0 counts as 1 there); the share of bags with none.
@@ -46,8 +47,8 @@ class BagConfig:
     """
 
     size_px: tuple[int, int] = (672, 896)
-    pixel_mm: tuple[float, float] = (1.0, 2.2)
-    n_clutter: tuple[int, int] = (5, 30)
+    pixel_mm: tuple[float, float] = (0.8, 2.2)
+    n_clutter: tuple[int, int] = (8, 36)
     contraband_classes: tuple[str, ...] = CONTRABAND_CLASSES
     n_contraband: tuple[int, int] = (0, 3)
     clean_fraction: float = 0.3
@@ -148,7 +149,10 @@ class BagScene:
         return tuple(o for o in self.objects if o.class_name is not None)
 
 
-# Benign clutter and how common it is, per container. Clothes dominate suitcases and holdalls.
+# Benign clutter and how common it is, per container. Clothes dominate suitcases and holdalls; chargers,
+# cables and small metal (pens, clips, buckles, hangers, cutlery, tins) are in nearly every real bag: in
+# the SIXray and PIDray samples electronics and metal fill much of each scan, and cables are the thin
+# dark lines that cross most of them.
 _CLUTTER: dict[str, clutter.Builder] = {
     "clothes": clutter.clothes, "shoes": clutter.shoes, "book": clutter.book, "food": clutter.food_block,
     "bottle": clutter.bottle, "jar": clutter.standing_container, "toiletries": clutter.toiletries,
@@ -159,12 +163,13 @@ _CLUTTER: dict[str, clutter.Builder] = {
 # Relative weights, in the order of _CLUTTER.
 _WEIGHTS: dict[str, tuple[float, ...]] = {
     #          clothes shoes book food bottle jar toilet laptop phone charger cable umbr keys coins metal
-    "suitcase": (8.0, 2.0, 1.5, 1.5, 2.0, 1.0, 2.0, 1.0, 1.0, 1.5, 2.0, 0.7, 0.7, 0.7, 2.0),
-    "holdall":  (8.0, 2.0, 1.0, 1.5, 2.0, 0.7, 2.0, 0.7, 1.0, 1.5, 2.0, 0.7, 0.7, 0.7, 2.0),
-    "backpack": (3.0, 0.5, 2.0, 2.0, 2.0, 0.5, 1.0, 2.0, 1.5, 2.0, 3.0, 1.0, 1.5, 1.0, 2.0),
+    "suitcase": (8.0, 2.0, 1.0, 1.0, 1.5, 0.7, 2.0, 2.0, 2.0, 3.0, 7.0, 1.0, 1.5, 1.0, 4.0),
+    "holdall":  (8.0, 2.0, 0.7, 1.0, 1.5, 0.5, 2.0, 1.5, 2.0, 3.0, 7.0, 1.0, 1.5, 1.0, 4.0),
+    "backpack": (3.0, 0.5, 1.5, 1.5, 1.5, 0.5, 1.0, 3.0, 2.0, 3.0, 8.0, 1.0, 2.0, 1.0, 4.0),
     "tray":     (2.0, 1.5, 0.5, 0.0, 1.0, 0.0, 1.0, 2.0, 2.0, 0.5, 0.5, 0.0, 1.5, 1.5, 2.0),
 }  # fmt: skip
 _TRAY_MAX_ITEMS = 6
+_CONTAINER_ODDS = {"suitcase": 0.35, "backpack": 0.25, "holdall": 0.28, "tray": 0.12}
 _SOFT = frozenset({"clothes", "cable"})  # these take the shape of the bag: clipped to its interior
 
 
@@ -188,16 +193,25 @@ def _body_cm(container: Container, pixel_mm: float) -> tuple[float, float]:
 def _container_and_frame(rng: np.random.Generator, config: BagConfig) -> tuple[Container, BagFrame]:
     """Pick a container, a bag rotation and a pixel size that makes the bag fill most of the image."""
     img_h, img_w = config.size_px
-    kind = str(config.containers[int(rng.integers(len(config.containers)))])
-    # Bags mostly ride along or across the belt; a third lie at any angle.
-    angle = 90.0 * int(rng.integers(4)) + rng.normal(0.0, 4.0) if rng.random() < 0.7 else rng.uniform(0.0, 360.0)
+    # Travellers' bags far outnumber bare trays in the public datasets (SIXray and PIDray show none).
+    odds = np.array([_CONTAINER_ODDS[k] for k in config.containers])
+    kind = str(config.containers[int(rng.choice(len(odds), p=odds / odds.sum()))])
+    # Bags mostly ride along or across the belt, some at any angle. Datasets crop each scan to its
+    # bag; on a fixed landscape canvas that framing is matched by laying most bags lengthwise.
+    u = rng.random()
+    if u < 0.7:
+        angle = 180.0 * int(rng.integers(2)) + rng.normal(0.0, 4.0)
+    elif u < 0.85:
+        angle = 90.0 + 180.0 * int(rng.integers(2)) + rng.normal(0.0, 4.0)
+    else:
+        angle = rng.uniform(0.0, 360.0)
     seed = int(rng.integers(2**63))
     coarse_mm = 6.0  # a cheap low-resolution build, only to measure the bag
     length, width = _body_cm(build_container(np.random.default_rng(seed), kind, coarse_mm), coarse_mm)
     a = math.radians(angle)
     span_w = abs(length * math.cos(a)) + abs(width * math.sin(a))
     span_h = abs(length * math.sin(a)) + abs(width * math.cos(a))
-    fill = rng.uniform(0.7, 0.95)
+    fill = rng.uniform(0.8, 0.97)
     pixel_mm = float(np.clip(10.0 * max(span_w / (fill * img_w), span_h / (fill * img_h)), *config.pixel_mm))
     pixel_mm = max(pixel_mm, 10.0 * max(span_w / (0.95 * img_w), span_h / (0.95 * img_h)))
     container = build_container(np.random.default_rng(seed), kind, pixel_mm)
@@ -209,8 +223,9 @@ def _container_and_frame(rng: np.random.Generator, config: BagConfig) -> tuple[C
 
 def _clutter_placements(rng: np.random.Generator, config: BagConfig, kind: str, frame: BagFrame) -> list[Placement]:
     n = int(rng.integers(config.n_clutter[0], config.n_clutter[1] + 1))
-    # A bag holds what its floor area allows (about one item per 70 cm²), but never fewer than asked for.
-    area_cap = int(frame.interior_cm[0] * frame.interior_cm[1] / 70.0)
+    # A bag holds what its floor area allows (about one item per 45 cm²: travellers pack in layers),
+    # but never fewer than asked for.
+    area_cap = int(frame.interior_cm[0] * frame.interior_cm[1] / 45.0)
     n = min(n, max(config.n_clutter[0], area_cap))
     if kind == "tray":
         n = min(n, _TRAY_MAX_ITEMS)

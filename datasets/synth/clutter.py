@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from datasets.synth import organic_shapes, shapes
+from datasets.synth.fabric import garment_pile
 from datasets.synth.items import Item, make_item, pad_to
 from datasets.synth.materials import material
 
@@ -34,9 +35,14 @@ def clothes(rng: np.random.Generator, pixel_mm: float) -> Item:
     """A folded garment or a stack of them: big soft thickness field with fold steps, maybe buttons or a zip."""
     fabric = str(rng.choice(["cotton", "polyester", "wool", "cotton"]))
     length, width = rng.uniform(22, 48), rng.uniform(16, 36)
-    thick = organic_shapes.folded_cloth(
-        rng, length, width, rng.uniform(1.0, 5.0), pixel_mm, n_folds=int(rng.integers(1, 5))
-    )
+    if rng.random() < 0.75:
+        # Loosely packed garments: a pile of panels whose edges, hems, seams and creases draw lines.
+        n_sheets = int(rng.integers(2, 9))
+        thick = garment_pile(rng, length, width, pixel_mm, n_sheets, rng.uniform(0.4, 1.6))
+    else:  # a tightly folded stack: smooth, with soft fold steps
+        thick = organic_shapes.folded_cloth(
+            rng, length, width, rng.uniform(1.0, 5.0), pixel_mm, n_folds=int(rng.integers(1, 5))
+        )
     # Table densities are for compact fabric; a folded garment holds much air (≈ 0.15–0.35 g/cm³).
     parts = [(fabric, vary_density(rng, fabric, 0.25) * 0.6, thick)]
     h, w = thick.shape
@@ -342,8 +348,11 @@ def coins(rng: np.random.Generator, pixel_mm: float) -> Item:
 
 
 def small_metal(rng: np.random.Generator, pixel_mm: float) -> Item:
-    """Small metal bits that litter real scans: belt buckle, paper or hair clips, a pen, glasses."""
-    kind = str(rng.choice(["buckle", "clip", "pen", "glasses"]))
+    """Small metal bits that litter real scans: belt buckle, paper or hair clips, a pen, glasses, a wire
+    hanger, cutlery, a food tin."""
+    kind = str(rng.choice(["buckle", "clip", "pen", "glasses", "hanger", "cutlery", "tin"]))
+    if kind in ("hanger", "cutlery", "tin"):
+        return _household_metal(rng, pixel_mm, kind)
     if kind == "buckle":
         w, h = rng.uniform(3.5, 6), rng.uniform(3, 4.5)
         strap_len = rng.uniform(15, 40)
@@ -381,3 +390,34 @@ def small_metal(rng: np.random.Generator, pixel_mm: float) -> Item:
             np.array([[5.3 * side, -0.5], [-1.0 * side, 1.4]]), 0.15, pixel_mm, shape_hw=shape
         )
     return make_item("glasses", [("pmma", 1.18, lenses), ("steel", 7.9, frame)])
+
+
+def _household_metal(rng: np.random.Generator, pixel_mm: float, kind: str) -> Item:
+    """A wire coat hanger, a spoon or fork, or a food tin (a steel can seen side-on, holding food)."""
+    if kind == "hanger":
+        w, h = rng.uniform(36, 44), rng.uniform(14, 20)
+        pts = np.array([[-w / 2, h / 2], [0.0, -h / 2 + 3], [0.0, -h / 2], [1.5, -h / 2 - 2.5], [3.0, -h / 2]])
+        frame = np.array([[-w / 2, h / 2], [w / 2, h / 2], [0.0, -h / 2 + 3]])
+        shape = shapes.polyline_canvas(np.concatenate([pts, frame]), 1.0, pixel_mm)
+        wire = shapes.polyline_tube(pts, 0.25, pixel_mm, shape_hw=shape)
+        wire += shapes.polyline_tube(frame, 0.25, pixel_mm, closed=True, shape_hw=shape)
+        return make_item("hanger", [("steel", 7.9, np.minimum(wire, 0.3))])
+    if kind == "cutlery":
+        length = rng.uniform(15, 21)
+        handle = shapes.box(length * 0.65, rng.uniform(0.8, 1.4), 0.2, pixel_mm, corner_cm=0.3, edge_cm=0.05)
+        shape = (shapes.canvas_px(4.5, pixel_mm), shapes.canvas_px(length, pixel_mm))
+        head = shapes.ellipsoid(length * 0.3, rng.uniform(3.0, 4.2), 0.5, pixel_mm)
+        steel = pad_to(handle, shape, (0, -_px(length * 0.17, pixel_mm)))
+        steel += pad_to(np.minimum(head, 0.2), shape, (0, _px(length * 0.33, pixel_mm)))
+        return make_item("cutlery", [("steel", 7.9, steel)])
+    length, diameter = rng.uniform(7, 12), rng.uniform(6.5, 10)
+    wall = rng.uniform(0.015, 0.025)
+    can = shapes.cylinder(length, diameter, pixel_mm, wall_cm=wall)
+    # The two lids: seen side-on, each is a steel disc edge-on, a strong thin line.
+    lids = np.zeros_like(can)
+    for side in (-1, 1):
+        x = lids.shape[1] // 2 + side * (_px(length / 2, pixel_mm) - 1)
+        lids[:, max(0, x - 1) : x + 1] = np.where(can[:, max(0, x - 1) : x + 1] > 0, diameter * 0.9, 0.0)
+    food = shapes.cylinder(length - 0.4, diameter - 0.2, pixel_mm)
+    food_mat = str(rng.choice(["water", "oil", "cheese"]))
+    return make_item("tin", [("steel", 7.9, can + lids * 0.1), (food_mat, vary_density(rng, food_mat), food)])

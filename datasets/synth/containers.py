@@ -8,13 +8,15 @@ packable interior is returned separately; the scene places clutter and contraban
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 
 from datasets.synth import shapes
 from datasets.synth.clutter import vary_density
-from datasets.synth.items import Item, make_item
+from datasets.synth.fabric import panel_seams
+from datasets.synth.items import Item, Layer, make_item
 
 CONTAINER_KINDS: tuple[str, ...] = ("suitcase", "backpack", "holdall", "tray")
 
@@ -303,4 +305,45 @@ def build_container(rng: np.random.Generator, kind: str, pixel_mm: float) -> Con
     """One container of `kind` (one of CONTAINER_KINDS) at `pixel_mm`."""
     if kind not in BUILDERS:
         raise KeyError(f"unknown container {kind!r}; known: {', '.join(CONTAINER_KINDS)}")
-    return BUILDERS[kind](rng, pixel_mm)
+    container = BUILDERS[kind](rng, pixel_mm)
+    if kind == "tray":
+        return container
+    # Linings are sewn: seams, piping and inner pockets draw thin fabric lines across the whole bag.
+    seams = panel_seams(rng, container.interior, pixel_mm, int(rng.integers(2, 8)), band_cm=rng.uniform(0.3, 0.8))
+    layer = Layer("polyester", 0.6, seams * np.float32(rng.uniform(0.2, 0.5)))
+    hardware = _hardware(rng, container.interior, pixel_mm, int(rng.integers(3, 14)))
+    item = Item(container.item.name, (*container.item.layers, layer, Layer("zinc", 7.1, hardware)))
+    return replace(container, item=item)
+
+
+def _hardware(rng: np.random.Generator, interior: np.ndarray, pixel_mm: float, n: int) -> np.ndarray:
+    """Small metal fittings along the inside of a bag's rim — D-rings, strap adjusters, zip sliders,
+    rivets, feet — as one zinc-alloy thickness canvas. Real scans show a scatter of them round every bag."""
+    out = np.zeros(interior.shape, np.float32)
+    inside = (interior > 0.5).astype(np.uint8)
+    if not inside.any():
+        return out
+    ring_px = max(2, _px(4.0, pixel_mm))
+    kernel = np.ones((3, 3), np.uint8)
+    shrunk = cv2.erode(inside, kernel, iterations=ring_px)
+    ys, xs = np.nonzero(inside & (1 - shrunk))
+    if ys.size == 0:
+        return out
+    h, w = interior.shape
+    for k in rng.integers(ys.size, size=n):
+        kind = int(rng.integers(4))
+        if kind == 0:  # a D-ring or split ring
+            a, b = rng.uniform(0.8, 2.0), rng.uniform(0.6, 1.6)
+            ring = np.array([[a * math.cos(t), b * math.sin(t)] for t in np.linspace(0, 2 * math.pi, 16)])
+            part = shapes.polyline_tube(ring, rng.uniform(0.2, 0.4), pixel_mm, closed=True)
+        elif kind == 1:  # a strap adjuster or buckle frame
+            bw, bh = rng.uniform(2.5, 5.0), rng.uniform(1.5, 3.0)
+            frame = np.array([[-bw / 2, -bh / 2], [bw / 2, -bh / 2], [bw / 2, bh / 2], [-bw / 2, bh / 2]])
+            part = shapes.polyline_tube(frame, rng.uniform(0.25, 0.45), pixel_mm, closed=True)
+        elif kind == 2:  # a zip slider
+            part = _zip_pull(pixel_mm, rng)
+        else:  # rivets or a bag foot
+            part = shapes.disc(rng.uniform(0.8, 2.0), rng.uniform(0.1, 0.4), pixel_mm)
+        part = shapes.rotated(part, rng.uniform(0.0, 180.0))
+        shapes.add_at(out, part, (int(ys[k]) - h // 2, int(xs[k]) - w // 2))
+    return out

@@ -216,7 +216,7 @@ def cable(rng: np.random.Generator, pixel_mm: float) -> Item:
     shape = shapes.polyline_canvas(pts, 2.5, pixel_mm)
     sheath = shapes.polyline_tube(pts, diameter, pixel_mm, shape_hw=shape)
     # Two or three copper strands, drawn as one conductor of the same cross-section.
-    copper_d = math.sqrt(int(rng.integers(2, 4))) * rng.uniform(0.06, 0.16)
+    copper_d = math.sqrt(int(rng.integers(2, 4))) * rng.uniform(0.08, 0.2)
     copper = shapes.polyline_tube(pts, copper_d, pixel_mm, shape_hw=shape)
     plug = shapes.box(
         rng.uniform(1.5, 3.5), rng.uniform(1.0, 2.0), rng.uniform(0.8, 1.5), pixel_mm, corner_cm=0.3, edge_cm=0.2

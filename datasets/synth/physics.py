@@ -283,12 +283,15 @@ def lookup_log_attenuation(basis_cm: np.ndarray, *, scanner: ScannerModel | None
     return _remap(scanner.lut, map_al, map_pe)
 
 
-def render_raw(basis_cm: np.ndarray, *, rng: np.random.Generator, dose: float = 2e4, blur_px: float = 0.7,
-               electronic_noise_counts: float = 2.0, scanner: ScannerModel | None = None) -> np.ndarray:
+def render_raw(basis_cm: np.ndarray, *, rng: np.random.Generator, dose: float | tuple[float, float] = 2e4,
+               blur_px: float = 0.7, electronic_noise_counts: float = 2.0,
+               scanner: ScannerModel | None = None) -> np.ndarray:
     """Render what the scanner reads for per-pixel basis thicknesses.
 
     basis_cm: H×W×2 float32 [pe_cm, al_cm] (sum over the ray of thickness × basis_coefficients).
-    dose: effective quanta per air pixel per channel (2e4 ≈ a modern cabin scanner at belt speed).
+    dose: effective quanta per air pixel, one number for both channels or (low, high): the thin front
+        layer absorbs fewer quanta than the rear one, so its channel is the noisier (2e4 ≈ a modern
+        cabin scanner at belt speed).
     blur_px: Gaussian σ of focal-spot + scintillator blur, pixels (0 = none).
     electronic_noise_counts: readout noise σ in quanta, the floor that makes thick metal noisy-black.
     Returns H×W×2 uint16 (low, high): air ≈ vision.colour.RAW_AIR_LEVEL (60000), no photons ≈
@@ -300,14 +303,15 @@ def render_raw(basis_cm: np.ndarray, *, rng: np.random.Generator, dose: float = 
     if blur_px > 0:
         transmission = cv2.GaussianBlur(transmission, (0, 0), sigmaX=blur_px, sigmaY=blur_px,
                                         borderType=cv2.BORDER_REPLICATE)
-    counts = transmission * np.float32(dose)
+    dose_lh = np.broadcast_to(np.asarray(dose, np.float32), (2,))
+    counts = transmission * dose_lh
     sigma = cv2.sqrt(counts + np.float32(electronic_noise_counts**2))
     # cv2.randn is ~3x faster than numpy's generator at this size (3 vs 11 ms for 768²×2). Its RNG is
     # per-thread global state, so it is reseeded from `rng` here: renders stay reproducible per seed.
     cv2.setRNGSeed(int(rng.integers(0, 2**31 - 1)))
     noise = np.empty(counts.shape, np.float32)
     cv2.randn(noise.reshape(counts.shape[0], -1), 0.0, 1.0)  # one channel: randn's σ is per channel
-    gain = np.float32((RAW_AIR_LEVEL - RAW_DARK_LEVEL) / dose)
+    gain = np.float32(RAW_AIR_LEVEL - RAW_DARK_LEVEL) / dose_lh
     raw = (counts + sigma * noise) * gain + np.float32(RAW_DARK_LEVEL + 0.5)  # +0.5: round on cast
     np.clip(raw, 0.0, 65535.0, out=raw)
     return raw.astype(np.uint16)

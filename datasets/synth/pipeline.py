@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from datasets.synth.bags import BagConfig, BagScene, generate_bag
+from datasets.synth.look import ScannerLook, display, look_for, scan
 from datasets.synth.materials import CONTRABAND_CLASSES
 from vision.colour import render_false_colour, render_grey
 from vision.decode import encode_png
@@ -37,7 +38,8 @@ class SynthConfig:
 
     palette: one of PALETTES, or "mixed" (each bag draws sixray or pidray with equal odds).
     size_px: the long (belt-wise) side; scans are 4:3 landscape, so the height is 3/4 of it.
-    dose: air photon count per pixel and channel (quantum noise); blur_px: detector blur σ in pixels.
+    look: the scanner's noise, display processing and file format (`datasets.synth.look`); None = the
+        look calibrated for the bag's palette.
     """
 
     bags: int = 100
@@ -46,10 +48,9 @@ class SynthConfig:
     size_px: int = 768
     classes: tuple[str, ...] = CONTRABAND_CLASSES
     clean_fraction: float = 0.3
-    dose: float = 2e4
-    blur_px: float = 0.7
+    look: ScannerLook | None = None
     kvp: float = 150.0
-    n_clutter: tuple[int, int] = (5, 30)
+    n_clutter: tuple[int, int] = (8, 36)
     n_contraband: tuple[int, int] = (1, 3)
 
     def __post_init__(self) -> None:
@@ -101,7 +102,8 @@ def bag_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def render_image(raw: np.ndarray, palette: str) -> np.ndarray:
-    """Raw dual-energy counts (H×W×2 uint16) as the scanner's display: false colour RGB or grey."""
+    """Raw dual-energy counts (H×W×2 uint16) as the bare palette shows them: false colour RGB or grey
+    (no display processing; `datasets.synth.look.display` adds the scanner's)."""
     if palette == "grey":
         return render_grey(raw, channel="high")
     return render_false_colour(raw, palette=palette)
@@ -109,14 +111,16 @@ def render_image(raw: np.ndarray, palette: str) -> np.ndarray:
 
 def make_bag(config: SynthConfig, index: int) -> SynthBag:
     """Make bag `index` of the set `config` (deterministic)."""
-    from datasets.synth.physics import build_scanner, render_raw
+    from datasets.synth.physics import build_scanner
 
     rng = bag_rng(config.seed, index)
     scene = generate_bag(rng, config.bag_config())
     scanner = build_scanner(kvp=config.kvp)
-    raw = render_raw(scene.basis_cm, rng=rng, dose=config.dose, blur_px=config.blur_px, scanner=scanner)
+    # "mixed" draws its palette first: the scanner look (noise included) belongs to the palette.
     palette = config.palette if config.palette != "mixed" else ("sixray", "pidray")[int(rng.integers(2))]
-    image = render_image(raw, palette)
+    look = config.look or look_for(palette)
+    raw = scan(scene.basis_cm, look, rng, scanner)
+    image = display(raw, palette, look, rng)
     objs = scene.contraband
     boxes = np.array([o.box_xyxy for o in objs], np.float32).reshape(-1, 4)
     return SynthBag(
@@ -155,7 +159,7 @@ def bag_metadata(bag: SynthBag, config: SynthConfig) -> dict:
         "pixel_mm": round(float(scene.pixel_mm), 6),
         "width": int(bag.raw.shape[1]),
         "height": int(bag.raw.shape[0]),
-        "scanner": {"kvp": config.kvp, "dose": config.dose, "blur_px": config.blur_px},
+        "scanner": {"kvp": config.kvp, **(config.look or look_for(bag.palette)).to_dict()},
         "objects": objects,
     }
 
