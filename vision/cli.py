@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "datasets.cli",
     "datasets.synth.cli",
     "training.cli",
+    "training.export_cli",
     "inference.cli",
     "edge.cli",
     "edge.admin_cli",

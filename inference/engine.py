@@ -1,0 +1,192 @@
+"""The ONNX Runtime engine of the lane box. Imports neither torch nor onnx (a lane installs neither).
+
+`Engine(path)` loads a model package, refuses it unless its metadata is complete, of a known schema and
+its checksum matches (vision.package, inference.modelfile), checks that the graph takes and gives what the
+metadata says, picks execution providers (TensorRT, CUDA, else CPU) and thread counts, and runs batches.
+`predict` is the whole lane path: vision.preprocess → ONNX Runtime → vision.postprocess →
+vision.letterbox.unletterbox → vision.decide, so detections come back in the scan's own pixels.
+
+The file is read once; the bytes whose checksum was verified are the bytes the session is built from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inference.modelfile import ModelFile, ModelFileError, package_sha256, read_model_file
+from vision.decide import BagDecision, decide
+from vision.letterbox import LetterboxParams, unletterbox
+from vision.package import ChecksumMismatchError, ModelPackage, PackageError
+from vision.postprocess import Detections, postprocess_batch
+from vision.preprocess import prepare
+
+#: Providers in order of preference; only those this onnxruntime build has are used.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+#: The package checksum (sha256 of the file minus its metadata; see inference.modelfile). Kept under this
+#: name because the metadata field is `weights_sha256`; it covers the weights and the graph around them.
+weights_sha256 = package_sha256
+
+_ORT_INPUT_TYPES = {8: "tensor(uint8)", 16: "tensor(uint16)"}
+
+
+def read_package(path: Path | str) -> tuple[ModelFile, ModelPackage]:
+    """Read an ONNX file and its validated package metadata; refuse a changed, foreign or damaged file.
+
+    Raises `PackageError` (`MissingMetadataError`, `UnknownSchemaError`, `ChecksumMismatchError`, or the
+    base class for an unreadable file).
+    """
+    path = Path(path)
+    try:
+        model = read_model_file(path)
+    except OSError as exc:
+        raise PackageError(f"{path}: cannot read the model file ({exc})") from exc
+    except ModelFileError as exc:
+        raise PackageError(f"{path}: not a readable ONNX model ({exc})") from exc
+    package = ModelPackage.from_metadata(model.metadata, source=str(path))
+    if model.sha256 != package.weights_sha256:
+        raise ChecksumMismatchError(
+            f"{path}: checksum {model.sha256[:12]}… does not match the package's {package.weights_sha256[:12]}…; "
+            "the file was changed after export"
+        )
+    return model, package
+
+
+def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """Execution providers to use: `requested` (each must be available) or the best available ones."""
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ValueError(f"execution provider(s) {missing} not available; this onnxruntime has {available}")
+        return list(requested)
+    return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
+
+
+def session_options(threads: int | None = None, *, profile_prefix: str | None = None) -> ort.SessionOptions:
+    """CPU session settings of the lane: `threads` intra-op threads (default all cores), one inter-op
+    thread (the graph is a chain; parallel branches gain nothing on 2 cores), every graph optimisation."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One scan's result: detections in the scan's pixels and the bag decision at the package thresholds."""
+
+    detections: Detections
+    decision: BagDecision
+
+
+class Engine:
+    """An ONNX Runtime session for one model package.
+
+    threads: intra-op threads (default: all cores); providers: as `choose_providers`;
+    max_batch: `detect`/`predict` run at most this many scans per session call (memory stays bounded).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        max_batch: int = 8,
+        profile_prefix: str | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
+        self.path = Path(path)
+        model, self.package = read_package(self.path)
+        self.spec = self.package.preprocess
+        self.class_names = self.package.class_names
+        self.policy = self.package.policy()
+        self.max_batch = max_batch
+        self.providers = choose_providers(providers)
+        try:
+            self.session = ort.InferenceSession(
+                model.data, sess_options=session_options(threads, profile_prefix=profile_prefix), providers=self.providers
+            )
+        except Exception as exc:  # ORT raises its own exception types for invalid graphs
+            raise PackageError(f"{self.path}: ONNX Runtime cannot load the graph ({exc})") from exc
+        self._input, self._outputs = self._check_io()
+        self.input_dtype = np.dtype(np.uint16 if self.spec.input_bits == 16 else np.uint8)
+
+    def _check_io(self) -> tuple[str, list[str]]:
+        """The graph must take one B×C×H×W uint8/uint16 tensor and give the package's named outputs."""
+        where = str(self.path)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise PackageError(f"{where}: the graph has {len(inputs)} inputs; a package has exactly one")
+        inp = inputs[0]
+        want_type = _ORT_INPUT_TYPES[self.spec.input_bits]
+        if inp.type != want_type:
+            raise PackageError(f"{where}: graph input is {inp.type}, the package says {want_type}")
+        want_shape = [self.spec.channels, self.spec.height, self.spec.width]
+        if len(inp.shape) != 4 or list(inp.shape[1:]) != want_shape:
+            raise PackageError(f"{where}: graph input shape {inp.shape} is not (batch, {', '.join(map(str, want_shape))})")
+        names = [o.name for o in self.session.get_outputs()]
+        if tuple(names) != tuple(self.package.outputs):
+            raise PackageError(f"{where}: graph outputs {names} differ from the package's {list(self.package.outputs)}")
+        return inp.name, names
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs for B×C×H×W input: boxes_xyxy B×A×4 (input pixels), scores B×A×K (probabilities).
+
+        batch: the package's input dtype (uint8/uint16), or any integer array whose values fit it (e.g.
+        int32 holding uint16 values, as the training pipeline makes).
+        """
+        if batch.ndim != 4 or batch.shape[1:] != (self.spec.channels, self.spec.height, self.spec.width):
+            raise ValueError(
+                f"batch shape {batch.shape} does not match the package's input "
+                f"(B, {self.spec.channels}, {self.spec.height}, {self.spec.width})"
+            )
+        if batch.dtype != self.input_dtype:
+            if not np.issubdtype(batch.dtype, np.integer):
+                raise ValueError(f"batch dtype {batch.dtype} is not an integer type; the model takes {self.input_dtype}")
+            info = np.iinfo(self.input_dtype)
+            if batch.size and (batch.min() < info.min or batch.max() > info.max):
+                # A silent wrap-around (e.g. 16-bit counts into a uint8 model) would give confident nonsense.
+                raise ValueError(f"batch values outside the {self.input_dtype} range of this model")
+        out = self.session.run(self._outputs, {self._input: np.ascontiguousarray(batch, dtype=self.input_dtype)})
+        return out[0], out[1]
+
+    def detect_prepared(self, batch: np.ndarray, params: Sequence[LetterboxParams]) -> list[Detections]:
+        """Detections in each scan's own pixels for input already made by vision.preprocess (the
+        micro-batcher's path). batch: B×C×H×W; params: the B LetterboxParams `prepare` returned."""
+        if len(params) != batch.shape[0]:
+            raise ValueError(f"{batch.shape[0]} inputs but {len(params)} letterbox parameter sets")
+        boxes, scores = self.run(batch)
+        dets = postprocess_batch(boxes, scores, self.package.postprocess)
+        return [Detections.from_arrays(unletterbox(d.boxes_xyxy, p), d.scores, d.class_ids) for d, p in zip(dets, params)]
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detections, in each scan's own pixels, for decoded scans (any layout vision.preprocess takes),
+        run in chunks of at most `max_batch`."""
+        out: list[Detections] = []
+        for i in range(0, len(images), self.max_batch):
+            prepared = [prepare(im, self.spec) for im in images[i : i + self.max_batch]]
+            batch = np.stack([p[0] for p in prepared])
+            out.extend(self.detect_prepared(batch, [p[1] for p in prepared]))
+        return out
+
+    def decide(self, detections: Detections) -> BagDecision:
+        """The bag decision for one view's detections at the package's calibrated thresholds."""
+        return decide(detections, self.class_names, self.policy)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Detections and the bag decision for each scan."""
+        return [Prediction(d, self.decide(d)) for d in self.detect(images)]
