@@ -102,6 +102,7 @@ def random_boxes(draw):
 def test_nms_matches_brute_force(case, thr):
     boxes, scores, _ = case
     assert nms_xyxy(boxes, scores, thr).tolist() == _brute_nms(boxes, scores, thr)
+    assert nms_xyxy(boxes, scores, thr, max_keep=2).tolist() == _brute_nms(boxes, scores, thr)[:2]
 
 
 @settings(max_examples=150, deadline=None)

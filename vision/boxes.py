@@ -58,8 +58,13 @@ def iou_xyxy(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms_xyxy(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS; returns kept indices, highest score first. Ties keep the lower index."""
+def nms_xyxy(
+    boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, *, max_keep: int | None = None
+) -> np.ndarray:
+    """Greedy NMS; returns kept indices, highest score first. Ties keep the lower index.
+
+    max_keep: stop once that many are kept (the result is the same prefix greedy NMS would give); bounds
+    the cost when a poorly trained model fires everywhere."""
     b = _as_n4(boxes_xyxy)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     order = np.lexsort((np.arange(len(s)), -s))
@@ -68,6 +73,8 @@ def nms_xyxy(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -
     while order.size:
         i = int(order[0])
         keep.append(i)
+        if max_keep is not None and len(keep) >= max_keep:
+            break
         rest = order[1:]
         if not rest.size:
             break
@@ -82,7 +89,12 @@ def nms_xyxy(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -
 
 
 def batched_nms_xyxy(
-    boxes_xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float
+    boxes_xyxy: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    iou_threshold: float,
+    *,
+    max_keep: int | None = None,
 ) -> np.ndarray:
     """Class-aware NMS: boxes of different classes never suppress each other. Returns kept indices,
     highest score first."""
@@ -92,4 +104,4 @@ def batched_nms_xyxy(
     cls = np.asarray(class_ids).reshape(-1)
     # Offset each class into its own region of the plane (the standard trick), so one NMS pass suffices.
     offset = cls.astype(np.float64)[:, None] * (float(np.abs(b).max()) + 1.0) * 2.0
-    return nms_xyxy(b + offset, scores, iou_threshold)
+    return nms_xyxy(b + offset, scores, iou_threshold, max_keep=max_keep)

@@ -100,10 +100,9 @@ def postprocess(boxes_xyxy: np.ndarray, scores: np.ndarray, params: PostprocessP
     point_idx, class_idx, cand_scores = point_idx[order], class_idx[order], cand_scores[order]
     cand_boxes = boxes[point_idx]
     if params.class_agnostic:
-        keep = nms_xyxy(cand_boxes, cand_scores, params.iou_threshold)
+        keep = nms_xyxy(cand_boxes, cand_scores, params.iou_threshold, max_keep=params.max_detections)
     else:
-        keep = batched_nms_xyxy(cand_boxes, cand_scores, class_idx, params.iou_threshold)
-    keep = keep[: params.max_detections]
+        keep = batched_nms_xyxy(cand_boxes, cand_scores, class_idx, params.iou_threshold, max_keep=params.max_detections)
     return Detections.from_arrays(cand_boxes[keep], cand_scores[keep], class_idx[keep])
 
 
