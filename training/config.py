@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from datasets.synth.materials import CONTRABAND_CLASSES
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
@@ -53,15 +55,7 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    classes: tuple[str, ...] = (
-        "drug_package",
-        "cannabis",
-        "cash_bundle",
-        "tobacco",
-        "medicine_pills",
-        "ivory",
-        "pangolin_scales",
-    )
+    classes: tuple[str, ...] = CONTRABAND_CLASSES
     train: tuple[SourceConfig, ...] = (SourceConfig(),)
     val: tuple[SourceConfig, ...] = (SourceConfig(seed=10_000, length=64),)
     workers: int = 0
