@@ -1,0 +1,430 @@
+"""Load test of the lane service: does `xscreen serve` deliver what its Engine can do?
+
+    python bench/service_load.py [--json OUT] [--stations 8] [--seconds 30] [--model M.onnx]
+                                 [--size s] [--input 512] [--threads 2] [--batch 8] [--bags 16]
+
+1. Model. Without --model, a fresh random-init detector of --size at --input px (RGB, 8 bit, 7 classes) is
+   saved as a checkpoint with the keys training/export.py needs (model_args, state_dict, classes,
+   preprocess, postprocess, thresholds, datasets, config) and exported with `python -m vision.cli export`
+   (parity gate included), both in child processes, so torch never loads here (its OpenMP threads would
+   slow ONNX Runtime in this process). Random weights give no detections above the floor, so this measures
+   the service's cost with next to no post-processing; pass a trained package (--model) for that too.
+2. Scans. --bags synthetic bags (datasets.synth.pipeline.make_bag, --scan-px wide, sixray palette), PNG
+   encoded, made once before anything is timed; every request sends one of them (with a fresh bag id, so
+   each is screened and stored, never answered as a duplicate).
+3. Engine alone, in this process: `inference.Engine(threads=--threads, max_batch=--batch)`,
+   `detect_prepared` (ONNX Runtime + post-processing, what the micro-batcher calls) on prepared inputs:
+   images/s at batch --batch (the service's XSCREEN_BATCH_MAX_SIZE), and batch-1 latency p50/p95.
+4. Service: `xscreen serve` on 127.0.0.1 (a free port), SQLite and images in a temporary folder, with the
+   same engine threads and batch size; the per-station rate limit is raised out of the way (this measures
+   screening, not the limiter). --stations stations (one key each), asyncio + httpx:
+   - phase 1, saturation: every station sends its next scan as soon as the last is answered, --seconds
+     after a short warm-up; throughput (answered scans/s), client latency p50/p95/p99, errors by status;
+   - phase 2, half load: scans arrive on a fixed schedule (open loop) at half the Engine's batched
+     throughput, round-robin over the stations, for --seconds; latency p50/p95/p99 and errors.
+   The server is stopped at the end (SIGTERM, then SIGKILL), also on failure.
+
+Targets (issue "edge service" §9): phase 1 sustains ≥ 80 % of the Engine's batched throughput with no
+errors; phase 2 p95 ≤ 2 × the Engine's batch-1 latency (p50).
+
+Caveat: the load generator runs on the same machine as the service and takes CPU from it (on a 2-core box,
+noticeably); a lane's scanners are other machines. Decoding, letterboxing, the image write and the
+database commit are part of the service's cost and not of the Engine's, which is what the 80 % allows for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("drug_package", "cannabis", "cash_bundle", "tobacco", "medicine_pills", "ivory", "pangolin_scales")
+WARMUP_S = 2.0  # phase 1: requests started before this are not counted (connections, first batches)
+REQUEST_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 180.0
+
+# Runs in a child interpreter (torch): a random-init detector saved as an xscreen checkpoint.
+_CKPT_SCRIPT = r"""
+import json, sys, torch
+from training.model import build_detector, checkpoint_state
+from vision.postprocess import PostprocessParams
+from vision.preprocess import PreprocessSpec
+out, size, px, classes = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+torch.manual_seed(0)
+model = build_detector(size=size, num_classes=len(classes), in_channels=3, input_kind="rgb", input_bits=8,
+                       input_hw=(px, px)).eval()
+state = checkpoint_state(model)
+state.update(format="xscreen.checkpoint", format_version=1, classes=classes,
+             preprocess=PreprocessSpec(input_kind="rgb", input_bits=8, height=px, width=px).model_dump(),
+             postprocess=PostprocessParams().model_dump(), thresholds={c: 0.5 for c in classes},
+             datasets=[{"split": "train", "kind": "synth", "name": "xscreen-synth"}],
+             config={"name": f"bench-random-{size}-{px}"}, epoch=0)
+torch.save(state, out)
+"""
+
+
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    # The caller's XSCREEN_* variables would configure the service behind our back: drop them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XSCREEN_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+def _run(args: list[str], *, cwd: Path, timeout_s: float) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=_child_env(), capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:4])} ... failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def build_package(work: Path, *, size: str, input_px: int) -> Path:
+    """A random-init package: checkpoint in a child process, then `xscreen export` (see module docstring)."""
+    ckpt, out = work / "model.ckpt", work / "model.onnx"
+    _run([sys.executable, "-c", _CKPT_SCRIPT, str(ckpt), size, str(input_px), json.dumps(list(CLASSES))],
+         cwd=work, timeout_s=600)
+    _run([sys.executable, "-m", "vision.cli", "export", str(ckpt), "--out", str(out)], cwd=work, timeout_s=900)
+    return out
+
+
+def make_scans(count: int, *, scan_px: int, seed: int = 0) -> list[bytes]:
+    """`count` synthetic bags as PNG files (bytes)."""
+    from datasets.synth.pipeline import SynthConfig, make_bag
+    from vision.decode import encode_png
+
+    config = SynthConfig(bags=count, seed=seed, size_px=scan_px)
+    return [encode_png(make_bag(config, i).image) for i in range(count)]
+
+
+def _timed(call, *, min_runs: int, max_runs: int, max_s: float) -> np.ndarray:
+    """Seconds per call: at least `min_runs`, then until `max_s` has passed or `max_runs` were made."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < max_s):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
+def bench_engine(model: Path, scans: list[bytes], *, threads: int, batch: int, seconds: float) -> dict:
+    """The Engine's own batched throughput and batch-1 latency on the prepared scans (module docstring, 3)."""
+    from inference.engine import Engine
+    from vision.decode import decode
+    from vision.preprocess import prepare
+
+    engine = Engine(model, threads=threads, max_batch=batch)
+    prepared = [prepare(decode(data).pixels, engine.spec) for data in scans]
+    inputs = np.stack([p[0] for p in prepared])
+    params = [p[1] for p in prepared]
+    idx = np.arange(batch) % len(prepared)
+    big, big_params = inputs[idx], [params[i] for i in idx]
+    one, one_params = inputs[:1], params[:1]
+    for _ in range(2):  # warm-up: ORT allocates its arenas on the first calls of each shape
+        engine.detect_prepared(big, big_params)
+        engine.detect_prepared(one, one_params)
+    t_batch = _timed(lambda: engine.detect_prepared(big, big_params), min_runs=5, max_runs=500, max_s=seconds)
+    t_one = _timed(lambda: engine.detect_prepared(one, one_params), min_runs=10, max_runs=2000, max_s=seconds)
+    result = {
+        "threads": threads,
+        "batch": batch,
+        "input_hw": [engine.spec.height, engine.spec.width],
+        "batched_images_per_s": float(batch / np.median(t_batch)),
+        "batched_ms_per_batch_p50": float(np.median(t_batch) * 1e3),
+        "batch1_latency_ms_p50": float(np.median(t_one) * 1e3),
+        "batch1_latency_ms_p95": float(np.percentile(t_one, 95) * 1e3),
+        "runs": {"batched": int(t_batch.size), "batch1": int(t_one.size)},
+    }
+    del engine
+    gc.collect()
+    return result
+
+
+# ------------------------------------------------------------------------------------------- the service
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def add_stations(db_url: str, data_dir: Path, count: int) -> list[tuple[str, str]]:
+    """(name, key) of `count` new stations (in process: edge.auth is torch-free and this is quicker than
+    `xscreen admin add-station` per station)."""
+    from edge.auth import Auth
+    from edge.store import Store
+
+    store = Store(db_url, data_dir)
+    try:
+        store.migrate()
+        auth = Auth(store)
+        return [(f"bench-{i}", auth.add_station(f"bench-{i}")) for i in range(count)]
+    finally:
+        store.close()
+
+
+class Server:
+    """`xscreen serve` as a child process; output to a log file."""
+
+    def __init__(self, model: Path, db_url: str, data_dir: Path, work: Path, env: dict[str, str]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = work / "server.log"
+        args = [sys.executable, "-m", "vision.cli", "serve", "--model", str(model), "--db", db_url,
+                "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(args, cwd=work, env=_child_env(env), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the service exited ({self.proc.returncode}):\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise SystemExit(f"the service was not ready within {READY_TIMEOUT_S:g} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def _summary(latencies_ms: list[float], statuses: Counter, seconds: float) -> dict:
+    ok = statuses.get(200, 0)
+    lat = np.asarray(latencies_ms) if latencies_ms else np.asarray([np.nan])
+    return {
+        "answered": ok,
+        "seconds": seconds,
+        "throughput_per_s": ok / seconds if seconds > 0 else 0.0,
+        "latency_ms_p50": float(np.percentile(lat, 50)),
+        "latency_ms_p95": float(np.percentile(lat, 95)),
+        "latency_ms_p99": float(np.percentile(lat, 99)),
+        "errors": sum(n for s, n in statuses.items() if s != 200),
+        "errors_by_status": {str(s): n for s, n in sorted(statuses.items(), key=lambda kv: str(kv[0])) if s != 200},
+    }
+
+
+class _Sender:
+    """Sends scans as the given stations (each with a new bag id: never a duplicate); records status and
+    latency of the requests answered inside `window` (monotonic seconds)."""
+
+    def __init__(self, client, scans: list[bytes], stations: list[tuple[str, str]], *, prefix: str) -> None:
+        self.client, self.scans, self.stations, self.prefix = client, scans, stations, prefix
+        self.count = 0
+        self.latencies_ms: list[float] = []
+        self.statuses: Counter = Counter()
+        self.window: tuple[float, float] = (0.0, float("inf"))
+
+    async def send(self, station_index: int) -> None:
+        import httpx
+
+        name, key = self.stations[station_index]
+        n = self.count
+        self.count += 1
+        data = self.scans[n % len(self.scans)]
+        fields = {"station": name, "lane": "1", "bag_id": f"{self.prefix}-{n}", "view": "top"}
+        t0 = time.monotonic()
+        try:
+            r = await self.client.post("/v1/scans", files={"image": ("scan.png", data, "image/png")}, data=fields,
+                                       headers={"Authorization": f"Bearer {key}"})
+            status: int | str = r.status_code
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        t1 = time.monotonic()
+        if self.window[0] <= t1 <= self.window[1]:  # answered inside the measured window
+            self.statuses[status] += 1
+            if status == 200:
+                self.latencies_ms.append((t1 - t0) * 1e3)
+
+
+async def _saturate(url: str, scans: list[bytes], stations: list[tuple[str, str]], seconds: float) -> dict:
+    """Phase 1: closed loop, one request in flight per station."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=len(stations) * 2, max_keepalive_connections=len(stations) * 2)
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+        sender = _Sender(client, scans, stations, prefix="saturate")
+        start = time.monotonic()
+        sender.window = (start + WARMUP_S, start + WARMUP_S + seconds)
+
+        async def station_loop(i: int) -> None:
+            while time.monotonic() < sender.window[1]:
+                await sender.send(i)
+
+        await asyncio.gather(*(station_loop(i) for i in range(len(stations))))
+    return _summary(sender.latencies_ms, sender.statuses, seconds)
+
+
+async def _paced(url: str, scans: list[bytes], stations: list[tuple[str, str]], rate_per_s: float,
+                 seconds: float) -> dict:
+    """Phase 2: open loop, scan k starts at k / rate (round-robin over stations), whatever came before."""
+    import httpx
+
+    max_in_flight = max(8, 4 * len(stations))  # bounds the tasks if the service falls behind
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+        sender = _Sender(client, scans, stations, prefix="paced")
+        total = max(1, int(rate_per_s * seconds))
+        tasks: set[asyncio.Task] = set()
+        skipped = 0
+        start = time.monotonic()
+        sender.window = (start, float("inf"))  # every scheduled scan counts, however long it takes
+        for k in range(total):
+            delay = start + k / rate_per_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(tasks) >= max_in_flight:
+                skipped += 1
+                continue
+            task = asyncio.create_task(sender.send(k % len(stations)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT_S + 5)
+        elapsed = time.monotonic() - start
+    out = _summary(sender.latencies_ms, sender.statuses, elapsed)
+    out.update(offered_per_s=rate_per_s, scheduled=total, skipped_too_many_in_flight=skipped)
+    out["errors"] += skipped
+    return out
+
+
+def run_service_phases(args: argparse.Namespace, model: Path, scans: list[bytes], engine: dict, work: Path) -> dict:
+    data_dir = work / "service-data"
+    db_url = f"sqlite:///{work / 'service.db'}"
+    stations = add_stations(db_url, data_dir, args.stations)
+    env = {
+        "XSCREEN_ENGINE_THREADS": str(args.threads),
+        "XSCREEN_BATCH_MAX_SIZE": str(args.batch),
+        "XSCREEN_QUEUE_MAX": str(max(64, 4 * args.stations)),
+        "XSCREEN_RATE_LIMIT_PER_S": "100000",
+        "XSCREEN_RATE_LIMIT_BURST": "100000",
+        "XSCREEN_LOG_LEVEL": "WARNING",
+    }
+    server = Server(model, db_url, data_dir, work, env)
+    try:
+        server.wait_ready()
+        phase1 = asyncio.run(_saturate(server.url, scans, stations, args.seconds))
+        half = 0.5 * engine["batched_images_per_s"]
+        phase2 = asyncio.run(_paced(server.url, scans, stations, half, args.seconds))
+    finally:
+        server.stop()
+    return {"settings": env, "saturation": phase1, "half_load": phase2}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def verdicts(engine: dict, service: dict) -> dict:
+    sat, half = service["saturation"], service["half_load"]
+    ratio = sat["throughput_per_s"] / engine["batched_images_per_s"]
+    p95_limit = 2.0 * engine["batch1_latency_ms_p50"]
+    return {
+        "throughput_ratio": ratio,
+        "throughput_target_met": bool(ratio >= 0.8 and sat["errors"] == 0),
+        "half_load_p95_limit_ms": p95_limit,
+        "half_load_p95_target_met": bool(half["latency_ms_p95"] <= p95_limit and half["errors"] == 0),
+    }
+
+
+def print_report(doc: dict) -> None:
+    e, s, v = doc["engine"], doc["service"], doc["verdicts"]
+    sat, half = s["saturation"], s["half_load"]
+    print(f"model: {doc['model']} ({e['input_hw'][0]}×{e['input_hw'][1]}), {doc['stations']} stations, "
+          f"{doc['seconds']:g} s per phase, {len(doc['scan_bytes'])} scans of {np.mean(doc['scan_bytes']) / 1e3:.0f} kB")
+    print(f"engine alone ({e['threads']} threads): batch {e['batch']}: {e['batched_images_per_s']:.1f} images/s; "
+          f"batch 1: p50 {e['batch1_latency_ms_p50']:.1f} ms, p95 {e['batch1_latency_ms_p95']:.1f} ms")
+    print(f"service, saturation: {sat['throughput_per_s']:.1f} scans/s ({100 * v['throughput_ratio']:.0f} % of the "
+          f"engine), latency p50/p95/p99 {sat['latency_ms_p50']:.0f}/{sat['latency_ms_p95']:.0f}/"
+          f"{sat['latency_ms_p99']:.0f} ms, errors {sat['errors']} {sat['errors_by_status'] or ''}")
+    print(f"service, half load ({half['offered_per_s']:.1f} scans/s offered): {half['throughput_per_s']:.1f} "
+          f"scans/s, latency p50/p95/p99 {half['latency_ms_p50']:.0f}/{half['latency_ms_p95']:.0f}/"
+          f"{half['latency_ms_p99']:.0f} ms, errors {half['errors']} {half['errors_by_status'] or ''}")
+    mark = {True: "MET", False: "NOT MET"}
+    print(f"target: saturation ≥ 80 % of the engine's batched throughput, no errors: "
+          f"{mark[v['throughput_target_met']]} ({100 * v['throughput_ratio']:.0f} %)")
+    print(f"target: half-load p95 ≤ 2 × engine batch-1 p50 = {v['half_load_p95_limit_ms']:.1f} ms: "
+          f"{mark[v['half_load_p95_target_met']]} ({half['latency_ms_p95']:.1f} ms)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, help="Write all figures here as JSON.")
+    ap.add_argument("--stations", type=int, default=8, help="Concurrent stations (default 8 = the batch size).")
+    ap.add_argument("--seconds", type=float, default=30.0, help="Length of each service phase.")
+    ap.add_argument("--model", type=Path, help="Model package to serve (default: a fresh random-init one).")
+    ap.add_argument("--size", default="s", choices=("n", "s", "m"), help="Detector size when building one.")
+    ap.add_argument("--input", type=int, default=512, help="Input px when building a model.")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (engine and service).")
+    ap.add_argument("--batch", type=int, default=8, help="Batch size (the service's XSCREEN_BATCH_MAX_SIZE).")
+    ap.add_argument("--bags", type=int, default=16, help="Synthetic scans made before timing.")
+    ap.add_argument("--scan-px", type=int, default=768, help="Long side of the synthetic scans.")
+    ap.add_argument("--engine-seconds", type=float, default=5.0, help="Time per Engine measurement.")
+    ap.add_argument("--work", type=Path, help="Keep the model, database and log here (default: a temporary folder).")
+    args = ap.parse_args()
+    if args.stations < 1 or args.seconds <= 0 or args.bags < 1 or args.batch < 1 or args.threads < 1:
+        ap.error("--stations, --seconds, --bags, --batch and --threads must be positive")
+    if args.model is not None and not args.model.is_file():
+        ap.error(f"--model {args.model} is not a file")
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="xscreen-service-load-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        t0 = time.perf_counter()
+        model = args.model.resolve() if args.model else build_package(work, size=args.size, input_px=args.input)
+        print(f"model ready ({time.perf_counter() - t0:.0f} s): {model}", flush=True)
+        scans = make_scans(args.bags, scan_px=args.scan_px)
+        engine = bench_engine(model, scans, threads=args.threads, batch=args.batch, seconds=args.engine_seconds)
+        print(f"engine measured: {engine['batched_images_per_s']:.1f} images/s at batch {args.batch}, batch-1 p50 "
+              f"{engine['batch1_latency_ms_p50']:.1f} ms", flush=True)
+        service = run_service_phases(args, model, scans, engine, work)
+        doc = {
+            "model": str(model) if args.model else f"random-init {args.size} at {args.input} px (xscreen export)",
+            "stations": args.stations,
+            "seconds": args.seconds,
+            "scan_bytes": [len(s) for s in scans],
+            "engine": engine,
+            "service": service,
+        }
+        doc["verdicts"] = verdicts(engine, service)
+        print_report(doc)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
