@@ -34,6 +34,17 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _unit_axes(ax, title: str, xlabel: str, ylabel: str, *, legend_loc: str) -> None:
+    """Title, labels, [0, 1] axes (a little headroom on y), grid and legend: the frame of PR and ROC plots."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize="small")
+
+
 def plot_pr_curves(detection: DetectionReport, path: str | Path) -> Path:
     """Interpolated precision vs recall at IoU 0.5, one line per class with ground truth (AP50 in the
     legend); classes without ground truth are listed as such. Writes a PNG; returns its path."""
@@ -45,13 +56,8 @@ def plot_pr_curves(detection: DetectionReport, path: str | Path) -> Path:
             continue
         ax.plot(detection.pr_recall, detection.pr_precision[k], linewidth=1.5, label=f"{name}: AP50 {ap:.3f}")
     m = detection.map50
-    ax.set_title(f"Precision–recall at IoU 0.5 (mAP50 {m:.3f})" if m is not None else "Precision–recall at IoU 0.5")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize="small")
+    title = f"Precision–recall at IoU 0.5 (mAP50 {m:.3f})" if m is not None else "Precision–recall at IoU 0.5"
+    _unit_axes(ax, title, "recall", "precision", legend_loc="lower left")
     return _save(fig, Path(path))
 
 
@@ -67,13 +73,8 @@ def plot_roc(screening: ScreeningReport, path: str | Path) -> Path:
         for op in screening.operating_points:
             label = f"Pd {op.pd:.3f} @ Pfa ≤ {op.target_pfa:g}"
             ax.plot([op.pfa], [op.pd], marker="o", linestyle="none", label=label)
-    ax.set_title(f"Bag ROC ({screening.n_threat} threat, {screening.n_clean} clean)")
-    ax.set_xlabel("Pfa (clean bags that alarm)")
-    ax.set_ylabel("Pd (threat bags that alarm)")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    title = f"Bag ROC ({screening.n_threat} threat, {screening.n_clean} clean)"
+    _unit_axes(ax, title, "Pfa (clean bags that alarm)", "Pd (threat bags that alarm)", legend_loc="lower right")
     return _save(fig, Path(path))
 
 
