@@ -169,7 +169,8 @@ def _zeff_table(zeff_knots: ZeffKnots) -> np.ndarray:
 
 
 def _remap(table: np.ndarray, col: np.ndarray, row: np.ndarray) -> np.ndarray:
-    return cv2.remap(table, col.astype(np.float32), row.astype(np.float32), interpolation=cv2.INTER_LINEAR,
+    return cv2.remap(table, col.astype(np.float32, copy=False), row.astype(np.float32, copy=False),
+                     interpolation=cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -212,11 +213,13 @@ def palette_rgb(log_att_mean: np.ndarray, zeff: np.ndarray, palette: str | Palet
 
 @lru_cache(maxsize=8)
 def _colour_table(p: Palette) -> np.ndarray:
-    """RGB (0–255 float32) over the (L_b, Z_eff) grid, (n_L, n_Z, 3)."""
+    """RGB (uint8) over the (L_b, Z_eff) grid, (n_L, n_Z, 3). Its cells are 1/64 of L_b and 0.05 of Z_eff
+    apart, so neighbours differ by a level or two: remapping the uint8 table (fixed-point, rounded) is
+    within one level of interpolating floats and rounding, and saves two passes over the image."""
     l_grid = np.arange(0.0, _L_MAX + 1e-9, _L_STEP)
     z_grid = np.arange(_Z_MIN, _Z_MAX + 1e-9, _Z_STEP)
     l2, z2 = np.meshgrid(l_grid, z_grid, indexing="ij")
-    return palette_rgb(l2, z2, p) * np.float32(255.0)
+    return np.clip(palette_rgb(l2, z2, p) * np.float32(255.0) + 0.5, 0, 255).astype(np.uint8)
 
 
 def smooth_zeff(zeff: np.ndarray, log_att_high: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -244,9 +247,8 @@ def render_false_colour_from_log_attenuation(log_att: np.ndarray, *, palette: st
     if zeff_smooth_px > 0:
         zeff = smooth_zeff(zeff, log_att[..., 1], zeff_smooth_px)
     l_mean = np.maximum(0.5 * (log_att[..., 0] + log_att[..., 1]), 0.0)
-    rgb = _remap(_colour_table(p), (zeff - np.float32(_Z_MIN)) * np.float32(1.0 / _Z_STEP),
-                 l_mean * np.float32(1.0 / _L_STEP))
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    return _remap(_colour_table(p), (zeff - np.float32(_Z_MIN)) * np.float32(1.0 / _Z_STEP),
+                  l_mean * np.float32(1.0 / _L_STEP))
 
 
 def render_false_colour(low_high: np.ndarray, *, palette: str | Palette = "sixray",

@@ -183,14 +183,27 @@ def decode_dual_energy(low: bytes, high: bytes, *, max_pixels: int = DEFAULT_MAX
     return Scan(pixels=pixels, bit_depth=lo.bit_depth, layout="dual_energy", format=lo.format)
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Encode an H×W (grey) or H×W×3 (RGB) uint8/uint16 array as PNG bytes (deterministic)."""
+def encode_png(pixels: np.ndarray, *, compression: int = 1) -> bytes:
+    """Encode an H×W (grey) or H×W×3 (RGB) uint8/uint16 array as PNG bytes (deterministic).
+
+    compression: zlib level 0–9. Level 0 stores the rows uncompressed, about 9x faster than level 1 on
+    noisy 16-bit raw counts (1.1 vs 10 ms for 576×768), whose low bits are noise that compresses by only
+    ~20 % anyway; the synthesiser writes raw counts that way.
+    """
+    if not 0 <= int(compression) <= 9:
+        raise ValueError(f"PNG compression must be 0–9, got {compression}")
     arr = pixels
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    # zlib level 1 with the RLE strategy: about 2x faster than the default on noisy scans (and on 16-bit
-    # raw data) with files no larger; masks, mostly runs of one value, compress best with RLE anyway.
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    if compression == 0:  # row filters only help a compressor
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    else:
+        # The RLE strategy and the SUB row filter only. Measured on 576×768 synthetic scans (false colour,
+        # grey, 16-bit raw) and masks at level 1: RLE is about 2x faster than the default strategy with
+        # files no larger, and SUB alone is another 1.4–1.7x faster than choosing a filter per row, with
+        # files 0–15 % larger (noisy PIDray-like colour is no larger than with the adaptive choice).
+        params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression), cv2.IMWRITE_PNG_STRATEGY,
+                  cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
     ok, buf = cv2.imencode(".png", arr, params)
     if not ok:
         raise ValueError("PNG encoding failed")

@@ -9,7 +9,7 @@ own basis thickness (for TIP into other scans). Same rng state, same config → 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -171,6 +171,17 @@ _WEIGHTS: dict[str, tuple[float, ...]] = {
 _TRAY_MAX_ITEMS = 6
 _CONTAINER_ODDS = {"suitcase": 0.35, "backpack": 0.25, "holdall": 0.28, "tray": 0.12}
 _SOFT = frozenset({"clothes", "cable"})  # these take the shape of the bag: clipped to its interior
+#: Finest pitch (mm) at which the bag's shell and clothes are built; finer scenes scale them up in the
+#: placing warp (`Item.scale`). Fabric, panels and frame rods vary over centimetres, and the scanner's
+#: blur and the datasets' detector pitch (≈ 1.5 display px for SIXray) soften them as much; building them
+#: at this pitch instead of ≈ 1 mm takes the scene from ≈ 180 to ≈ 105 ms at 768 px
+#: (bench/synth_speed.py). Thin and small things (cables, electronics, metal, contraband) keep full resolution.
+COARSE_BUILD_MM = 2.0
+_COARSE = frozenset({"clothes"})
+
+
+def _coarse_mm(pixel_mm: float) -> float:
+    return max(pixel_mm, COARSE_BUILD_MM)
 
 
 def _choose(rng: np.random.Generator, weights: tuple[float, ...]) -> str:
@@ -214,7 +225,9 @@ def _container_and_frame(rng: np.random.Generator, config: BagConfig) -> tuple[C
     fill = rng.uniform(0.8, 0.97)
     pixel_mm = float(np.clip(10.0 * max(span_w / (fill * img_w), span_h / (fill * img_h)), *config.pixel_mm))
     pixel_mm = max(pixel_mm, 10.0 * max(span_w / (0.95 * img_w), span_h / (0.95 * img_h)))
-    container = build_container(np.random.default_rng(seed), kind, pixel_mm)
+    build_mm = _coarse_mm(pixel_mm)
+    container = build_container(np.random.default_rng(seed), kind, build_mm)
+    container = replace(container, item=replace(container.item, scale=build_mm / pixel_mm))
     slack_x = max(0.0, img_w - span_w * 10.0 / pixel_mm) / 2
     slack_y = max(0.0, img_h - span_h * 10.0 / pixel_mm) / 2
     centre = (img_w / 2 + rng.uniform(-slack_x, slack_x) * 0.4, img_h / 2 + rng.uniform(-slack_y, slack_y) * 0.4)
@@ -235,7 +248,11 @@ def _clutter_placements(rng: np.random.Generator, config: BagConfig, kind: str, 
     names.sort(key=lambda s: s != "clothes")  # clothes first: they are the bottom layer of a packed bag
     out = []
     for name in names:
-        item = _CLUTTER[name](rng, frame.pixel_mm)
+        if name in _COARSE:
+            build_mm = _coarse_mm(frame.pixel_mm)
+            item = replace(_CLUTTER[name](rng, build_mm), scale=build_mm / frame.pixel_mm)
+        else:
+            item = _CLUTTER[name](rng, frame.pixel_mm)
         soft = name in _SOFT
         pose = frame.random_pose(rng, item, aligned_p=0.7 if soft else 0.5, spill=0.6 if soft else 0.1)
         if pose is not None:  # a rigid item too big for this bag stays at home
@@ -278,7 +295,8 @@ def generate_bag(rng: np.random.Generator, config: BagConfig, coefficients: Coef
     bag_pose = frame.pose_at(0.0, 0.0, 0.0)
     # The interior rides along as a fourth plane, so the bag and its inside share one warp.
     planes = acc.planes(container.item, extra=container.interior)
-    placed = place(container.item.name, planes, bag_pose.angle_deg, bag_pose.centre_xy, image_hw)
+    placed = place(container.item.name, planes, bag_pose.angle_deg, bag_pose.centre_xy, image_hw,
+                   scale=container.item.scale)
     if placed is None:
         raise RuntimeError("the container fell outside the image")  # cannot happen: the frame centres it
     interior = np.zeros(image_hw, np.float32)
@@ -294,7 +312,8 @@ def generate_bag(rng: np.random.Generator, config: BagConfig, coefficients: Coef
         how = choose_concealment(rng, class_name, config.concealments, container.kind)
         placements += conceal(rng, class_name, how, frame)
     for p in placements:
-        placed = place(p.item.name, acc.planes(p.item), p.pose.angle_deg, p.pose.centre_xy, image_hw, flip=p.pose.flip)
+        placed = place(p.item.name, acc.planes(p.item), p.pose.angle_deg, p.pose.centre_xy, image_hw,
+                       flip=p.pose.flip, scale=p.item.scale)
         if placed is not None and p.soft:
             y0, x0 = placed.offset_yx
             h, w = placed.shape_hw

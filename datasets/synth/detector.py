@@ -23,8 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import spekpy
-import xraydb
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,8 @@ def linear_mu_per_cm(formula: str, density_g_cm3: float, energy_kev: np.ndarray)
     Uses xraydb's `material_mu` (Elam tables, total cross-section incl. coherent scatter: a
     collimated line detector rejects most scatter, so scattered photons count as removed).
     """
+    import xraydb  # imported here: it takes a second, and a cached scanner never needs it
+
     energy_ev = np.asarray(energy_kev, dtype=np.float64) * 1000.0
     return np.asarray(xraydb.material_mu(formula, energy_ev, density=density_g_cm3), dtype=np.float64)
 
@@ -66,6 +66,8 @@ def tube_spectrum(config: ScannerConfig) -> tuple[np.ndarray, np.ndarray]:
 
     Bins are `energy_step_kev` wide, centred, from `energy_min_kev` up to kVp.
     """
+    import spekpy  # imported here: it takes a second, and a cached scanner never needs it
+
     spek = spekpy.Spek(kvp=config.kvp, th=config.anode_angle_deg, dk=config.energy_step_kev)
     for material_name, thickness_mm in config.tube_filters_mm:
         if thickness_mm > 0:

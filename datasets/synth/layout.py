@@ -95,7 +95,7 @@ class BagFrame:
     def _room_cm(self, item: Item, local_deg: float, spill: float) -> tuple[float, float]:
         """How far (cm) the item's centre may move along the bag's x and y at this angle (< 0: it sticks out)."""
         h, w = item.shape_hw
-        step = self.pixel_mm / 10.0
+        step = self.pixel_mm * item.scale / 10.0
         a = math.radians(local_deg)
         half_x = 0.5 * step * (abs(w * math.cos(a)) + abs(h * math.sin(a)))
         half_y = 0.5 * step * (abs(w * math.sin(a)) + abs(h * math.cos(a)))

@@ -134,7 +134,8 @@ def sharpen(image: np.ndarray, amount: float, sigma_px: float) -> np.ndarray:
         return image
     img = image.astype(np.float32)
     blurred = cv2.GaussianBlur(img, (0, 0), sigma_px, borderType=cv2.BORDER_REPLICATE)
-    return np.clip(img + amount * (img - blurred) + 0.5, 0, 255).astype(np.uint8)
+    # (1 + amount)·image − amount·blurred, rounded and saturated to 0–255 in one pass.
+    return cv2.addWeighted(img, 1.0 + amount, blurred, -amount, 0.0, dtype=cv2.CV_8U)
 
 
 def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
@@ -160,16 +161,19 @@ def display_noise(raw: np.ndarray, look: ScannerLook, rng: np.random.Generator) 
     if look.dose_low <= 0 and look.dose_high <= 0:
         return raw
     h, w = raw.shape[:2]
-    span = np.float32(RAW_AIR_LEVEL - RAW_DARK_LEVEL)
-    trans = np.maximum(raw.astype(np.float32) - np.float32(RAW_DARK_LEVEL), 0.0) / span
+    span = RAW_AIR_LEVEL - RAW_DARK_LEVEL
     extra = np.array([max(0.0, 1.0 / d - 1.0 / look.raw_dose) if d > 0 else 0.0
                       for d in (look.dose_low, look.dose_high)], np.float32)
     small = (max(2, round(w / look.detector_px)), max(2, round(h / look.detector_px)))
     noise = rng.standard_normal((small[1], small[0], 2), dtype=np.float32)
     if small != (w, h):
         noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
-    noisy = trans + np.sqrt(trans * extra) * noise
-    return np.clip(noisy * span + np.float32(RAW_DARK_LEVEL) + 0.5, 0, 65535).astype(np.uint16)
+    # In counts c = span·T above the dark level: σ = span·sqrt(T·extra) = sqrt(c·span·extra).
+    counts = np.maximum(raw.astype(np.float32) - np.float32(RAW_DARK_LEVEL), np.float32(0.0))
+    sigma = cv2.sqrt(counts * (extra * np.float32(span)))
+    noisy = cv2.add(counts, cv2.multiply(sigma, noise))
+    noisy += np.float32(RAW_DARK_LEVEL + 0.5)
+    return np.clip(noisy, 0, 65535, out=noisy).astype(np.uint16)
 
 
 def display(raw: np.ndarray, palette: str, look: ScannerLook, rng: np.random.Generator) -> np.ndarray:
@@ -196,7 +200,9 @@ def display(raw: np.ndarray, palette: str, look: ScannerLook, rng: np.random.Gen
         image = render_false_colour_from_log_attenuation(log_att, palette=p, zeff_smooth_px=look.zeff_smooth_px)
     image = sharpen(image, look.sharpen_amount, look.sharpen_sigma_px)
     if look.capture_noise > 0:
-        noise = rng.normal(0.0, look.capture_noise, image.shape[:2]).astype(np.float32)
-        noisy = image.astype(np.float32) + (noise[..., None] if image.ndim == 3 else noise)
-        image = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
+        noise = rng.standard_normal(image.shape[:2], dtype=np.float32)
+        noise *= np.float32(look.capture_noise)
+        if image.ndim == 3:
+            noise = cv2.merge([noise, noise, noise])  # one grey-level draw per pixel, on every channel
+        image = cv2.add(image, noise, dtype=cv2.CV_8U)  # rounds and saturates to 0–255
     return jpeg_round_trip(image, look.jpeg_quality)

@@ -35,15 +35,20 @@ level. It is stored as plain numbers (`ZeffKnots`) so that `vision.colour` can u
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.metadata
+import os
+import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
-import xraydb
 
 from datasets.synth.detector import ScannerConfig, channel_weights, linear_mu_per_cm
-from datasets.synth.materials import material
+from datasets.synth.materials import MATERIALS, material
 from vision.colour import RAW_AIR_LEVEL, RAW_DARK_LEVEL, ZeffKnots, raw_to_log_attenuation
 
 __all__ = [
@@ -121,6 +126,9 @@ class ScannerModel:
     lut: np.ndarray
     lut_jacobian: np.ndarray
     _mu_cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: Basis coefficients (cm PE, cm Al per cm) of the material table, filled when the model is built
+    #: or loaded from the cache (`basis_coefficients`), so workers never need xraydb.
+    basis_table: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def mu_per_cm(self, material_name: str) -> np.ndarray:
         """μ (1/cm) of a named material (materials.py, nominal density) on this scanner's bins, (N,)."""
@@ -169,17 +177,91 @@ def _model_from_weights(config: ScannerConfig | None, energy_kev: np.ndarray, w_
                         _LUT_AL_CM[0], _LUT_AL_CM[2], lut, jac)
 
 
+#: Environment variable naming the folder of the on-disk scanner cache; "off" disables it.
+CACHE_ENV = "XSCREEN_CACHE_DIR"
+
+
+def cache_dir() -> Path | None:
+    """The on-disk cache folder: $XSCREEN_CACHE_DIR, else $XDG_CACHE_HOME/xscreen, else ~/.cache/xscreen;
+    None when XSCREEN_CACHE_DIR is "off"."""
+    value = os.environ.get(CACHE_ENV)
+    if value == "off":
+        return None
+    if value:
+        return Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "xscreen"
+
+
+def _cache_key(config: ScannerConfig) -> str:
+    """A digest of everything a scanner model is computed from: the config, the physics code and
+    material table, and the versions of the libraries that supply spectra and cross-sections."""
+    h = hashlib.sha256(repr(config).encode())
+    for name in ("detector.py", "physics.py", "materials.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    for package in ("numpy", "xraydb", "spekpy"):
+        h.update(importlib.metadata.version(package).encode())
+    return h.hexdigest()[:32]
+
+
+_CACHED_ARRAYS = ("energy_kev", "weight_low", "weight_high", "mu_pe_per_cm", "mu_al_per_cm", "lut", "lut_jacobian")
+
+
+def _load_cached(path: Path, config: ScannerConfig) -> ScannerModel | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in (*_CACHED_ARRAYS, "basis_names", "basis_coef")}
+    except (OSError, KeyError, ValueError, EOFError):  # absent, unreadable or an older layout: rebuild
+        return None
+    model = ScannerModel(config, arrays["energy_kev"], arrays["weight_low"], arrays["weight_high"],
+                         arrays["mu_pe_per_cm"], arrays["mu_al_per_cm"], _LUT_PE_CM[0], _LUT_PE_CM[2],
+                         _LUT_AL_CM[0], _LUT_AL_CM[2], arrays["lut"], arrays["lut_jacobian"])
+    for name, (pe, al) in zip(arrays["basis_names"].tolist(), arrays["basis_coef"].tolist()):
+        model.basis_table[str(name)] = (float(pe), float(al))
+    return model
+
+
+def _fill_basis_table(model: ScannerModel) -> None:
+    for name in MATERIALS:
+        model.basis_table[name] = basis_coefficients_for(model, model.mu_per_cm(name))
+
+
+def _save_cached(path: Path, model: ScannerModel) -> None:
+    names = list(model.basis_table)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: getattr(model, k) for k in _CACHED_ARRAYS}, basis_names=np.array(names, dtype=str),
+                     basis_coef=np.array([model.basis_table[n] for n in names], np.float64).reshape(-1, 2))
+        os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
+    except OSError:  # a read-only home is no reason to fail: the model is simply rebuilt next time
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp)
+
+
 @lru_cache(maxsize=8)
 def _build_scanner_cached(config: ScannerConfig) -> ScannerModel:
+    folder = cache_dir()
+    path = folder / f"scanner-{_cache_key(config)}.npz" if folder is not None else None
+    if path is not None and (model := _load_cached(path, config)) is not None:
+        return model
     energy_kev, w_low, w_high = channel_weights(config)
-    return _model_from_weights(config, energy_kev, w_low, w_high)
+    model = _model_from_weights(config, energy_kev, w_low, w_high)
+    _fill_basis_table(model)
+    if path is not None:
+        _save_cached(path, model)
+    return model
 
 
 def build_scanner(*, kvp: float = 150.0, tube_filters_mm: tuple[tuple[str, float], ...] = (("Al", 3.0),),
                   config: ScannerConfig | None = None) -> ScannerModel:
     """The scanner model for a tube voltage and filtration (or a full `ScannerConfig`); cached.
 
-    Building takes about a second (spectrum, detector response, the 601×1001 basis table).
+    Building takes 2–5 s (spectrum, detector response, the 601×1001 basis table), so the model is kept in
+    memory and on disk (`cache_dir()`, keyed by the config, the physics code and the library versions):
+    every later process, e.g. each synthesis worker, loads it in milliseconds. The cached arrays are the
+    computed ones, bit for bit.
     """
     if config is None:
         config = ScannerConfig(kvp=kvp, tube_filters_mm=tube_filters_mm)
@@ -231,6 +313,9 @@ def basis_coefficients(material_name: str) -> tuple[float, float]:
     Computed once per process.
     """
     scanner = build_scanner()
+    cached = scanner.basis_table.get(material_name)
+    if cached is not None:
+        return cached
     return basis_coefficients_for(scanner, scanner.mu_per_cm(material_name))
 
 
@@ -355,6 +440,8 @@ _MAYNEORD_EXPONENT = 2.94
 
 def effective_atomic_number(formula: str) -> float:
     """Z_eff of a compound (xraydb formula) by the power law used in radiography (exponent 2.94)."""
+    import xraydb
+
     electrons = {el: n * xraydb.atomic_number(el) for el, n in xraydb.chemparse(formula).items()}
     total = sum(electrons.values())
     acc = sum((e / total) * xraydb.atomic_number(el) ** _MAYNEORD_EXPONENT for el, e in electrons.items())
