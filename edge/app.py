@@ -61,7 +61,8 @@ _TAGS = [
 def _start_engine(settings: EdgeSettings) -> Any:
     from inference.engine import Engine
 
-    return Engine(settings.model_path, threads=settings.engine_threads, max_batch=settings.batch_max_size)
+    return Engine(settings.model_path, threads=settings.model_threads, max_batch=settings.batch_max_size,
+                  spin=settings.engine_spin)
 
 
 def _open_store(settings: EdgeSettings) -> tuple[Any, Any]:
@@ -93,7 +94,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(asyncio.to_thread, store.close)
         batcher = MicroBatcher(engine.detect_prepared, max_batch=settings.batch_max_size,
                                max_wait_ms=settings.batch_max_wait_ms, queue_max=settings.queue_max,
-                               workers=settings.batch_workers, metrics=ctx.metrics)
+                               workers=settings.model_workers, metrics=ctx.metrics)
         await batcher.start()
         stack.push_async_callback(batcher.stop)
         ctx.engine, ctx.store, ctx.auth, ctx.batcher = engine, store, auth, batcher

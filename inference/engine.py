@@ -69,14 +69,22 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
 
 
-def session_options(threads: int | None = None, *, profile_prefix: str | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, *, profile_prefix: str | None = None,
+                    spin: bool = True) -> ort.SessionOptions:
     """CPU session settings of the lane: `threads` intra-op threads (default all cores), one inter-op
-    thread (the graph is a chain; parallel branches gain nothing on 2 cores), every graph optimisation."""
+    thread (the graph is a chain; parallel branches gain nothing on 2 cores), every graph optimisation.
+
+    spin: let idle intra-op threads busy-wait for the next operator (ONNX Runtime's default). Right for a
+    process that only runs the model; in the lane service the spinning threads take the cores that decode
+    requests, write images and answer, so it turns spinning off.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -95,7 +103,8 @@ class Engine:
     """An ONNX Runtime session for one model package.
 
     threads: intra-op threads (default: all cores); providers: as `choose_providers`;
-    max_batch: `detect`/`predict` run at most this many scans per session call (memory stays bounded).
+    max_batch: `detect`/`predict` run at most this many scans per session call (memory stays bounded);
+    spin: idle intra-op threads busy-wait (see `session_options`).
     """
 
     def __init__(
@@ -106,6 +115,7 @@ class Engine:
         providers: Sequence[str] | None = None,
         max_batch: int = 8,
         profile_prefix: str | None = None,
+        spin: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
@@ -118,7 +128,8 @@ class Engine:
         self.providers = choose_providers(providers)
         try:
             self.session = ort.InferenceSession(
-                model.data, sess_options=session_options(threads, profile_prefix=profile_prefix), providers=self.providers
+                model.data, sess_options=session_options(threads, profile_prefix=profile_prefix, spin=spin),
+                providers=self.providers,
             )
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             raise PackageError(f"{self.path}: ONNX Runtime cannot load the graph ({exc})") from exc

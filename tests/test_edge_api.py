@@ -110,6 +110,20 @@ def test_settings_from_environment_and_unknown_keys(tmp_path, monkeypatch):
         EdgeSettings(_env_file=None, batch_max_size=16, queue_max=8)
 
 
+@pytest.mark.parametrize(("cores", "workers", "threads", "want"), [
+    (2, None, None, (2, 1)),  # a 2-core lane box: two one-thread model calls
+    (8, None, None, (2, 4)),
+    (1, None, None, (1, 1)),
+    (8, 1, None, (1, 8)),
+    (2, None, 2, (2, 2)),  # explicit settings win
+])
+def test_model_workers_and_threads_follow_the_cores(monkeypatch, cores, workers, threads, want):
+    monkeypatch.setattr("edge.settings.os.cpu_count", lambda: cores)
+    settings = EdgeSettings(_env_file=None, model_path="m.onnx", batch_workers=workers, engine_threads=threads)
+    assert (settings.model_workers, settings.model_threads) == want
+    assert settings.engine_spin is False
+
+
 def test_one_json_access_log_line_per_request(service, caplog):
     with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
         r = post_png(service, png_bytes(77), "bag-log", lane="3")

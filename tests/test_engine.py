@@ -65,6 +65,16 @@ def test_engine_runs_a_dynamic_batch(package):
     assert engine.package.precision == "fp32" and engine.providers == ["CPUExecutionProvider"]
 
 
+def test_engine_without_spinning_gives_the_same_answers(package):
+    from inference.engine import session_options
+
+    assert session_options(1, spin=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    x = np.random.default_rng(3).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
+    spinning, quiet = Engine(package, threads=1), Engine(package, threads=1, spin=False)
+    for a, b in zip(spinning.run(x), quiet.run(x)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_engine_refuses_a_changed_weight_byte(package, tmp_path):
     data = bytearray(package.read_bytes())
     proto = onnx.load(str(package))
