@@ -108,7 +108,13 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     from training.checkpoint import load_checkpoint
     from training.config import SourceConfig
     from training.data import build_dataset
-    from training.evaluate import calibrate_from_predictions, predict_dataset, report_from_predictions, torch_predictor
+    from training.evaluate import (
+        MAP_SCORE_FLOOR,
+        calibrate_from_predictions,
+        predict_dataset,
+        report_from_predictions,
+        torch_predictor,
+    )
     from training.metrics import evaluation_json
     from training.model import detector_from_checkpoint
     from vision.decide import DecisionPolicy, bag_score
@@ -122,9 +128,9 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     post = PostprocessParams(**state.get("postprocess", {}))
     predictor = torch_predictor(model)
 
-    def preds(*sources: SourceConfig):
+    def preds(*sources: SourceConfig, postprocess: PostprocessParams = post):
         ds = build_dataset(sources, classes=classes, spec=spec, train=False, augment=False, seed=0)
-        return predict_dataset(predictor, ds, postprocess=post, batch_size=8)
+        return predict_dataset(predictor, ds, postprocess=postprocess, batch_size=8)
 
     def concat(a, b):
         return dataclasses.replace(a, truths=a.truths + b.truths, detections=a.detections + b.detections,
@@ -143,8 +149,11 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     results["calibration"] = {"thresholds": calibration.thresholds, "achieved_pfa": calibration.achieved_pfa,
                               "n_clean": calibration.n_clean}
 
-    test = preds(SourceConfig(kind="synth", palette="mixed", seed=50_000, length=args.test_bags, clean_fraction=0.3))
-    report = evaluation_json(report_from_predictions(test, classes=classes, policy=policy))
+    # mAP from detections down to MAP_SCORE_FLOOR; the screening figures from the lane's own (as evaluate_model).
+    test = preds(SourceConfig(kind="synth", palette="mixed", seed=50_000, length=args.test_bags, clean_fraction=0.3),
+                 postprocess=post.model_copy(update={"score_floor": min(post.score_floor, MAP_SCORE_FLOOR)}))
+    report = evaluation_json(report_from_predictions(test, classes=classes, policy=policy,
+                                                     lane_score_floor=post.score_floor))
     alarms = np.array([bag_score(d, None, policy) >= 1.0 for d in test.detections])
     results["synthetic_test"] = {
         "bags": len(test.detections),

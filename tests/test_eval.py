@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from training.evaluate import (
+    MAP_SCORE_FLOOR,
     calibrate_from_predictions,
     evaluate_model,
     load_model,
@@ -103,6 +104,17 @@ def test_exact_predictions_score_one():
     assert report.detection.ap50_per_class == {"drug_package": pytest.approx(1.0), "cash_bundle": pytest.approx(1.0)}
     assert report.screening.auroc == pytest.approx(1.0)
     assert report.screening.pd_at(0.05) == pytest.approx(1.0)
+
+
+def test_map_counts_low_scores_but_screening_only_what_the_lane_reports():
+    dataset = _dataset()
+    # Exact boxes at 0.02, under the lane's floor (0.05): a full PR curve for mAP, but the lane reports
+    # nothing, so no bag can alarm and the screening figures are those of a blind model.
+    report = _evaluate(_oracle(dataset, score=0.02), dataset)
+    assert report.detection.map50 == pytest.approx(1.0)
+    assert report.screening.auroc == pytest.approx(0.5)
+    assert report.screening.pd_at(0.05) == 0.0
+    assert MAP_SCORE_FLOOR < PostprocessParams().score_floor
 
 
 def test_no_predictions_score_zero():
