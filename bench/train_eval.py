@@ -1,6 +1,7 @@
 """Train the contraband detector within a time budget on this machine, then measure it in screening terms.
 
     python bench/train_eval.py [--minutes 45] [--size s] [--input 416] [--out runs/bench] [--json OUT]
+                               [--evaluate-only CKPT]
 
 Prints:
 - on a held-out synthetic test set (bag seeds never used in training, SIXray and PIDray palettes, all seven
@@ -111,6 +112,7 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     from training.evaluate import (
         MAP_SCORE_FLOOR,
         calibrate_from_predictions,
+        calibrated_score_floor,
         predict_dataset,
         report_from_predictions,
         torch_predictor,
@@ -128,9 +130,13 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     post = PostprocessParams(**state.get("postprocess", {}))
     predictor = torch_predictor(model)
 
-    def preds(*sources: SourceConfig, postprocess: PostprocessParams = post):
+    # Every set is predicted down to MAP_SCORE_FLOOR (mAP needs the whole PR curve); alarms follow the
+    # thresholds, and the lane's floor is the calibrated one (`xscreen calibrate` does the same).
+    low = post.model_copy(update={"score_floor": min(post.score_floor, MAP_SCORE_FLOOR)})
+
+    def preds(*sources: SourceConfig):
         ds = build_dataset(sources, classes=classes, spec=spec, train=False, augment=False, seed=0)
-        return predict_dataset(predictor, ds, postprocess=postprocess, batch_size=8)
+        return predict_dataset(predictor, ds, postprocess=low, batch_size=8)
 
     def concat(a, b):
         return dataclasses.replace(a, truths=a.truths + b.truths, detections=a.detections + b.detections,
@@ -144,16 +150,14 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     cal = preds(SourceConfig(kind="synth", palette="mixed", seed=20_000, length=args.cal_bags, clean_fraction=0.5))
     if real_train is not None:
         cal = concat(cal, preds(SourceConfig(kind="tip", path=str(real_train), seed=3, length=n_scans(real_train), clean_fraction=1.0)))
-    calibration = calibrate_from_predictions(cal, classes=classes, target_pfa=0.05, score_floor=post.score_floor)
+    calibration = calibrate_from_predictions(cal, classes=classes, target_pfa=0.05, score_floor=low.score_floor)
     policy = DecisionPolicy(class_names=classes, thresholds=calibration.thresholds)
+    lane_floor = calibrated_score_floor(calibration.thresholds, post.score_floor)
     results["calibration"] = {"thresholds": calibration.thresholds, "achieved_pfa": calibration.achieved_pfa,
-                              "n_clean": calibration.n_clean}
+                              "n_clean": calibration.n_clean, "score_floor": lane_floor}
 
-    # mAP from detections down to MAP_SCORE_FLOOR; the screening figures from the lane's own (as evaluate_model).
-    test = preds(SourceConfig(kind="synth", palette="mixed", seed=50_000, length=args.test_bags, clean_fraction=0.3),
-                 postprocess=post.model_copy(update={"score_floor": min(post.score_floor, MAP_SCORE_FLOOR)}))
-    report = evaluation_json(report_from_predictions(test, classes=classes, policy=policy,
-                                                     lane_score_floor=post.score_floor))
+    test = preds(SourceConfig(kind="synth", palette="mixed", seed=50_000, length=args.test_bags, clean_fraction=0.3))
+    report = evaluation_json(report_from_predictions(test, classes=classes, policy=policy, lane_score_floor=lane_floor))
     alarms = np.array([bag_score(d, None, policy) >= 1.0 for d in test.detections])
     results["synthetic_test"] = {
         "bags": len(test.detections),
@@ -188,6 +192,8 @@ def main() -> None:
     ap.add_argument("--cal-bags", type=int, default=200)
     ap.add_argument("--train-bags", type=int, default=2000, help="synthetic training bags, made before training")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--evaluate-only", type=Path, default=None, metavar="CKPT",
+                    help="skip training: evaluate this checkpoint (e.g. an earlier run's best.ckpt)")
     args = ap.parse_args()
 
     import torch
@@ -201,31 +207,39 @@ def main() -> None:
         print(f"real scans: {split['train']} for training, {split['eval']} held out (crc32 rule)")
     else:
         print(f"{args.real} not found: real-bag figures are skipped")
-    config = bench_config(args, real_train, epochs=1, length=64)
-    speed = measure_speed(config, args.out)
-    left_s = args.minutes * 60 - (time.perf_counter() - t_start)
-    images = max(64, int(speed * left_s * 0.9))  # the probe's epoch includes validation; 10 % margin
-    epochs = int(np.clip(images // 1000, 3, 40))
-    length = max(32, images // epochs)
-    print(f"training loop: {speed:.2f} images/s; {left_s / 60:.1f} min left → {epochs} epochs × {length} images")
-    config = bench_config(args, real_train, epochs=epochs, length=length)
-    from training.engine import train
+    if args.evaluate_only is not None:
+        ckpt = args.evaluate_only
+        print(f"evaluating {ckpt} (no training)")
+        results = evaluate(ckpt, real_train, real_eval, args)
+        results.update({"real_split": split, "checkpoint": str(ckpt)})
+    else:
+        config = bench_config(args, real_train, epochs=1, length=64)
+        speed = measure_speed(config, args.out)
+        left_s = args.minutes * 60 - (time.perf_counter() - t_start)
+        images = max(64, int(speed * left_s * 0.9))  # the probe's epoch includes validation; 10 % margin
+        epochs = int(np.clip(images // 1000, 3, 40))
+        length = max(32, images // epochs)
+        print(f"training loop: {speed:.2f} images/s; {left_s / 60:.1f} min left → {epochs} epochs × {length} images")
+        config = bench_config(args, real_train, epochs=epochs, length=length)
+        from training.engine import train
 
-    t0 = time.perf_counter()
-    last = train(config, args.out / "run")
-    train_min = (time.perf_counter() - t0) / 60
-    best = args.out / "run" / "best.ckpt"
-    ckpt = best if best.exists() else last
-    print(f"trained in {train_min:.1f} min ({(time.perf_counter() - t_start) / 60:.1f} min with the probe); evaluating {ckpt.name}")
-    results = evaluate(ckpt, real_train, real_eval, args)
-    results.update({"train_minutes": train_min, "epochs": epochs, "images_per_epoch": length, "model": args.size,
-                    "input": args.input, "real_split": split, "checkpoint": str(ckpt)})
+        t0 = time.perf_counter()
+        last = train(config, args.out / "run")
+        train_min = (time.perf_counter() - t0) / 60
+        best = args.out / "run" / "best.ckpt"
+        ckpt = best if best.exists() else last
+        print(f"trained in {train_min:.1f} min ({(time.perf_counter() - t_start) / 60:.1f} min with the probe); "
+              f"evaluating {ckpt.name}")
+        results = evaluate(ckpt, real_train, real_eval, args)
+        results.update({"train_minutes": train_min, "epochs": epochs, "images_per_epoch": length, "model": args.size,
+                        "input": args.input, "real_split": split, "checkpoint": str(ckpt)})
     st = results["synthetic_test"]
     print("\n== held-out synthetic test set ==")
     print(f"bags {st['bags']}  mAP@0.5 {st['map50']:.3f} (target ≥ 0.80)  mAP@0.5:0.95 {st['map50_95']:.3f}  "
           f"bag AUROC {st['bag_auroc']}  Pd@Pfa5% {st['pd_at_pfa']['0.05']} (target ≥ 0.90)")
     print("AP50 per class: " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in st["per_class"].items()))
-    print(f"at the calibrated thresholds: Pd {st['pd_at_calibrated']}, Pfa {st['pfa_at_calibrated']}")
+    print(f"at the calibrated thresholds: Pd {st['pd_at_calibrated']}, Pfa {st['pfa_at_calibrated']} "
+          f"(lane score floor {results['calibration']['score_floor']:.4f})")
     if "real_clean" in results:
         print("\n== real bags, held-out half ==")
         print(f"clean real bags alarming: {results['real_clean']['alarm_share']:.3f} of {results['real_clean']['bags']} (target ≤ 0.05)")

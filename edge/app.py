@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -65,6 +66,21 @@ def _start_engine(settings: EdgeSettings) -> Any:
                   spin=settings.engine_spin)
 
 
+def _start_engine_alone(settings: EdgeSettings, engine: Any) -> Any | None:
+    """A second session of the same package on every core, for batches that start while no other batch
+    runs (`MicroBatcher.run_batch_alone`): at light load a scan gets the whole machine. Only when the
+    threads per model call are the service's own choice (cores shared among parallel calls)."""
+    from inference.engine import Engine
+
+    cores = os.cpu_count() or 1
+    if settings.engine_threads is not None or settings.model_workers < 2 or cores <= settings.model_threads:
+        return None
+    alone = Engine(settings.model_path, threads=cores, max_batch=settings.batch_max_size, spin=settings.engine_spin)
+    if alone.package.weights_sha256 != engine.package.weights_sha256:  # the file changed between the loads
+        raise RuntimeError(f"{settings.model_path} changed while the service was starting; start it again")
+    return alone
+
+
 def _open_store(settings: EdgeSettings) -> tuple[Any, Any]:
     from edge.auth import Auth
     from edge.store import Store
@@ -87,6 +103,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         # Blocking start-up work runs in threads so the loop (and /healthz) stays responsive meanwhile.
         engine = await asyncio.to_thread(_start_engine, settings)
+        engine_alone = await asyncio.to_thread(_start_engine_alone, settings, engine)
         ctx.metrics.set_model(name=engine.package.name, version=engine.package.version,
                               sha256=engine.package.weights_sha256, classes=list(engine.class_names),
                               providers=list(engine.providers))
@@ -94,7 +111,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(asyncio.to_thread, store.close)
         batcher = MicroBatcher(engine.detect_prepared, max_batch=settings.batch_max_size,
                                max_wait_ms=settings.batch_max_wait_ms, queue_max=settings.queue_max,
-                               workers=settings.model_workers, metrics=ctx.metrics)
+                               workers=settings.model_workers, metrics=ctx.metrics,
+                               run_batch_alone=engine_alone.detect_prepared if engine_alone is not None else None)
         await batcher.start()
         stack.push_async_callback(batcher.stop)
         ctx.engine, ctx.store, ctx.auth, ctx.batcher = engine, store, auth, batcher

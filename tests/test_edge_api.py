@@ -124,6 +124,26 @@ def test_model_workers_and_threads_follow_the_cores(monkeypatch, cores, workers,
     assert settings.engine_spin is False
 
 
+def test_an_all_core_session_for_batches_alone_only_with_the_default_threads(tmp_path, monkeypatch):
+    from edge.app import _start_engine, _start_engine_alone
+
+    monkeypatch.setattr("edge.settings.os.cpu_count", lambda: 4)
+    monkeypatch.setattr("edge.app.os.cpu_count", lambda: 4)
+    defaults = make_settings(tmp_path, engine_threads=None)  # 2 model calls of 2 threads on 4 cores
+    engine = _start_engine(defaults)
+    alone = _start_engine_alone(defaults, engine)
+    assert alone is not None and alone.package.weights_sha256 == engine.package.weights_sha256
+    assert alone.session.get_session_options().intra_op_num_threads == 4
+    assert engine.session.get_session_options().intra_op_num_threads == 2
+    assert _start_engine_alone(make_settings(tmp_path, engine_threads=1), engine) is None  # chosen threads win
+    assert _start_engine_alone(make_settings(tmp_path, engine_threads=None, batch_workers=1), engine) is None
+    # A service started with the defaults answers through both sessions alike.
+    with running_service(tmp_path / "svc", engine_threads=None) as svc:
+        assert svc.ctx.batcher.run_batch_alone is not None
+        r = post_png(svc, png_bytes(5), "bag-alone")
+        assert r.status_code == 200, r.text
+
+
 def test_one_json_access_log_line_per_request(service, caplog):
     with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
         r = post_png(service, png_bytes(77), "bag-log", lane="3")

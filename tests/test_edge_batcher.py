@@ -59,6 +59,27 @@ def test_concurrent_scans_share_batches_and_get_their_own_answers():
     assert scores == pytest.approx([i / 255 for i in range(6)])
 
 
+def test_a_batch_with_the_machine_to_itself_takes_the_alone_call():
+    async def main() -> tuple[list[int], list[int]]:
+        shared: list[int] = []
+        alone: list[int] = []
+        b = MicroBatcher(_recording_run(shared, delay_s=0.2), max_batch=1, max_wait_ms=0.0, queue_max=16,
+                         workers=2, run_batch_alone=_recording_run(alone, delay_s=0.2))
+        await b.start()
+        try:
+            deadline = time.monotonic() + 5
+            await b.submit(_tensor(1), PARAMS, deadline=deadline)  # alone: nothing else runs
+            # Two at once: the first batch starts alone, the second while it runs.
+            await asyncio.gather(*(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in (2, 3)))
+            await b.submit(_tensor(4), PARAMS, deadline=deadline)  # alone again
+        finally:
+            await b.stop()
+        return shared, alone
+
+    shared, alone = asyncio.run(main())
+    assert (len(alone), len(shared)) == (3, 1)
+
+
 def test_a_lone_scan_waits_at_most_max_wait():
     async def main() -> float:
         b = MicroBatcher(_recording_run([]), max_batch=8, max_wait_ms=30.0, queue_max=8)

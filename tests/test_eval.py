@@ -162,6 +162,19 @@ def test_calibrated_thresholds_meet_the_target_pfa():
     assert cal.pd == pytest.approx(alarms[~clean].mean())
 
 
+def test_an_under_confident_models_floor_follows_its_thresholds(tmp_path):
+    from training.checkpoint import with_thresholds
+    from training.evaluate import calibrated_score_floor
+
+    assert calibrated_score_floor({"a": 0.3, "b": 0.02}, 0.05) == 0.02  # lowered to the lowest threshold
+    assert calibrated_score_floor({"a": 0.3, "b": 0.2}, 0.05) == 0.05  # never raised
+    state = {"classes": ["a", "b"], "thresholds": {"a": 0.5, "b": 0.5}, "postprocess": {"score_floor": 0.05, "iou_threshold": 0.6}}
+    out = with_thresholds(state, {"a": 0.3, "b": 0.02}, None, score_floor=0.02)
+    assert out["postprocess"] == {"score_floor": 0.02, "iou_threshold": 0.6} and state["postprocess"]["score_floor"] == 0.05
+    with pytest.raises(ValueError, match="score_floor"):
+        with_thresholds(state, {"a": 0.3, "b": 0.02}, None, score_floor=0.05)  # above a threshold: alarms lost
+
+
 # --- the commands -------------------------------------------------------------------------------------
 
 
@@ -239,6 +252,9 @@ def test_calibrate_command_saves_thresholds_that_meet_the_target(tmp_path):
     assert set(state["thresholds"]) == set(CLASSES)
     assert state["thresholds"] != {c: 0.5 for c in CLASSES}
     assert state["operating_point"]["target_pfa"] == 0.5
+    # The lane reports every detection that may alarm: its floor is at most the lowest threshold.
+    assert loaded.postprocess.score_floor == state["operating_point"]["score_floor"]
+    assert loaded.postprocess.score_floor <= min(state["thresholds"].values())
     assert torch.load(ckpt, weights_only=True)["thresholds"] == {c: 0.5 for c in CLASSES}  # --out left --model alone
     # Re-run the calibrated model through the lane's decision: at most half of the 2 clean bags alarm.
     from training.evaluate import build_eval_dataset

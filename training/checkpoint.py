@@ -162,9 +162,11 @@ def strip_training_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_thresholds(
-    state: dict[str, Any], thresholds: dict[str, float], operating_point: dict[str, Any] | None
+    state: dict[str, Any], thresholds: dict[str, float], operating_point: dict[str, Any] | None,
+    *, score_floor: float | None = None,
 ) -> dict[str, Any]:
-    """A copy of `state` with calibrated per-class thresholds (every class, in (0, 1]) and their operating point."""
+    """A copy of `state` with calibrated per-class thresholds (every class, in (0, 1]) and their operating
+    point; `score_floor`, if given, becomes the post-processing floor (it must not exceed any threshold)."""
     classes = list(state["classes"])
     if set(thresholds) != set(classes):
         raise ValueError(f"thresholds must name every class exactly: {sorted(thresholds)} vs {classes}")
@@ -174,6 +176,10 @@ def with_thresholds(
     out = dict(state)
     out["thresholds"] = {name: float(thresholds[name]) for name in classes}
     out["operating_point"] = operating_point
+    if score_floor is not None:
+        if not 0.0 <= score_floor <= min(out["thresholds"].values()):
+            raise ValueError(f"score_floor {score_floor} must lie in [0, lowest threshold]")
+        out["postprocess"] = {**dict(state.get("postprocess") or {}), "score_floor": float(score_floor)}
     return out
 
 

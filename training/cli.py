@@ -159,28 +159,40 @@ def calibrate_command(
     """Set per-class alarm thresholds so that at most --target-pfa of the clean bags alarm, save them in the
     checkpoint (the model package takes them from there), and print them with the Pd they reach."""
     from training.checkpoint import save_checkpoint, with_thresholds
-    from training.evaluate import calibrate_from_predictions, predict_dataset
+    from training.evaluate import (
+        MAP_SCORE_FLOOR,
+        calibrate_from_predictions,
+        calibrated_score_floor,
+        predict_dataset,
+    )
 
     if model.suffix.lower() == ".onnx":
         raise _fail("calibrate works on a training checkpoint; export the calibrated checkpoint afterwards")
     loaded = _load(model, device)
     dataset = _dataset(data, format, loaded)
+    # Scores down to MAP_SCORE_FLOOR are looked at: an under-confident model's operating point may lie
+    # below the package's floor, which is then lowered to the lowest threshold (calibrated_score_floor).
+    low = min(loaded.postprocess.score_floor, MAP_SCORE_FLOOR)
     predictions = predict_dataset(
-        loaded.predictor, dataset, postprocess=loaded.postprocess, batch_size=batch_size, workers=workers
+        loaded.predictor, dataset, postprocess=loaded.postprocess.model_copy(update={"score_floor": low}),
+        batch_size=batch_size, workers=workers,
     )
     try:
-        cal = calibrate_from_predictions(
-            predictions, classes=loaded.classes, target_pfa=target_pfa, score_floor=loaded.postprocess.score_floor
-        )
+        cal = calibrate_from_predictions(predictions, classes=loaded.classes, target_pfa=target_pfa, score_floor=low)
     except ValueError as exc:  # e.g. no clean bags
         raise _fail(f"{data}: {exc}") from None
+    floor = calibrated_score_floor(cal.thresholds, loaded.postprocess.score_floor)
     operating_point = {
         "target_pfa": cal.target_pfa,
         "achieved_pfa": cal.achieved_pfa,
         "pd": cal.pd,
         "calibration_data": str(data),
+        "score_floor": floor,
     }
-    state = with_thresholds(loaded.checkpoint, cal.thresholds, operating_point)
+    state = with_thresholds(loaded.checkpoint, cal.thresholds, operating_point, score_floor=floor)
+    if floor < loaded.postprocess.score_floor:
+        typer.echo(f"note: the post-processing floor is lowered from {loaded.postprocess.score_floor:g} to "
+                   f"{floor:.4f}, the lowest threshold, so the lane reports every detection that may alarm")
     dest = save_checkpoint(state, out or model)
     typer.echo(f"calibrated on {cal.n_clean} clean and {cal.n_threat} threat bags for Pfa ≤ {cal.target_pfa:g}")
     for name, thr in cal.thresholds.items():

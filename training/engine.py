@@ -47,7 +47,7 @@ from training.distributed import (
     init_distributed,
 )
 from training.ema import ModelEMA
-from training.evaluate import evaluate_model, torch_predictor
+from training.evaluate import MAP_SCORE_FLOOR, evaluate_model, torch_predictor
 from training.finetune import freeze_parts, set_train_mode, transfer_weights
 from training.head import HeadMaps
 from training.loss import DetectionLoss, build_loss
@@ -202,12 +202,16 @@ def train_one_epoch(
 def validate(
     ema_model: Detector, dataset: Dataset, *, classes: tuple[str, ...], batch_size: int, device: torch.device, workers: int
 ) -> EvaluationReport:
-    """The EMA weights on the validation set, through the lane's post-processing at default thresholds."""
+    """The EMA weights on the validation set, through the lane's post-processing at default thresholds.
+
+    Every figure counts detections down to MAP_SCORE_FLOOR: a model in training is not calibrated yet, and
+    at the lane's default floor an under-confident one would show a bag AUROC of exactly 0.5 however well
+    it ranks bags (`xscreen calibrate` later lowers the package's floor to its thresholds where needed)."""
     return evaluate_model(
         torch_predictor(ema_model, device=device),
         dataset,
         classes=classes,
-        postprocess=PostprocessParams(),
+        postprocess=PostprocessParams(score_floor=MAP_SCORE_FLOOR),
         policy=DecisionPolicy(class_names=classes),
         batch_size=batch_size,
         workers=workers,

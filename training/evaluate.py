@@ -112,6 +112,13 @@ def predict_dataset(
 MAP_SCORE_FLOOR = 0.001
 
 
+def calibrated_score_floor(thresholds: dict[str, float], floor: float) -> float:
+    """The post-processing floor of a calibrated package: its own, lowered to its lowest threshold when the
+    calibration needed one below it (an under-confident model), so that every alarm the thresholds call
+    for is among the detections the lane reports."""
+    return min(float(floor), min(float(v) for v in thresholds.values()))
+
+
 def _at_least(dets: Detections, floor: float) -> Detections:
     keep = dets.scores >= floor
     if bool(keep.all()):

@@ -317,7 +317,9 @@ def generate_bag(rng: np.random.Generator, config: BagConfig, coefficients: Coef
         if placed is not None and p.soft:
             y0, x0 = placed.offset_yx
             h, w = placed.shape_hw
-            placed = trim(placed.scaled(interior[y0 : y0 + h, x0 : x0 + w]))
+            inside = interior[y0 : y0 + h, x0 : x0 + w]
+            if bool((inside[placed.mask()] < 1.0).any()):  # reaches the bag's edge: clip it to the interior
+                placed = trim(placed.scaled(inside))
         if placed is None:
             continue
         acc.add(placed)

@@ -179,7 +179,10 @@ def write_bag(bag: SynthBag, config: SynthConfig, out_dir: Path) -> dict:
     _write_png(out_dir / "raw" / f"{bag.stem}_high.png", np.ascontiguousarray(bag.raw[:, :, 1]), compression=0)
     meta = bag_metadata(bag, config)
     for k, obj in enumerate(bag.scene.contraband):
-        _write_png(out_dir / "masks" / f"{bag.stem}_{k:02d}.png", obj.mask.astype(np.uint8) * 255)
+        mask = np.zeros(obj.image_hw, np.uint8)
+        (y0, x0), (h, w) = obj.offset_yx, obj.mask_crop.shape
+        mask[y0 : y0 + h, x0 : x0 + w][obj.mask_crop] = 255
+        _write_png(out_dir / "masks" / f"{bag.stem}_{k:02d}.png", mask)
     (out_dir / "meta" / f"{bag.stem}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     return meta
 
