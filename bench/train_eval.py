@@ -110,9 +110,9 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     from training.config import SourceConfig
     from training.data import build_dataset
     from training.evaluate import (
-        MAP_SCORE_FLOOR,
         calibrate_from_predictions,
         calibrated_score_floor,
+        map_postprocess,
         predict_dataset,
         report_from_predictions,
         torch_predictor,
@@ -132,7 +132,7 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
 
     # Every set is predicted down to MAP_SCORE_FLOOR (mAP needs the whole PR curve); alarms follow the
     # thresholds, and the lane's floor is the calibrated one (`xscreen calibrate` does the same).
-    low = post.model_copy(update={"score_floor": min(post.score_floor, MAP_SCORE_FLOOR)})
+    low = map_postprocess(post)
 
     def preds(*sources: SourceConfig):
         ds = build_dataset(sources, classes=classes, spec=spec, train=False, augment=False, seed=0)

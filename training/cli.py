@@ -159,12 +159,7 @@ def calibrate_command(
     """Set per-class alarm thresholds so that at most --target-pfa of the clean bags alarm, save them in the
     checkpoint (the model package takes them from there), and print them with the Pd they reach."""
     from training.checkpoint import save_checkpoint, with_thresholds
-    from training.evaluate import (
-        MAP_SCORE_FLOOR,
-        calibrate_from_predictions,
-        calibrated_score_floor,
-        predict_dataset,
-    )
+    from training.evaluate import calibrate_from_predictions, calibrated_score_floor, map_postprocess, predict_dataset
 
     if model.suffix.lower() == ".onnx":
         raise _fail("calibrate works on a training checkpoint; export the calibrated checkpoint afterwards")
@@ -172,13 +167,12 @@ def calibrate_command(
     dataset = _dataset(data, format, loaded)
     # Scores down to MAP_SCORE_FLOOR are looked at: an under-confident model's operating point may lie
     # below the package's floor, which is then lowered to the lowest threshold (calibrated_score_floor).
-    low = min(loaded.postprocess.score_floor, MAP_SCORE_FLOOR)
-    predictions = predict_dataset(
-        loaded.predictor, dataset, postprocess=loaded.postprocess.model_copy(update={"score_floor": low}),
-        batch_size=batch_size, workers=workers,
-    )
+    low = map_postprocess(loaded.postprocess)
+    predictions = predict_dataset(loaded.predictor, dataset, postprocess=low, batch_size=batch_size, workers=workers)
     try:
-        cal = calibrate_from_predictions(predictions, classes=loaded.classes, target_pfa=target_pfa, score_floor=low)
+        cal = calibrate_from_predictions(
+            predictions, classes=loaded.classes, target_pfa=target_pfa, score_floor=low.score_floor
+        )
     except ValueError as exc:  # e.g. no clean bags
         raise _fail(f"{data}: {exc}") from None
     floor = calibrated_score_floor(cal.thresholds, loaded.postprocess.score_floor)

@@ -112,6 +112,11 @@ def predict_dataset(
 MAP_SCORE_FLOOR = 0.001
 
 
+def map_postprocess(postprocess: PostprocessParams) -> PostprocessParams:
+    """The lane's post-processing with its floor lowered to MAP_SCORE_FLOOR: what mAP and calibration see."""
+    return postprocess.model_copy(update={"score_floor": min(postprocess.score_floor, MAP_SCORE_FLOOR)})
+
+
 def calibrated_score_floor(thresholds: dict[str, float], floor: float) -> float:
     """The post-processing floor of a calibrated package: its own, lowered to its lowest threshold when the
     calibration needed one below it (an under-confident model), so that every alarm the thresholds call
@@ -168,8 +173,7 @@ def evaluate_model(
     on a dataset; serialise with `training.metrics.evaluation_json`, draw with `training.plots.write_plots`.
 
     mAP counts detections down to MAP_SCORE_FLOOR; the screening figures only those the lane reports."""
-    floor = min(postprocess.score_floor, MAP_SCORE_FLOOR)
-    predictions = predict_dataset(predictor, dataset, postprocess=postprocess.model_copy(update={"score_floor": floor}),
+    predictions = predict_dataset(predictor, dataset, postprocess=map_postprocess(postprocess),
                                   batch_size=batch_size, workers=workers)
     return report_from_predictions(predictions, classes=classes, policy=policy, target_pfas=target_pfas,
                                    lane_score_floor=postprocess.score_floor)
