@@ -1,7 +1,7 @@
 """Train the contraband detector within a time budget on this machine, then measure it in screening terms.
 
     python bench/train_eval.py [--minutes 45] [--size s] [--input 416] [--out runs/bench] [--json OUT]
-                               [--evaluate-only CKPT]
+                               [--train-contraband 1,3] [--train-clean 0.3] [--evaluate-only CKPT]
 
 Prints:
 - on a held-out synthetic test set (bag seeds never used in training, SIXray and PIDray palettes, all seven
@@ -10,8 +10,9 @@ Prints:
   calibrated thresholds;
 - on the same real bags with contraband projected by TIP: bag-level Pd at those thresholds.
 
-Training data: --train-bags synthetic bags (both palettes, 30 % clean) made once before the clock's
-training phase, plus contraband projected on the fly into the training half of the real scans.
+Training data: --train-bags synthetic bags (both palettes; --train-clean of them clean, the others with
+--train-contraband objects; by default as the test set: 30 %, 1–3) made once before the clock's training
+phase, plus contraband projected on the fly into the training half of the real scans.
 
 The real scans are split in two by a fixed rule on file names (crc32 of the file stem, even → training
 half): training may use the first half (as TIP backgrounds and as bags without contraband, and for the
@@ -57,10 +58,14 @@ def make_train_set(args: argparse.Namespace) -> Path:
     training loop then only decodes PNGs). Bag seeds 0…; the test and calibration sets use other seeds."""
     from datasets.synth.pipeline import SynthConfig, synthesise_set
 
-    out = Path(args.out) / "train_synth"
+    lo, hi = args.train_contraband
+    size = int(round(args.input * 1.25 / 32) * 32)
+    config = SynthConfig(bags=args.train_bags, seed=0, palette="mixed", size_px=size, n_contraband=(lo, hi),
+                         clean_fraction=args.train_clean)
+    default = (lo, hi, args.train_clean) == (1, 3, 0.3)
+    out = Path(args.out) / ("train_synth" if default else f"train_synth_{lo}-{hi}_clean{args.train_clean:g}")
     if not (out / "annotations.json").exists():
-        size = int(round(args.input * 1.25 / 32) * 32)
-        synthesise_set(SynthConfig(bags=args.train_bags, seed=0, palette="mixed", size_px=size), out, workers=2)
+        synthesise_set(config, out, workers=2)
     return out
 
 
@@ -179,6 +184,13 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     return results
 
 
+def _pair(text: str) -> tuple[int, int]:
+    lo, hi = (int(v) for v in text.split(","))
+    if not 0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need MIN,MAX with 0 ≤ MIN ≤ MAX, got {text!r}")
+    return lo, hi
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=45.0, help="training time budget (the probe epoch included)")
@@ -191,6 +203,9 @@ def main() -> None:
     ap.add_argument("--test-bags", type=int, default=300)
     ap.add_argument("--cal-bags", type=int, default=200)
     ap.add_argument("--train-bags", type=int, default=2000, help="synthetic training bags, made before training")
+    ap.add_argument("--train-contraband", type=_pair, default=(1, 3), metavar="MIN,MAX",
+                    help="contraband objects in each non-clean training bag (the test set keeps 1,3)")
+    ap.add_argument("--train-clean", type=float, default=0.3, help="share of clean training bags (test: 0.3)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--evaluate-only", type=Path, default=None, metavar="CKPT",
                     help="skip training: evaluate this checkpoint (e.g. an earlier run's best.ckpt)")
@@ -234,6 +249,7 @@ def main() -> None:
               f"evaluating {ckpt.name}")
         results = evaluate(ckpt, real_train, real_eval, args)
         results.update({"train_minutes": train_min, "epochs": epochs, "images_per_epoch": length, "model": args.size,
+                        "train_contraband": list(args.train_contraband), "train_clean": args.train_clean,
                         "input": args.input, "real_split": split, "checkpoint": str(ckpt)})
     st = results["synthetic_test"]
     print("\n== held-out synthetic test set ==")
