@@ -8,7 +8,7 @@ idle between scans, so every scan then pays for it in decoding, letterboxing and
 benchmark that calls the same function back to back never does. This prints, for pauses of 0 to 300 ms
 between calls, the median time of two memory-bound calls on the same data:
 - summing an 8 MB float64 array (numpy);
-- decoding a 768-px synthetic scan from PNG (OpenCV), the service's first step for each scan.
+- decoding a 768-px synthetic scan from PNG (`vision.decode`), the service's first step for each scan.
 On bare metal both stay flat; a figure that grows with the pause is this effect.
 """
 
@@ -40,17 +40,15 @@ def main() -> None:
     if args.repeats < 1:
         ap.error("--repeats must be positive")
 
-    import cv2
-
     from datasets.synth.pipeline import SynthConfig, make_bag
-    from vision.decode import encode_png
+    from vision.decode import decode, encode_png
 
     array = np.random.default_rng(0).random((1000, 1000))
-    png = np.frombuffer(encode_png(make_bag(SynthConfig(bags=1, seed=0, size_px=768), 0).image), np.uint8)
+    png = encode_png(make_bag(SynthConfig(bags=1, seed=0, size_px=768), 0).image)
     print(f"{'pause':>8}  {'sum 8 MB':>10}  {'decode PNG':>11}")
     for pause in PAUSES_S:
         s = median_ms(array.sum, pause_s=pause, repeats=args.repeats)
-        d = median_ms(lambda: cv2.imdecode(png, cv2.IMREAD_UNCHANGED), pause_s=pause, repeats=args.repeats)
+        d = median_ms(lambda: decode(png), pause_s=pause, repeats=args.repeats)
         print(f"{pause * 1e3:6.0f} ms  {s:8.2f} ms  {d:8.2f} ms", flush=True)
 
 
