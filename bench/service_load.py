@@ -326,7 +326,7 @@ class _Sender:
 
 
 async def _saturate(url: str, scans: list[bytes], stations: list[tuple[str, str]], seconds: float, *,
-                    multipart: bool = False, cpu: _CpuMeter | None = None) -> dict:
+                    cpu: _CpuMeter, multipart: bool = False) -> dict:
     """Phase 1: closed loop, one request in flight per station."""
     import httpx
 
@@ -346,16 +346,15 @@ async def _saturate(url: str, scans: list[bytes], stations: list[tuple[str, str]
             await asyncio.sleep(max(0.0, sender.window[1] - time.monotonic()))
             return cpu.stop()
 
-        meter_task = asyncio.create_task(meter()) if cpu else None
+        meter_task = asyncio.create_task(meter())
         await asyncio.gather(*(station_loop(i) for i in range(len(stations))))
     out = _summary(sender.latencies_ms, sender.statuses, seconds, sender.server_timings)
-    if meter_task is not None:
-        out["cpu"] = await meter_task
+    out["cpu"] = await meter_task
     return out
 
 
 async def _paced(url: str, scans: list[bytes], stations: list[tuple[str, str]], rate_per_s: float,
-                 seconds: float, *, multipart: bool = False, cpu: _CpuMeter | None = None) -> dict:
+                 seconds: float, *, cpu: _CpuMeter, multipart: bool = False) -> dict:
     """Phase 2: open loop, scan k starts at k / rate (round-robin over stations), whatever came before."""
     import httpx
 
@@ -368,8 +367,7 @@ async def _paced(url: str, scans: list[bytes], stations: list[tuple[str, str]], 
         skipped = 0
         start = time.monotonic()
         sender.window = (start, float("inf"))  # every scheduled scan counts, however long it takes
-        if cpu:
-            cpu.start()
+        cpu.start()
         for k in range(total):
             delay = start + k / rate_per_s - time.monotonic()
             if delay > 0:
@@ -383,10 +381,9 @@ async def _paced(url: str, scans: list[bytes], stations: list[tuple[str, str]], 
         if tasks:
             await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT_S + 5)
         elapsed = time.monotonic() - start
-        usage = cpu.stop() if cpu else None
+        usage = cpu.stop()
     out = _summary(sender.latencies_ms, sender.statuses, elapsed, sender.server_timings)
-    if usage:
-        out["cpu"] = usage
+    out["cpu"] = usage
     out.update(offered_per_s=rate_per_s, scheduled=total, skipped_too_many_in_flight=skipped)
     out["errors"] += skipped
     return out
@@ -452,10 +449,9 @@ def print_report(doc: dict) -> None:
     for name, phase in (("saturation", sat), ("half load", half)):
         parts = ", ".join(f"{k.removesuffix('_ms')} {v:.0f}" for k, v in phase.get("server_timings_ms_p50", {}).items())
         print(f"  {name}, inside the service (p50 ms): {parts}")
-        if "cpu" in phase:
-            c = phase["cpu"]
-            print(f"  {name}, CPU: service {c.get('service_cores', float('nan')):.2f} cores, load generator "
-                  f"{c['load_generator_cores']:.2f} cores, of {c['cores_available']}")
+        c = phase["cpu"]
+        print(f"  {name}, CPU: service {c.get('service_cores', float('nan')):.2f} cores, load generator "
+              f"{c['load_generator_cores']:.2f} cores, of {c['cores_available']}")
     mark = {True: "MET", False: "NOT MET"}
     print(f"target: saturation ≥ 80 % of the engine's batched throughput, no errors: "
           f"{mark[v['throughput_target_met']]} ({100 * v['throughput_ratio']:.0f} %)")

@@ -62,8 +62,8 @@ def make_train_set(args: argparse.Namespace) -> Path:
     size = int(round(args.input * 1.25 / 32) * 32)
     config = SynthConfig(bags=args.train_bags, seed=0, palette="mixed", size_px=size, n_contraband=(lo, hi),
                          clean_fraction=args.train_clean)
-    default = (lo, hi, args.train_clean) == (1, 3, 0.3)
-    out = Path(args.out) / ("train_synth" if default else f"train_synth_{lo}-{hi}_clean{args.train_clean:g}")
+    # Named by everything that shapes the bags, so a later run with other settings never reuses them.
+    out = Path(args.out) / f"train_synth_{args.train_bags}x{size}px_{lo}-{hi}_clean{args.train_clean:g}"
     if not (out / "annotations.json").exists():
         synthesise_set(config, out, workers=2)
     return out
