@@ -5,7 +5,8 @@
 
 Prints:
 - on a held-out synthetic test set (bag seeds never used in training, SIXray and PIDray palettes, all seven
-  classes, 30 % clean bags): mAP@0.5 and bag-level Pd at Pfa 5 %;
+  classes, 30 % clean bags): mAP@0.5 and bag-level Pd at Pfa 5 %, and the recall of contraband objects by
+  how they were hidden;
 - on real bags from ../shared/xray-real (weapons and tools, no contraband): the share that alarm at the
   calibrated thresholds;
 - on the same real bags with contraband projected by TIP: bag-level Pd at those thresholds.
@@ -111,6 +112,8 @@ def measure_speed(config, out: Path) -> float:
 
 
 def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: argparse.Namespace) -> dict:
+    from datasets.synth.pipeline import make_bag
+    from training.breakdown import match_groups, recall_by_group
     from training.checkpoint import load_checkpoint
     from training.config import SourceConfig
     from training.data import build_dataset
@@ -161,8 +164,18 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     results["calibration"] = {"thresholds": calibration.thresholds, "achieved_pfa": calibration.achieved_pfa,
                               "n_clean": calibration.n_clean, "score_floor": lane_floor}
 
-    test = preds(SourceConfig(kind="synth", palette="mixed", seed=50_000, length=args.test_bags, clean_fraction=0.3))
+    test_source = SourceConfig(kind="synth", palette="mixed", seed=50_000, length=args.test_bags, clean_fraction=0.3)
+    test = preds(test_source)
     report = evaluation_json(report_from_predictions(test, classes=classes, policy=policy, lane_score_floor=lane_floor))
+    # How each test object was hidden, from the bag itself (made again: bags are deterministic).
+    synth = build_dataset((test_source,), classes=classes, spec=spec, train=False, augment=False, seed=0).datasets[0]
+
+    def objects_of(image_id: str) -> list[dict]:
+        bag = make_bag(synth.config, int(image_id.rsplit(":", 1)[1]))
+        return [{"class": o.class_name, "box_xyxy": o.box_xyxy, "concealment": o.concealment} for o in bag.scene.contraband]
+
+    concealments = match_groups(test.truths, classes, objects_of)
+    by_concealment = recall_by_group(test.truths, test.detections, concealments, policy, score_floor=lane_floor)
     alarms = np.array([bag_score(d, None, policy) >= 1.0 for d in test.detections])
     results["synthetic_test"] = {
         "bags": len(test.detections),
@@ -173,6 +186,7 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
         "pd_at_pfa": report["pd_at_pfa"],
         "pd_at_calibrated": float(alarms[test.has_threat].mean()) if test.has_threat.any() else None,
         "pfa_at_calibrated": float(alarms[~test.has_threat].mean()) if (~test.has_threat).any() else None,
+        "per_concealment": by_concealment,
     }
     if real_eval is not None:
         clean = preds(SourceConfig(kind="tip", path=str(real_eval), seed=5, length=n_scans(real_eval), clean_fraction=1.0))
@@ -258,6 +272,8 @@ def main() -> None:
     print("AP50 per class: " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in st["per_class"].items()))
     print(f"at the calibrated thresholds: Pd {st['pd_at_calibrated']}, Pfa {st['pfa_at_calibrated']} "
           f"(lane score floor {results['calibration']['score_floor']:.4f})")
+    print("recall at the calibrated thresholds by concealment (found: own class; located: any class): " + ", ".join(
+        f"{k} {v['found']:.2f}/{v['located']:.2f} of {v['objects']}" for k, v in st["per_concealment"].items()))
     if "real_clean" in results:
         print("\n== real bags, held-out half ==")
         print(f"clean real bags alarming: {results['real_clean']['alarm_share']:.3f} of {results['real_clean']['bags']} (target ≤ 0.05)")

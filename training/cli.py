@@ -115,15 +115,16 @@ def eval_command(
 ) -> None:
     """Measure a model on a dataset: COCO mAP per class, bag ROC, Pd at Pfa 0.01 and 0.05 — through the
     lane's post-processing and decision code, at the model's own thresholds."""
-    from training.evaluate import evaluate_model
+    from training.breakdown import recall_by_group, synth_concealments
+    from training.evaluate import map_postprocess, predict_dataset, report_from_predictions
     from training.metrics import evaluation_json
 
     loaded = _load(model, device)
     dataset = _dataset(data, format, loaded)
-    report = evaluate_model(
-        loaded.predictor, dataset, classes=loaded.classes, postprocess=loaded.postprocess, policy=loaded.policy,
-        batch_size=batch_size, workers=workers,
-    )  # fmt: skip
+    predictions = predict_dataset(loaded.predictor, dataset, postprocess=map_postprocess(loaded.postprocess),
+                                  batch_size=batch_size, workers=workers)
+    report = report_from_predictions(predictions, classes=loaded.classes, policy=loaded.policy,
+                                     lane_score_floor=loaded.postprocess.score_floor)
     summary = evaluation_json(report)
     summary["model"] = str(model)
     summary["data"] = str(data)
@@ -133,6 +134,15 @@ def eval_command(
         typer.echo(f"Pd at Pfa {key}: {_fmt(pd)}")
     for name, ap in summary["per_class"].items():
         typer.echo(f"  {name:<18} AP50 {_fmt(ap)}")
+    # A set made by `xscreen synth` records how each object was hidden: recall per concealment, at the
+    # model's alarm thresholds (only detections the lane reports).
+    concealments = synth_concealments(predictions.truths, loaded.classes)
+    if concealments is not None:
+        summary["per_concealment"] = recall_by_group(predictions.truths, predictions.detections, concealments,
+                                                     loaded.policy, score_floor=loaded.postprocess.score_floor)
+        typer.echo("recall at the alarm thresholds, by concealment (found: own class; located: any class)")
+        for name, row in summary["per_concealment"].items():
+            typer.echo(f"  {name:<18} {row['objects']:>5} objects  found {row['found']:.2f}  located {row['located']:.2f}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary, indent=2, allow_nan=False))
