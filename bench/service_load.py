@@ -2,6 +2,7 @@
 
     python bench/service_load.py [--json OUT] [--stations 8] [--seconds 30] [--model M.onnx]
                                  [--size s] [--input 512] [--threads 2] [--batch 8] [--bags 16] [--multipart]
+                                 [--format png|jpeg]
 
 1. Model. Without --model, a fresh random-init detector of --size at --input px (RGB, 8 bit, 7 classes) is
    saved as a checkpoint with the keys training/export.py needs (model_args, state_dict, classes,
@@ -10,9 +11,9 @@
    slow ONNX Runtime in this process). Random weights give no detections above the floor, so this measures
    the service's cost with next to no post-processing; pass a trained package (--model) for that too.
 2. Scans. --bags synthetic bags (datasets.synth.pipeline.make_bag, --scan-px wide, sixray palette), PNG
-   encoded, made once before anything is timed; every request sends one of them (with a fresh bag id, so
-   each is screened and stored, never answered as a duplicate), as the raw body with the fields as query
-   parameters (--multipart: as multipart/form-data, which costs both sides more CPU).
+   (--format jpeg: JPEG) encoded, made once before anything is timed; every request sends one of them
+   (with a fresh bag id, so each is screened and stored, never answered as a duplicate), as the raw body
+   with the fields as query parameters (--multipart: as multipart/form-data, which costs both sides more CPU).
 3. Engine alone, in this process: `inference.Engine(threads=--threads, max_batch=--batch)`,
    `detect_prepared` (ONNX Runtime + post-processing, what the micro-batcher calls) on prepared inputs:
    images/s at batch --batch (the service's XSCREEN_BATCH_MAX_SIZE), and batch-1 latency p50/p95.
@@ -104,13 +105,28 @@ def build_package(work: Path, *, size: str, input_px: int) -> Path:
     return out
 
 
-def make_scans(count: int, *, scan_px: int, seed: int = 0) -> list[bytes]:
-    """`count` synthetic bags as PNG files (bytes)."""
+#: What --format sends: the media type, and how a scan is encoded (PNG as PIDray ships its scans, JPEG at
+#: quality 95 as SIXray and OPIXray do).
+FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+def make_scans(count: int, *, scan_px: int, seed: int = 0, fmt: str = "png") -> list[bytes]:
+    """`count` synthetic bags as PNG or JPEG files (bytes)."""
+    import cv2
+
     from datasets.synth.pipeline import SynthConfig, make_bag
     from vision.decode import encode_png
 
+    def encode(rgb: np.ndarray) -> bytes:
+        if fmt == "png":
+            return encode_png(rgb)
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        return buf.tobytes()
+
     config = SynthConfig(bags=count, seed=seed, size_px=scan_px)
-    return [encode_png(make_bag(config, i).image) for i in range(count)]
+    return [encode(make_bag(config, i).image) for i in range(count)]
 
 
 def _timed(call, *, min_runs: int, max_runs: int, max_s: float) -> np.ndarray:
@@ -288,9 +304,9 @@ class _Sender:
     latency of the requests answered inside `window` (monotonic seconds)."""
 
     def __init__(self, client, scans: list[bytes], stations: list[tuple[str, str]], *, prefix: str,
-                 multipart: bool = False) -> None:
+                 multipart: bool = False, media_type: str = "image/png") -> None:
         self.client, self.scans, self.stations, self.prefix = client, scans, stations, prefix
-        self.multipart = multipart
+        self.multipart, self.media_type = multipart, media_type
         self.count = 0
         self.latencies_ms: list[float] = []
         self.statuses: Counter = Counter()
@@ -308,11 +324,11 @@ class _Sender:
         t0 = time.monotonic()
         try:
             if self.multipart:
-                r = await self.client.post("/v1/scans", files={"image": ("scan.png", data, "image/png")},
+                r = await self.client.post("/v1/scans", files={"image": ("scan", data, self.media_type)},
                                            data=fields, headers={"Authorization": f"Bearer {key}"})
             else:  # the raw-body form of the API: the image is the body, the fields are query parameters
                 r = await self.client.post("/v1/scans", content=data, params=fields,
-                                           headers={"Authorization": f"Bearer {key}", "Content-Type": "image/png"})
+                                           headers={"Authorization": f"Bearer {key}", "Content-Type": self.media_type})
             status: int | str = r.status_code
         except httpx.HTTPError as exc:
             status = type(exc).__name__
@@ -326,13 +342,13 @@ class _Sender:
 
 
 async def _saturate(url: str, scans: list[bytes], stations: list[tuple[str, str]], seconds: float, *,
-                    cpu: _CpuMeter, multipart: bool = False) -> dict:
+                    cpu: _CpuMeter, multipart: bool = False, media_type: str = "image/png") -> dict:
     """Phase 1: closed loop, one request in flight per station."""
     import httpx
 
     limits = httpx.Limits(max_connections=len(stations) * 2, max_keepalive_connections=len(stations) * 2)
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
-        sender = _Sender(client, scans, stations, prefix="saturate", multipart=multipart)
+        sender = _Sender(client, scans, stations, prefix="saturate", multipart=multipart, media_type=media_type)
         start = time.monotonic()
         sender.window = (start + WARMUP_S, start + WARMUP_S + seconds)
 
@@ -354,14 +370,14 @@ async def _saturate(url: str, scans: list[bytes], stations: list[tuple[str, str]
 
 
 async def _paced(url: str, scans: list[bytes], stations: list[tuple[str, str]], rate_per_s: float,
-                 seconds: float, *, cpu: _CpuMeter, multipart: bool = False) -> dict:
+                 seconds: float, *, cpu: _CpuMeter, multipart: bool = False, media_type: str = "image/png") -> dict:
     """Phase 2: open loop, scan k starts at k / rate (round-robin over stations), whatever came before."""
     import httpx
 
     max_in_flight = max(8, 4 * len(stations))  # bounds the tasks if the service falls behind
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
-        sender = _Sender(client, scans, stations, prefix="paced", multipart=multipart)
+        sender = _Sender(client, scans, stations, prefix="paced", multipart=multipart, media_type=media_type)
         total = max(1, int(rate_per_s * seconds))
         tasks: set[asyncio.Task] = set()
         skipped = 0
@@ -406,9 +422,10 @@ def run_service_phases(args: argparse.Namespace, model: Path, scans: list[bytes]
     try:
         server.wait_ready()
         cpu = _CpuMeter(server.proc.pid)
-        phase1 = asyncio.run(_saturate(server.url, scans, stations, args.seconds, multipart=args.multipart, cpu=cpu))
+        how = {"multipart": args.multipart, "media_type": FORMATS[args.format], "cpu": cpu}
+        phase1 = asyncio.run(_saturate(server.url, scans, stations, args.seconds, **how))
         half = 0.5 * engine["batched_images_per_s"]
-        phase2 = asyncio.run(_paced(server.url, scans, stations, half, args.seconds, multipart=args.multipart, cpu=cpu))
+        phase2 = asyncio.run(_paced(server.url, scans, stations, half, args.seconds, **how))
     finally:
         server.stop()
     return {"settings": env, "saturation": phase1, "half_load": phase2}
@@ -433,7 +450,8 @@ def print_report(doc: dict) -> None:
     e, s, v = doc["engine"], doc["service"], doc["verdicts"]
     sat, half = s["saturation"], s["half_load"]
     print(f"model: {doc['model']} ({e['input_hw'][0]}×{e['input_hw'][1]}), {doc['stations']} stations, "
-          f"{doc['seconds']:g} s per phase, {len(doc['scan_bytes'])} scans of {np.mean(doc['scan_bytes']) / 1e3:.0f} kB")
+          f"{doc['seconds']:g} s per phase, {len(doc['scan_bytes'])} {doc['scan_format'].upper()} scans of "
+          f"{np.mean(doc['scan_bytes']) / 1e3:.0f} kB")
     for when in ("before_load", "after_load"):
         m = e.get(when, e)
         print(f"engine alone ({e['threads']} threads, {when.replace('_', ' ')}): batch {e['batch']}: "
@@ -473,6 +491,9 @@ def main() -> None:
     ap.add_argument("--multipart", action="store_true",
                     help="Send multipart/form-data (default: the image as the raw body, fields as query parameters).")
     ap.add_argument("--scan-px", type=int, default=768, help="Long side of the synthetic scans.")
+    ap.add_argument("--format", default="png", choices=sorted(FORMATS),
+                    help="How the scans are encoded: png (as PIDray ships them) or jpeg (quality 95, as SIXray "
+                         "and OPIXray do).")
     ap.add_argument("--engine-seconds", type=float, default=5.0, help="Time per Engine measurement.")
     ap.add_argument("--work", type=Path, help="Keep the model, database and log here (default: a temporary folder).")
     args = ap.parse_args()
@@ -487,7 +508,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model = args.model.resolve() if args.model else build_package(work, size=args.size, input_px=args.input)
         print(f"model ready ({time.perf_counter() - t0:.0f} s): {model}", flush=True)
-        scans = make_scans(args.bags, scan_px=args.scan_px)
+        scans = make_scans(args.bags, scan_px=args.scan_px, fmt=args.format)
         engine = bench_engine(model, scans, threads=args.threads, batch=args.batch, seconds=args.engine_seconds)
         print(f"engine measured: {engine['batched_images_per_s']:.1f} images/s at batch {args.batch}, batch-1 p50 "
               f"{engine['batch1_latency_ms_p50']:.1f} ms", flush=True)
@@ -502,6 +523,7 @@ def main() -> None:
             "model": str(model) if args.model else f"random-init {args.size} at {args.input} px (xscreen export)",
             "stations": args.stations,
             "seconds": args.seconds,
+            "scan_format": args.format,
             "scan_bytes": [len(s) for s in scans],
             "engine": engine,
             "service": service,

@@ -53,7 +53,8 @@ def recall_by_group(
             raise ValueError(f"image {truth.image_id}: {len(ids)} boxes but {len(names)} group names")
         det_boxes = np.asarray(dets.boxes_xyxy, np.float64).reshape(-1, 4)
         det_ids = np.asarray(dets.class_ids, np.int64).reshape(-1)
-        alarming = np.asarray(dets.scores, np.float64).reshape(-1) >= thresholds[det_ids] if det_ids.size else np.zeros(0, bool)
+        scores = np.asarray(dets.scores, np.float64).reshape(-1)
+        alarming = scores >= thresholds[det_ids] if det_ids.size else np.zeros(0, bool)
         for box, cid, name in zip(boxes, ids, names):
             if name is None:
                 continue
