@@ -168,15 +168,23 @@ def test_backward_gives_finite_gradients_everywhere():
     assert out.num_fg > 0 and out.box > 0 and out.dfl > 0
 
 
-def test_loss_falls_on_a_fixed_batch():
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["float32", "bfloat16-channels-last"])
+def test_loss_falls_on_a_fixed_batch(amp):
+    """In float32, and as the trainer runs on a CPU with native bfloat16 (autocast, channels-last)."""
     model = _detector().train()
     loss_fn = build_loss(num_classes=3, reg_max=model.reg_max)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     x = _raw_input()
+    if amp is not None:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     boxes, class_ids = _fixed_targets()
     losses, box_losses = [], []
     for _ in range(20):
-        out = loss_fn(model(x), boxes, class_ids)
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            maps = model(x)
+        maps = maps._replace(cls_logits=[m.float() for m in maps.cls_logits], box_logits=[m.float() for m in maps.box_logits])
+        out = loss_fn(maps, boxes, class_ids)
         optimizer.zero_grad()
         out.total.backward()
         optimizer.step()

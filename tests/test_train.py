@@ -284,3 +284,30 @@ def test_ema_follows_early_weights_then_averages():
         ema.update(model)
     assert ema.current_decay() == pytest.approx(0.999, rel=1e-6)
     assert torch.allclose(ema.model.weight, torch.ones(1, 2))
+
+
+def test_amp_dtype_follows_the_device_and_the_cpu(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.amp_dtype(False, cpu) is None and engine.amp_dtype(False, cuda) is None
+    assert engine.amp_dtype(True, cuda) == torch.float16
+    for avx512_bf16, amx, expected in ((True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert engine.amp_dtype(True, cpu) == expected
+
+
+def test_mixed_precision_run_saves_float32_weights_that_load_anywhere(tmp_path, monkeypatch):
+    """A CPU run under bfloat16 autocast (forced on, whatever this CPU is) keeps float32 master weights, and
+    they differ from a float32 run's (autocast was in effect); its checkpoint (channels-last tensors)
+    rebuilds a model with finite outputs."""
+    monkeypatch.setattr(engine, "amp_dtype", lambda enabled, device: torch.bfloat16 if enabled else None)
+    states = {}
+    for amp in ("true", "false"):
+        last = engine.train(tiny_config("optim.epochs=1", f"optim.amp={amp}"), tmp_path / amp)
+        states[amp] = load_checkpoint(last)["state_dict"]
+    weights = {k: t for k, t in states["true"].items() if t.dtype.is_floating_point}
+    assert weights and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
+    assert any(not torch.equal(t, states["false"][k]) for k, t in weights.items())
+    model = detector_from_checkpoint(load_checkpoint(tmp_path / "true" / "last.ckpt")).eval()
+    boxes, scores = model(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8))
+    assert torch.isfinite(boxes).all() and torch.isfinite(scores).all()

@@ -73,7 +73,7 @@ class OptimConfig:
     warmup_epochs: float = 1.0
     ema_decay: float = 0.999
     grad_clip_norm: float = 10.0
-    amp: bool = True  # used on CUDA only
+    amp: bool = True  # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 (training.engine.amp_dtype)
     class_balance: bool = True  # inverse-frequency class weights in the classification loss
 
 

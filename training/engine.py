@@ -1,8 +1,9 @@
 """The training loop: `train(config, out_dir)` → RUN/last.ckpt.
 
 Per optimiser step: learning rate from the warm-up + cosine schedule (training.schedule), forward under
-autocast (CUDA with optim.amp only), loss in float32, backward through the GradScaler, gradient clipping,
-AdamW step, EMA update (training.ema). Per epoch: rank 0 evaluates the EMA weights on the validation
+autocast (optim.amp: float16 with a GradScaler on CUDA, bfloat16 on a CPU that computes it natively — see
+`amp_dtype`), loss in float32, backward, gradient clipping, AdamW step, EMA update (training.ema). The
+model and its inputs are kept channels-last (NHWC), the layout oneDNN's and cuDNN's fast convolutions use. Per epoch: rank 0 evaluates the EMA weights on the validation
 sources through the lane's post-processing (training.evaluate), appends a line to metrics.jsonl, writes
 TensorBoard scalars under tb/, and saves last.ckpt (resumable) and best.ckpt (highest val mAP50).
 
@@ -100,6 +101,22 @@ def class_weights_from_counts(counts: np.ndarray) -> np.ndarray:
     return np.clip(w, *_CLASS_WEIGHT_RANGE)
 
 
+def amp_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training on `device`, or None for plain float32.
+
+    CUDA: float16 (with a GradScaler). CPU: bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX
+    tiles: oneDNN then runs the convolutions about 1.5× faster than in float32, measured on this project's
+    2-core machine by bench/train_speed.py); elsewhere bfloat16 would be emulated and slower, so float32.
+    """
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.bfloat16
+    return None
+
+
 @dataclass(frozen=True)
 class EpochStats:
     """Mean losses over all ranks' steps of one epoch, the steps taken, images per rank (rank order)."""
@@ -141,7 +158,7 @@ def train_one_epoch(
     start_step: int,
     steps: int,
     ctx: DistContext,
-    use_amp: bool,
+    amp: torch.dtype | None,
     grad_clip_norm: float,
     frozen_parts: tuple[str, ...],
     progress: TrainProgress,
@@ -162,16 +179,16 @@ def train_one_epoch(
             break  # every rank stops at the same count, or DDP's all-reduce would wait forever
         lr = schedule.lr(step)
         set_lr(optimizer, lr)
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         gt_boxes = [t["boxes_xyxy"].to(device, dtype=torch.float32) for t in targets]
         gt_ids = [t["class_ids"].to(device, dtype=torch.int64) for t in targets]
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
             maps: HeadMaps = model(images)
         # The loss runs in float32: BCE on thousands of near-zero targets and the DFL softmax lose too much
         # in half precision.
         maps = HeadMaps([m.float() for m in maps.cls_logits], [m.float() for m in maps.box_logits], maps.strides)
         out = loss_fn(maps, gt_boxes, gt_ids)
-        if not use_amp and not bool(torch.isfinite(out.total)):
+        if not scaler.is_enabled() and not bool(torch.isfinite(out.total)):  # the scaler skips such steps
             raise FloatingPointError(f"non-finite loss at step {step} (lr {lr:.3g}); lower optim.lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(out.total).backward()
@@ -338,7 +355,7 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
     state = load_checkpoint(resume) if resume is not None else None
     model, frozen_prefixes, provenance = _prepare_model(config, spec, state, progress)
     frozen = tuple(config.finetune.freeze)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)
 
     data = build_train_data(config, spec, ctx)
     weights = build_class_weights(config, data.train, ctx)
@@ -356,14 +373,17 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
         steps_per_epoch=steps_per_epoch,
         warmup_epochs=config.optim.warmup_epochs,
     )
-    use_amp = config.optim.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    amp = amp_dtype(config.optim.amp, device)
+    if amp is not None:
+        progress.log(f"mixed precision: {str(amp).removeprefix('torch.')} autocast on {device.type}")
+    use_scaler = amp == torch.float16  # bfloat16 has float32's range: nothing to scale
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     ema = ModelEMA(model, decay=config.optim.ema_decay, frozen_prefixes=frozen_prefixes)
 
     start_epoch, step, best_map50 = 0, 0, None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        if use_amp and state.get("scaler"):
+        if use_scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         ema.load_state_dict(state["ema"], state["state_dict"])
         start_epoch, step, best_map50 = int(state["epoch"]) + 1, int(state["step"]), state.get("best_map50")
@@ -384,7 +404,7 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
                 progress.start_epoch(epoch, steps_per_epoch)
                 stats = train_one_epoch(
                     model, loss_fn, data.loader, optimizer, scaler, ema, schedule,
-                    start_step=step, steps=steps_per_epoch, ctx=ctx, use_amp=use_amp,
+                    start_step=step, steps=steps_per_epoch, ctx=ctx, amp=amp,
                     grad_clip_norm=config.optim.grad_clip_norm, frozen_parts=frozen, progress=progress,
                     recorder=recorder, log_every=config.log_every,
                 )  # fmt: skip
