@@ -5,7 +5,8 @@ autocast (optim.amp: float16 with a GradScaler on CUDA, bfloat16 on a CPU that c
 `amp_dtype`), loss in float32, backward, gradient clipping, AdamW step, EMA update (training.ema). The
 model and its inputs are kept channels-last (NHWC), the layout oneDNN's and cuDNN's fast convolutions use.
 Per epoch: rank 0 evaluates the EMA weights on the validation sources through the lane's post-processing
-(training.evaluate), appends a line to metrics.jsonl, writes TensorBoard scalars under tb/, and saves last.ckpt (resumable) and best.ckpt (highest val mAP50).
+(training.evaluate), appends a line to metrics.jsonl, writes TensorBoard scalars under tb/, and saves
+last.ckpt (resumable) and best.ckpt (highest val mAP50).
 
 Run folder: config.yaml (the resolved config), last.ckpt, best.ckpt, metrics.jsonl, tb/.
 
