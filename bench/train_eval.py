@@ -111,22 +111,29 @@ def measure_speed(config, out: Path) -> float:
     return n / float(json.loads(lines[-1])["epoch_s"])
 
 
+def calibration_source(args: argparse.Namespace):
+    """The synthetic bags of the threshold calibration (and of the checkpoint selection): seeds of their own,
+    half of them clean."""
+    from training.config import SourceConfig
+
+    return SourceConfig(kind="synth", palette="mixed", seed=20_000, length=args.cal_bags, clean_fraction=0.5)
+
+
 def select_checkpoint(candidates: list[Path], args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
     """The candidate with the higher mAP@0.5 on the synthetic calibration bags (seeds of their own, neither
     training nor test). best.ckpt is picked by the trainer on a 48-bag validation set, whose mAP swings by
     ±0.04 between epochs on a plateau; the EMA weights at the end of the cosine (last.ckpt) are often
     better, and the 200 calibration bags tell the two apart without looking at the test set."""
-    from training.config import SourceConfig
-    from training.evaluate import load_model, map_postprocess, predict_dataset, report_from_predictions
     from training.data import build_dataset
+    from training.evaluate import evaluate_model, load_model
 
     scores: dict[str, float] = {}
     for path in candidates:
         loaded = load_model(path, device="cpu")
-        source = SourceConfig(kind="synth", palette="mixed", seed=20_000, length=args.cal_bags, clean_fraction=0.5)
-        ds = build_dataset((source,), classes=loaded.classes, spec=loaded.spec, train=False, augment=False, seed=0)
-        preds = predict_dataset(loaded.predictor, ds, postprocess=map_postprocess(loaded.postprocess), batch_size=8)
-        report = report_from_predictions(preds, classes=loaded.classes, policy=loaded.policy)
+        ds = build_dataset((calibration_source(args),), classes=loaded.classes, spec=loaded.spec, train=False,
+                           augment=False, seed=0)
+        report = evaluate_model(loaded.predictor, ds, classes=loaded.classes, postprocess=loaded.postprocess,
+                                policy=loaded.policy, batch_size=8)
         scores[path.name] = float(report.detection.map50 or 0.0)
     print("checkpoint selection on the calibration bags (mAP@0.5): "
           + ", ".join(f"{name} {v:.3f}" for name, v in scores.items()))
@@ -178,7 +185,7 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
 
     results: dict = {}
     # Calibration data: a synthetic validation set (its own seeds) plus the training half of the real bags.
-    cal = preds(SourceConfig(kind="synth", palette="mixed", seed=20_000, length=args.cal_bags, clean_fraction=0.5))
+    cal = preds(calibration_source(args))
     if real_train is not None:
         cal = concat(cal, preds(SourceConfig(kind="tip", path=str(real_train), seed=3, length=n_scans(real_train), clean_fraction=1.0)))
     calibration = calibrate_from_predictions(cal, classes=classes, target_pfa=0.05, score_floor=low.score_floor)

@@ -46,7 +46,7 @@ def recall_by_group(
         raise ValueError(f"{len(truths)} truths, {len(detections)} detection sets and {len(groups)} group lists")
     thresholds = np.maximum(np.asarray(policy.threshold_array(), np.float64), float(score_floor))
     counts: dict[str, list[int]] = {}
-    for i, (truth, dets, names) in enumerate(zip(truths, detections, groups, strict=True)):
+    for truth, dets, names in zip(truths, detections, groups, strict=True):
         boxes = np.asarray(truth.boxes_xyxy, np.float64).reshape(-1, 4)
         ids = np.asarray(truth.class_ids, np.int64).reshape(-1)
         if len(names) != len(ids):

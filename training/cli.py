@@ -116,15 +116,15 @@ def eval_command(
     """Measure a model on a dataset: COCO mAP per class, bag ROC, Pd at Pfa 0.01 and 0.05 — through the
     lane's post-processing and decision code, at the model's own thresholds."""
     from training.breakdown import recall_by_group, synth_concealments
-    from training.evaluate import map_postprocess, predict_dataset, report_from_predictions
+    from training.evaluate import predict_and_report
     from training.metrics import evaluation_json
 
     loaded = _load(model, device)
     dataset = _dataset(data, format, loaded)
-    predictions = predict_dataset(loaded.predictor, dataset, postprocess=map_postprocess(loaded.postprocess),
-                                  batch_size=batch_size, workers=workers)
-    report = report_from_predictions(predictions, classes=loaded.classes, policy=loaded.policy,
-                                     lane_score_floor=loaded.postprocess.score_floor)
+    predictions, report = predict_and_report(
+        loaded.predictor, dataset, classes=loaded.classes, postprocess=loaded.postprocess, policy=loaded.policy,
+        batch_size=batch_size, workers=workers,
+    )  # fmt: skip
     summary = evaluation_json(report)
     summary["model"] = str(model)
     summary["data"] = str(data)

@@ -173,10 +173,28 @@ def evaluate_model(
     on a dataset; serialise with `training.metrics.evaluation_json`, draw with `training.plots.write_plots`.
 
     mAP counts detections down to MAP_SCORE_FLOOR; the screening figures only those the lane reports."""
+    return predict_and_report(predictor, dataset, classes=classes, postprocess=postprocess, policy=policy,
+                              batch_size=batch_size, workers=workers, target_pfas=target_pfas)[1]
+
+
+def predict_and_report(
+    predictor: Predictor,
+    dataset: Dataset,
+    *,
+    classes: Sequence[str],
+    postprocess: PostprocessParams,
+    policy: DecisionPolicy,
+    batch_size: int,
+    workers: int = 0,
+    target_pfas: Sequence[float] = TARGET_PFAS,
+) -> tuple[DatasetPredictions, EvaluationReport]:
+    """`evaluate_model`, also returning the predictions it measured (down to MAP_SCORE_FLOOR), for figures
+    of one's own on the same detections."""
     predictions = predict_dataset(predictor, dataset, postprocess=map_postprocess(postprocess),
                                   batch_size=batch_size, workers=workers)
-    return report_from_predictions(predictions, classes=classes, policy=policy, target_pfas=target_pfas,
-                                   lane_score_floor=postprocess.score_floor)
+    report = report_from_predictions(predictions, classes=classes, policy=policy, target_pfas=target_pfas,
+                                     lane_score_floor=postprocess.score_floor)
+    return predictions, report
 
 
 def calibrate_from_predictions(
