@@ -112,19 +112,10 @@ FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 
 def make_scans(count: int, *, scan_px: int, seed: int = 0, fmt: str = "png") -> list[bytes]:
     """`count` synthetic bags as PNG or JPEG files (bytes)."""
-    import cv2
-
     from datasets.synth.pipeline import SynthConfig, make_bag
-    from vision.decode import encode_png
+    from vision.decode import encode_jpeg, encode_png
 
-    def encode(rgb: np.ndarray) -> bytes:
-        if fmt == "png":
-            return encode_png(rgb)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        return buf.tobytes()
-
+    encode = encode_png if fmt == "png" else encode_jpeg
     config = SynthConfig(bags=count, seed=seed, size_px=scan_px)
     return [encode(make_bag(config, i).image) for i in range(count)]
 

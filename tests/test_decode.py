@@ -18,6 +18,7 @@ from vision.decode import (
     TruncatedImageError,
     decode,
     decode_dual_energy,
+    encode_jpeg,
     encode_png,
 )
 
@@ -57,6 +58,20 @@ def test_jpeg():
     ok, buf = cv2.imencode(".jpg", arr)
     s = decode(buf.tobytes())
     assert s.format == "JPEG" and s.layout == "rgb" and s.pixels.shape == (32, 48, 3)
+
+
+def test_encode_jpeg_keeps_colour_order_and_grey():
+    rgb = np.zeros((32, 48, 3), np.uint8)
+    rgb[..., 0] = 200  # red, in RGB order
+    s = decode(encode_jpeg(rgb, quality=95))
+    assert s.format == "JPEG" and s.layout == "rgb" and s.pixels.shape == (32, 48, 3)
+    assert np.abs(s.pixels[16, 24].astype(int) - [200, 0, 0]).max() <= 4
+    grey = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (32, 1))
+    g = decode(encode_jpeg(grey, quality=95))
+    assert g.layout == "grey" and np.abs(g.pixels.astype(int) - grey).mean() < 2
+    assert len(encode_jpeg(grey, quality=20)) < len(encode_jpeg(grey, quality=95))
+    with pytest.raises(ValueError, match="quality"):
+        encode_jpeg(grey, quality=0)
 
 
 def test_dual_energy_pair():

@@ -183,6 +183,22 @@ def decode_dual_energy(low: bytes, high: bytes, *, max_pixels: int = DEFAULT_MAX
     return Scan(pixels=pixels, bit_depth=lo.bit_depth, layout="dual_energy", format=lo.format)
 
 
+def encode_jpeg(pixels: np.ndarray, *, quality: int = 95) -> bytes:
+    """Encode an H×W (grey) or H×W×3 (RGB) uint8 array as baseline JPEG bytes, colour with 4:2:0 chroma as
+    the datasets' JPEG scans (SIXray, OPIXray) are stored."""
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be 1–100, got {quality}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    arr = pixels
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
+    ok, buf = cv2.imencode(".jpg", arr, params)
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
 def encode_png(pixels: np.ndarray, *, compression: int = 1) -> bytes:
     """Encode an H×W (grey) or H×W×3 (RGB) uint8/uint16 array as PNG bytes (deterministic).
 

@@ -31,6 +31,7 @@ from vision.colour import (
     render_false_colour_from_log_attenuation,
     render_grey,
 )
+from vision.decode import encode_jpeg
 
 if TYPE_CHECKING:  # physics imports xraydb: load it only when a scan is rendered
     from datasets.synth.physics import ScannerModel
@@ -142,14 +143,8 @@ def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
     """Encode as baseline JPEG (4:2:0 chroma for colour, as the datasets' files) and decode again."""
     if quality <= 0:
         return image
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-    colour = image.ndim == 3
-    if colour:
-        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if colour else image, params)
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    if colour:
+    buf = np.frombuffer(encode_jpeg(image, quality=quality), np.uint8)
+    if image.ndim == 3:
         return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
 
