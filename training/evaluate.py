@@ -158,25 +158,6 @@ def report_from_predictions(
     return EvaluationReport(detection=detection, screening=screening)
 
 
-def evaluate_model(
-    predictor: Predictor,
-    dataset: Dataset,
-    *,
-    classes: Sequence[str],
-    postprocess: PostprocessParams,
-    policy: DecisionPolicy,
-    batch_size: int,
-    workers: int = 0,
-    target_pfas: Sequence[float] = TARGET_PFAS,
-) -> EvaluationReport:
-    """Detection mAP (map50, map50_95, per class) and bag screening (AUROC, Pd at each Pfa) of a predictor
-    on a dataset; serialise with `training.metrics.evaluation_json`, draw with `training.plots.write_plots`.
-
-    mAP counts detections down to MAP_SCORE_FLOOR; the screening figures only those the lane reports."""
-    return predict_and_report(predictor, dataset, classes=classes, postprocess=postprocess, policy=policy,
-                              batch_size=batch_size, workers=workers, target_pfas=target_pfas)[1]
-
-
 def predict_and_report(
     predictor: Predictor,
     dataset: Dataset,
@@ -188,13 +169,22 @@ def predict_and_report(
     workers: int = 0,
     target_pfas: Sequence[float] = TARGET_PFAS,
 ) -> tuple[DatasetPredictions, EvaluationReport]:
-    """`evaluate_model`, also returning the predictions it measured (down to MAP_SCORE_FLOOR), for figures
-    of one's own on the same detections."""
+    """Detection mAP (map50, map50_95, per class) and bag screening (AUROC, Pd at each Pfa) of a predictor
+    on a dataset, with the predictions they were measured on (for figures of one's own on the same
+    detections). Serialise the report with `training.metrics.evaluation_json`, draw it with
+    `training.plots.write_plots`.
+
+    mAP counts detections down to MAP_SCORE_FLOOR; the screening figures only those the lane reports."""
     predictions = predict_dataset(predictor, dataset, postprocess=map_postprocess(postprocess),
                                   batch_size=batch_size, workers=workers)
     report = report_from_predictions(predictions, classes=classes, policy=policy, target_pfas=target_pfas,
                                      lane_score_floor=postprocess.score_floor)
     return predictions, report
+
+
+def evaluate_model(predictor: Predictor, dataset: Dataset, **kwargs: Any) -> EvaluationReport:
+    """The report of `predict_and_report` (same keyword arguments), without the predictions."""
+    return predict_and_report(predictor, dataset, **kwargs)[1]
 
 
 def calibrate_from_predictions(
