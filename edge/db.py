@@ -230,6 +230,29 @@ class AuthSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """`PRAGMA journal_mode = WAL`, retried while another connection holds the lock it needs.
+
+    SQLite answers "database is locked" at once for a journal-mode change, without consulting the busy
+    handler: two processes opening a new database file at the same moment (two service workers starting
+    together) would otherwise fail one of them about one time in four. Once a file is in WAL mode (the
+    mode is stored in the file) the pragma changes nothing and takes no lock."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.002
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.1)
+
+
 def make_engine(db_url: str) -> Engine:
     """Build the engine for `db_url` (`sqlite:///path.db` or `postgresql+psycopg://...`).
 
@@ -260,9 +283,8 @@ def make_engine(db_url: str) -> Engine:
     def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # autocommit at the driver: we emit BEGIN in _sqlite_on_begin
         cursor = dbapi_connection.cursor()
-        # busy_timeout first: switching a fresh file to WAL needs the write lock too.
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()

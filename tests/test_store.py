@@ -128,6 +128,37 @@ def test_sqlite_connection_settings(tmp_path: Path):
     store.close()
 
 
+def test_switch_to_wal_retries_only_while_the_database_is_locked(monkeypatch: pytest.MonkeyPatch):
+    """SQLite refuses a journal-mode change at once ("database is locked", no busy wait) while another
+    connection opening the same new file holds its lock: the switch is retried until the busy timeout."""
+    import sqlite3
+
+    from edge import db
+
+    class Cursor:
+        def __init__(self, failures: int, message: str = "database is locked") -> None:
+            self.failures, self.message, self.calls = failures, message, 0
+
+        def execute(self, sql: str) -> None:
+            assert sql == "PRAGMA journal_mode = WAL"
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise sqlite3.OperationalError(self.message)
+
+    busy = Cursor(failures=3)
+    db._switch_to_wal(busy)
+    assert busy.calls == 4
+    other = Cursor(failures=1, message="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        db._switch_to_wal(other)
+    assert other.calls == 1  # any other error is not retried
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    stuck = Cursor(failures=10**9)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        db._switch_to_wal(stuck)
+    assert 3 <= stuck.calls < 30
+
+
 # -- scans ---------------------------------------------------------------------------------------------
 
 
