@@ -105,8 +105,8 @@ def build_package(work: Path, *, size: str, input_px: int) -> Path:
     return out
 
 
-#: What --format sends: the media type, and how a scan is encoded (PNG as PIDray ships its scans, JPEG at
-#: quality 95 as SIXray and OPIXray do).
+#: The media type --format sends: PNG as PIDray ships its scans, JPEG (vision.decode.encode_jpeg, quality
+#: 95) as SIXray and OPIXray do.
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 
 

@@ -3,8 +3,8 @@ channels-last (the layout `training.engine` trains in).
 
     python bench/train_speed.py [--size s] [--input 256] [--batch 8] [--steps 12] [--threads 2]
 
-One step is what `training.engine.train_one_epoch` does per batch without the data loader: forward (under
-autocast for the mixed-precision rows), the detection loss in float32, backward, AdamW. Random uint8
+One step is what `training.engine.train_one_epoch` does per batch without the data loader: its
+`forward_loss` (autocast for the mixed-precision rows, the loss in float32), backward, AdamW. Random uint8
 images with two boxes each; the first 3 steps are warm-up. Prints ms per step (median) and images/s.
 On a CPU without native bfloat16 (AVX512-BF16 or AMX) `training.engine.amp_dtype` trains in float32, and
 the bfloat16 rows here show what emulation would cost.
@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from training.engine import amp_dtype, forward_loss
 from training.loss import build_loss
 from training.model import build_detector
 
@@ -36,10 +37,7 @@ def step_time(*, size: str, hw: int, batch: int, steps: int, amp: torch.dtype | 
     times = []
     for _ in range(steps + 3):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-            maps = model(images)
-        maps = maps._replace(cls_logits=[m.float() for m in maps.cls_logits], box_logits=[m.float() for m in maps.box_logits])
-        out = loss_fn(maps, boxes, ids)
+        out = forward_loss(model, loss_fn, images, boxes, ids, amp=amp)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         optimizer.step()
@@ -57,8 +55,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from training.engine import amp_dtype
-
     native = amp_dtype(True, torch.device("cpu"))
     print(f"{args.size} model, {args.input} px, batch {args.batch}, {args.threads} threads; "
           f"this CPU trains with optim.amp in {str(native or 'float32').removeprefix('torch.')}")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from training.assign import TaskAlignedAssigner, pad_targets
+from training.engine import forward_loss
 from training.head import make_anchor_points
 from training.loss import build_loss, ciou_xyxy
 from training.model import (
@@ -181,10 +182,7 @@ def test_loss_falls_on_a_fixed_batch(amp):
     boxes, class_ids = _fixed_targets()
     losses, box_losses = [], []
     for _ in range(20):
-        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-            maps = model(x)
-        maps = maps._replace(cls_logits=[m.float() for m in maps.cls_logits], box_logits=[m.float() for m in maps.box_logits])
-        out = loss_fn(maps, boxes, class_ids)
+        out = forward_loss(model, loss_fn, x, boxes, class_ids, amp=amp)
         optimizer.zero_grad()
         out.total.backward()
         optimizer.step()

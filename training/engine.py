@@ -52,7 +52,7 @@ from training.ema import ModelEMA
 from training.evaluate import MAP_SCORE_FLOOR, evaluate_model, torch_predictor
 from training.finetune import freeze_parts, set_train_mode, transfer_weights
 from training.head import HeadMaps
-from training.loss import DetectionLoss, build_loss
+from training.loss import DetectionLoss, LossOutput, build_loss
 from training.metrics import EvaluationReport
 from training.model import Detector, build_detector
 from training.progress import TrainProgress
@@ -116,6 +116,24 @@ def amp_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
         return torch.bfloat16
     return None
+
+
+def forward_loss(
+    model: nn.Module,
+    loss_fn: DetectionLoss,
+    images: torch.Tensor,
+    gt_boxes: list[torch.Tensor],
+    gt_ids: list[torch.Tensor],
+    *,
+    amp: torch.dtype | None,
+) -> LossOutput:
+    """The forward half of a training step: the model under autocast in `amp` (None: float32), the loss in
+    float32 — BCE on thousands of near-zero targets and the DFL softmax lose too much in half precision.
+    images: B×C×H×W on the model's device, in the layout the caller chose (the trainer: channels-last)."""
+    with torch.autocast(device_type=images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        maps: HeadMaps = model(images)
+    maps = HeadMaps([m.float() for m in maps.cls_logits], [m.float() for m in maps.box_logits], maps.strides)
+    return loss_fn(maps, gt_boxes, gt_ids)
 
 
 @dataclass(frozen=True)
@@ -183,12 +201,7 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         gt_boxes = [t["boxes_xyxy"].to(device, dtype=torch.float32) for t in targets]
         gt_ids = [t["class_ids"].to(device, dtype=torch.int64) for t in targets]
-        with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            maps: HeadMaps = model(images)
-        # The loss runs in float32: BCE on thousands of near-zero targets and the DFL softmax lose too much
-        # in half precision.
-        maps = HeadMaps([m.float() for m in maps.cls_logits], [m.float() for m in maps.box_logits], maps.strides)
-        out = loss_fn(maps, gt_boxes, gt_ids)
+        out = forward_loss(model, loss_fn, images, gt_boxes, gt_ids, amp=amp)
         if not scaler.is_enabled() and not bool(torch.isfinite(out.total)):  # the scaler skips such steps
             raise FloatingPointError(f"non-finite loss at step {step} (lr {lr:.3g}); lower optim.lr or check the data")
         optimizer.zero_grad(set_to_none=True)
