@@ -2,10 +2,12 @@
 
     python bench/realism.py [--real ../shared/xray-real] [--bags 60] [--json OUT] [--seed 0] [--verbose]
                             [--only sixray pidray opixray] [--look key=value palette.key=value …] [--sheets DIR]
+                            [--size 640] [--long-side 512]
 
 For each comparison (synthetic "sixray" palette vs the real SIXray scans, "pidray" vs PIDray, "sixray" vs
 OPIXray) it makes `--bags` synthetic bags with `datasets.synth.pipeline.make_bag` (exactly what `xscreen
-synth` writes), brings every image, real or synthetic, to a long side of 512 px, and prints:
+synth` writes) at --size px, brings every image, real or synthetic, to a long side of --long-side px (512;
+a detector's input size, e.g. `--size 256 --long-side 256`, compares what a model sees), and prints:
 - HSV histogram distances over foreground pixels, pooled per set (intersection: 1 = identical;
   Bhattacharyya: 0 = identical). Foreground is a fixed rule, S > 40 or V < 190 (OpenCV 8-bit HSV): the
   datasets' backgrounds are unsaturated grey 225 or white, so neither counts;
@@ -141,10 +143,10 @@ class ImageStats:
     fg_hsv: np.ndarray  # foreground pixels, N×3 uint8 (subsampled), for the pooled histograms
 
 
-def image_stats(native_rgb: np.ndarray, rng: np.random.Generator) -> ImageStats:
-    """Everything the benchmark measures on one scan (native size → 512 px long side)."""
+def image_stats(native_rgb: np.ndarray, rng: np.random.Generator, long_side: int = LONG_SIDE_PX) -> ImageStats:
+    """Everything the benchmark measures on one scan (native size → `long_side` px long side)."""
     block = blockiness(native_rgb)
-    rgb = to_long_side(native_rgb)
+    rgb = to_long_side(native_rgb, long_side)
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     fg = foreground(hsv)
     if fg.sum() < 100:  # an empty scan: treat everything as foreground rather than divide by zero
@@ -359,6 +361,8 @@ def main() -> None:
     ap.add_argument("--look", nargs="*", help="ScannerLook overrides, key=value or palette.key=value (calibration)")
     ap.add_argument("--sheets", type=Path,
                     help="write a contact sheet of the first 16 synthetic scans per palette here (never real ones)")
+    ap.add_argument("--long-side", type=int, default=LONG_SIDE_PX,
+                    help="long side (px) every image is resized to before it is measured")
     ap.add_argument("--verbose", action="store_true", help="also list the features that differ most")
     args = ap.parse_args()
 
@@ -375,19 +379,19 @@ def main() -> None:
             continue
         if palette not in synth_cache:
             images = make_synthetic(palette, args.bags, args.seed, args.size, parse_overrides(args.look, palette))
-            synth_cache[palette] = [image_stats(im, rng) for im in images]
+            synth_cache[palette] = [image_stats(im, rng, args.long_side) for im in images]
             if args.sheets:
                 from vision.draw import contact_sheet
 
                 args.sheets.mkdir(parents=True, exist_ok=True)
                 sheet = contact_sheet(images[:16], columns=4, tile=400)
                 cv2.imwrite(str(args.sheets / f"synth_{palette}.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-        real = [image_stats(im, rng) for im in real_images]
+        real = [image_stats(im, rng, args.long_side) for im in real_images]
         results.append(compare(name, real, synth_cache[palette], repeats=args.repeats, seed=args.seed))
     print_table(results, verbose=args.verbose)
     print(f"\n({time.perf_counter() - t0:.0f} s; synthetic: {args.bags} bags per palette at {args.size} px, "
           f"seed {args.seed}; "
-          f"all images at long side {LONG_SIDE_PX} px)")
+          f"all images at long side {args.long_side} px)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from datasets.synth.fabric import crease_lines, garment_pile, panel_seams
-from datasets.synth.look import LOOKS, ScannerLook, display, display_noise, jpeg_round_trip, look_for, scan, sharpen
+from datasets.synth.look import (
+    LOOK_REFERENCE_PX,
+    LOOKS,
+    ScannerLook,
+    display,
+    display_noise,
+    jpeg_round_trip,
+    look_for,
+    render,
+    scan,
+    sharpen,
+)
 from datasets.synth.physics import build_scanner
 from vision.colour import RAW_AIR_LEVEL, smooth_zeff
 
@@ -103,3 +116,53 @@ def test_panel_seams_stay_inside_the_bag() -> None:
     interior[20:100, 30:130] = 1.0
     seams = panel_seams(np.random.default_rng(5), interior, 2.0, 6)
     assert seams.max() > 0.5 and (seams[interior < 0.5] == 0).all()
+
+
+def _slab_basis(height: int, width: int) -> np.ndarray:
+    """Air with a uniform slab (2 cm of the first basis material) over its middle half."""
+    basis = np.zeros((height, width, 2), np.float32)
+    basis[height // 4: 3 * height // 4, width // 4: 3 * width // 4, 0] = 2.0
+    return basis
+
+
+def _slab_grain(image: np.ndarray) -> float:
+    """Standard deviation of the grey level inside the slab (away from its edges): the scan's grain."""
+    grey = image.astype(np.float32).mean(axis=-1) if image.ndim == 3 else image.astype(np.float32)
+    h, w = grey.shape
+    return float(grey[3 * h // 8: 5 * h // 8, 3 * w // 8: 5 * w // 8].std())
+
+
+@pytest.mark.parametrize("palette", ["sixray", "pidray"])
+def test_a_small_scan_is_the_reference_scan_shrunk_not_a_noisier_one(palette: str) -> None:
+    import cv2
+
+    scanner = build_scanner()
+    look = replace(LOOKS[palette], white_background_p=0.0)
+    ref_w = LOOK_REFERENCE_PX
+    ref_h = ref_w * 3 // 4
+    small = (256, 192)
+    shrunk, direct, rendered = [], [], []
+    for seed in range(3):
+        raw, image = render(_slab_basis(ref_h, ref_w), palette, look, np.random.default_rng(seed), scanner)
+        assert image.shape[:2] == (ref_h, ref_w)
+        shrunk.append(_slab_grain(cv2.resize(image, small, interpolation=cv2.INTER_AREA)))
+        basis = _slab_basis(small[1], small[0])
+        rng = np.random.default_rng(seed)
+        direct.append(_slab_grain(display(scan(basis, look, rng, scanner), palette, look, rng)))
+        raw, image = render(basis, palette, look, np.random.default_rng(seed), scanner)
+        assert image.shape[:2] == raw.shape[:2] == (small[1], small[0]) and raw.dtype == np.uint16
+        rendered.append(_slab_grain(image))
+    # Every small pixel carrying a full-size pixel's noise is far grainier than the shrunk reference…
+    assert np.mean(direct) > 1.5 * np.mean(shrunk)
+    # …`render` gives the shrunk reference's grain.
+    assert np.mean(rendered) == pytest.approx(np.mean(shrunk), rel=0.25)
+
+
+def test_render_at_or_above_the_reference_size_is_scan_then_display() -> None:
+    scanner = build_scanner()
+    look = LOOKS["pidray"]
+    basis = _slab_basis(LOOK_REFERENCE_PX * 3 // 4, LOOK_REFERENCE_PX)
+    raw, image = render(basis, "pidray", look, np.random.default_rng(4), scanner)
+    rng = np.random.default_rng(4)
+    raw2 = scan(basis, look, rng, scanner)
+    assert np.array_equal(raw, raw2) and np.array_equal(image, display(raw2, "pidray", look, rng))

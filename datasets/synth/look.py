@@ -121,6 +121,34 @@ def scan(basis_cm: np.ndarray, look: ScannerLook, rng: np.random.Generator, scan
     return np.clip(up + 0.5, 0, 65535).astype(np.uint16)
 
 
+#: Long side (px) of the scans the looks were calibrated on (bench/realism.py renders them this long) and
+#: the finest grid a scan is rendered on: `render` makes a smaller scan on this grid and shrinks it.
+LOOK_REFERENCE_PX = 640
+
+
+def render(
+    basis_cm: np.ndarray, palette: str, look: ScannerLook, rng: np.random.Generator, scanner: ScannerModel
+) -> tuple[np.ndarray, np.ndarray]:
+    """Basis thicknesses H×W×2 → (raw counts H×W×2 uint16, the displayed scan): `scan`, then `display`.
+
+    A look's noise, blur, sharpening and JPEG blocks are sized in pixels of a scan LOOK_REFERENCE_PX
+    long. A smaller scan is that scan shrunk (as the letterbox shrinks a lane's scan: area average), so it
+    is rendered on the reference grid (the basis interpolated up) and shrunk: each pixel pools the quanta
+    of the reference pixels it covers and the display's grain averages down, instead of every small pixel
+    carrying a full-size pixel's noise (twice the real scans' fine detail at 256 px, bench/realism.py).
+    """
+    h, w = basis_cm.shape[:2]
+    if max(h, w) >= LOOK_REFERENCE_PX:
+        raw = scan(basis_cm, look, rng, scanner)
+        return raw, display(raw, palette, look, rng)
+    up = LOOK_REFERENCE_PX / max(h, w)
+    fine = cv2.resize(basis_cm, (round(w * up), round(h * up)), interpolation=cv2.INTER_LINEAR)
+    raw = scan(fine, look, rng, scanner)
+    image = display(raw, palette, look, rng)
+    return (cv2.resize(raw, (w, h), interpolation=cv2.INTER_AREA),
+            cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))
+
+
 def look_for(palette: str) -> ScannerLook:
     """The default look of a palette's scanner."""
     try:

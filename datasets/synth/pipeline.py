@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from datasets.synth.bags import BagConfig, BagScene, generate_bag
-from datasets.synth.look import ScannerLook, display, look_for, scan
+from datasets.synth.look import ScannerLook, look_for, render
 from datasets.synth.materials import CONTRABAND_CLASSES
 from vision.colour import render_false_colour, render_grey
 from vision.decode import encode_png
@@ -119,8 +119,7 @@ def make_bag(config: SynthConfig, index: int) -> SynthBag:
     # "mixed" draws its palette first: the scanner look (noise included) belongs to the palette.
     palette = config.palette if config.palette != "mixed" else ("sixray", "pidray")[int(rng.integers(2))]
     look = config.look or look_for(palette)
-    raw = scan(scene.basis_cm, look, rng, scanner)
-    image = display(raw, palette, look, rng)
+    raw, image = render(scene.basis_cm, palette, look, rng, scanner)
     objs = scene.contraband
     boxes = np.array([o.box_xyxy for o in objs], np.float32).reshape(-1, 4)
     return SynthBag(
