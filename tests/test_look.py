@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -134,8 +135,6 @@ def _slab_grain(image: np.ndarray) -> float:
 
 @pytest.mark.parametrize("palette", ["sixray", "pidray"])
 def test_a_small_scan_is_the_reference_scan_shrunk_not_a_noisier_one(palette: str) -> None:
-    import cv2
-
     scanner = build_scanner()
     look = replace(LOOKS[palette], white_background_p=0.0)
     ref_w = LOOK_REFERENCE_PX

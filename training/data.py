@@ -256,7 +256,8 @@ class SynthSource(DetectionDataset):
         self.clean_fraction = float(source.clean_fraction)
         self.synth_classes = _contraband(self.classes, "synth")
         palette = "grey" if self.spec.input_kind == "grey" else source.palette
-        # Bags at about the model's size: synthesis cost grows with pixels and the letterbox would shrink them.
+        # Bags at about the model's size: the scene's cost grows with pixels and the letterbox would shrink them
+        # (below 640 px the scanner look is rendered at 640 px and shrunk: datasets.synth.look.render).
         self.config = SynthConfig(
             bags=max(1, self.length), seed=source.seed, palette=palette, size_px=max(64, self.spec.width, self.spec.height),
             classes=self.synth_classes, clean_fraction=self.clean_fraction,
