@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,12 +67,14 @@ def _xscreen(*argv: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vision.cli", *argv], **kwargs)
 
 
-def run_lane(out: Path, console) -> bool:
-    """Start the lane service on loopback with the exported package, stream bags from a simulated station,
-    stop the service. Returns True on success."""
+def run_lane(out: Path, console, *, bags: int = 16) -> bool:
+    """Start the lane service on loopback with the exported package, stream `bags` bags from a simulated
+    station, stop the service. Returns True on success. Each run starts a fresh lane under `out`/lane (the
+    previous run's database already holds the demo station, and a second add-station of a name is refused)."""
     lane = out / "lane"
     db = f"sqlite:///{(lane / 'xscreen.db').resolve()}"
-    lane.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(lane, ignore_errors=True)
+    lane.mkdir(parents=True)
     console.print(f"$ xscreen admin add-station demo-lane --db {db} --data-dir {lane}", style="cyan")
     proc = _xscreen("admin", "add-station", "demo-lane", "--db", db, "--data-dir", str(lane), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -96,8 +99,8 @@ def run_lane(out: Path, console) -> bool:
         else:
             console.print(f"[red]the service did not become ready; see {lane / 'serve.log'}")
             return False
-        console.print(f"$ xscreen station --url {url} --key xs_st_… --lanes 2 --rate 4 --source synth --bags 16", style="cyan")
-        station = _xscreen("station", "--url", url, "--key", key, "--lanes", "2", "--rate", "4", "--source", "synth", "--bags", "16")
+        console.print(f"$ xscreen station --url {url} --key xs_st_… --lanes 2 --rate 4 --source synth --bags {bags}", style="cyan")
+        station = _xscreen("station", "--url", url, "--key", key, "--lanes", "2", "--rate", "4", "--source", "synth", "--bags", str(bags))
         console.print(f"review UI: {url}/login (create a supervisor with `xscreen admin add-user NAME --role supervisor --db {db}`)")
         return station.returncode == 0
     finally:
