@@ -73,7 +73,8 @@ class EdgeSettings(BaseSettings):
 
     batch_max_size: int = Field(8, ge=1, le=256, description="N: at most this many scans per model call.")
     batch_max_wait_ms: float = Field(
-        5.0, ge=0.0, le=1000.0, description="T: how long the first scan of a batch waits for company (ms)."
+        5.0, ge=0.0, le=1000.0,
+        description="T: how long the first scan of a batch waits for company beside a full batch (ms).",
     )
     batch_workers: int | None = Field(
         None, ge=1, le=16,

@@ -80,6 +80,67 @@ def test_a_batch_with_the_machine_to_itself_takes_the_alone_call():
     assert (len(alone), len(shared)) == (3, 1)
 
 
+def _overlap_recording_run(sizes: list[int], peak: list[int], delay_s: float):
+    """A model call that records batch sizes and the most calls running at once."""
+    import threading
+
+    lock = threading.Lock()
+    running = [0]
+
+    def run(batch: np.ndarray, params) -> list[Detections]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            sizes.append(batch.shape[0])
+        time.sleep(delay_s)
+        with lock:
+            running[0] -= 1
+        return [Detections.from_arrays(np.zeros((1, 4)), [0.5], [0]) for _ in batch]
+
+    return run
+
+
+@pytest.mark.parametrize(("max_batch", "sizes_expected", "peak_expected"), [(4, [1, 2], 1), (2, [1, 2], 2)])
+def test_a_partial_batch_waits_for_the_running_one_and_a_full_batch_runs_beside_it(
+    max_batch: int, sizes_expected: list[int], peak_expected: int
+):
+    async def main() -> tuple[list[int], int, float]:
+        sizes: list[int] = []
+        peak = [0]
+        b = MicroBatcher(_overlap_recording_run(sizes, peak, 0.3), max_batch=max_batch, max_wait_ms=0.0,
+                         queue_max=16, workers=2)
+        await b.start()
+        try:
+            deadline = time.monotonic() + 5
+            start = time.monotonic()
+            first = asyncio.create_task(b.submit(_tensor(1), PARAMS, deadline=deadline))
+            await asyncio.sleep(0.1)  # the first batch is running
+            await asyncio.gather(first, *(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in (2, 3)))
+            return sizes, peak[0], time.monotonic() - start
+        finally:
+            await b.stop()
+
+    sizes, peak, took = asyncio.run(main())
+    assert sizes == sizes_expected
+    assert peak == peak_expected
+    # Waiting: the second batch starts when the first ends (≈ 0.6 s in all); beside it: ≈ 0.4 s.
+    assert (took > 0.55) if peak_expected == 1 else (took < 0.55)
+
+
+def test_a_scan_on_idle_cores_does_not_wait_for_company():
+    async def main() -> float:
+        b = MicroBatcher(_recording_run([]), max_batch=8, max_wait_ms=400.0, queue_max=8)
+        await b.start()
+        try:
+            start = time.monotonic()
+            await b.submit(_tensor(1), PARAMS, deadline=start + 5)
+            return time.monotonic() - start
+        finally:
+            await b.stop()
+
+    assert asyncio.run(main()) < 0.3  # not max_wait_ms: nothing else was running
+
+
 def test_a_lone_scan_waits_at_most_max_wait():
     async def main() -> float:
         b = MicroBatcher(_recording_run([]), max_batch=8, max_wait_ms=30.0, queue_max=8)
