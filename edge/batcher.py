@@ -201,22 +201,26 @@ class MicroBatcher:
             self.metrics.queue_depth.set(self.depth)
 
     async def _collect(self) -> list[_Item]:
-        """The next batch: wait for one scan; while another batch runs, gather more until it ends or the
-        batch is full; then gather until full or `max_wait_ms` after the first scan arrived."""
+        """The next batch: the first waiting scan and those queued behind it, up to `max_batch`; how long it
+        waits for more depends on what runs (see the module docstring). Two model calls at once share the
+        cores and both slow down (a two-thread call waits for its slower half), so a partial batch waits for
+        a running partial one to end and then has the cores to itself; beside a full batch — the queue is
+        backing up — it waits at most `max_wait_ms` for company and runs in parallel; on idle cores it
+        does not wait."""
         assert self._queue is not None
         first = await self._queue.get()
         items = [first]
-        await self._gather_while_busy(items)
-        # Waiting for company pays only beside a full batch (heavy load): with the cores idle it would
-        # leave them idle.
-        until = first.enqueued + (self.max_wait_s if self._running_full else 0.0)
+        until = first.enqueued + self.max_wait_s
         while len(items) < self.max_batch:
             try:
                 items.append(self._queue.get_nowait())
                 continue
             except asyncio.QueueEmpty:
                 pass
-            left = until - time.monotonic()
+            if self._running_batches > self._running_full:  # behind a partial batch: until it ends
+                await self._arrival_or_batch_end(items)
+                continue
+            left = until - time.monotonic() if self._running_full else 0.0
             if left <= 0:
                 break
             try:
@@ -226,30 +230,19 @@ class MicroBatcher:
         self._update_depth()
         return items
 
-    async def _gather_while_busy(self, items: list[_Item]) -> None:
-        """While another batch runs, add scans to `items` until that batch ends or `items` is full.
-
-        Two model calls at once share the cores and both slow down (a two-thread call waits for its slower
-        half). A partial batch is answered sooner by waiting for the running one and then having the cores
-        to itself; only a full batch — the queue is backing up — runs beside it.
-        """
+    async def _arrival_or_batch_end(self, items: list[_Item]) -> None:
+        """Wait for the next scan (appended to `items`) or the end of a running model call."""
         assert self._queue is not None
-        while self._running_batches > self._running_full and len(items) < self.max_batch:
-            try:
-                items.append(self._queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            ended = asyncio.ensure_future(self._batch_ended.wait())
-            arrival = asyncio.ensure_future(self._queue.get())
-            try:
-                await asyncio.wait((ended, arrival), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                ended.cancel()
-                if not arrival.done():
-                    arrival.cancel()
-            if arrival.done() and not arrival.cancelled():
-                items.append(arrival.result())
+        ended = asyncio.ensure_future(self._batch_ended.wait())
+        arrival = asyncio.ensure_future(self._queue.get())
+        try:
+            await asyncio.wait((ended, arrival), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not arrival.done():
+                arrival.cancel()  # Queue.get leaves the item in the queue when cancelled
+        if arrival.done() and not arrival.cancelled():
+            items.append(arrival.result())
 
     async def _worker(self, index: int) -> None:
         loop = asyncio.get_running_loop()
