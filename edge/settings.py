@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import (
@@ -98,9 +98,11 @@ class EdgeSettings(BaseSettings):
     engine_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime intra-op threads per model call (default: cores / batch_workers)."
     )
-    engine_spin: bool = Field(
-        False, description="Let idle ONNX Runtime threads busy-wait (faster model calls, but they take the cores "
-                            "that decode and answer requests)."
+    engine_spin: Literal["on", "run", "off"] = Field(
+        "run", description="How idle ONNX Runtime threads wait for work: 'run' busy-waits between the operators "
+                           "of a model call and stops when it ends (fast calls, free cores between them); 'on' "
+                           "also spins after a call (taking the cores that decode and answer requests); 'off' "
+                           "never spins (every operator pays a thread wake-up)."
     )
     session_cookie_name: str = Field("xscreen_session", pattern=r"^[A-Za-z0-9_\-]+$")
     session_cookie_secure: bool = Field(

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -69,22 +70,37 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
 
 
+#: How idle intra-op threads wait for work (see `session_options`).
+SpinMode = Literal["on", "run", "off"]
+SPIN_MODES: tuple[str, ...] = ("on", "run", "off")
+
+
 def session_options(threads: int | None = None, *, profile_prefix: str | None = None,
-                    spin: bool = True) -> ort.SessionOptions:
+                    spin: SpinMode = "on") -> ort.SessionOptions:
     """CPU session settings of the lane: `threads` intra-op threads (default all cores), one inter-op
     thread (the graph is a chain; parallel branches gain nothing on 2 cores), every graph optimisation.
 
-    spin: let idle intra-op threads busy-wait for the next operator (ONNX Runtime's default). Right for a
-    process that only runs the model; in the lane service the spinning threads take the cores that decode
-    requests, write images and answer, so it turns spinning off.
+    spin: how idle intra-op threads wait for the next operator.
+    - "on" (ONNX Runtime's default): they busy-wait, and go on spinning for a while after a call ends.
+      Right for a process that only runs the model, call after call.
+    - "run": they busy-wait between the operators of a call and stop when it ends
+      (`session.force_spinning_stop`). A call is as fast as with "on", and between calls the cores are
+      free for other work: the lane service's choice, whose request threads decode, write and answer
+      there (bench/service_load.py: half-load model call p50 23 ms against 26–29 ms with "off").
+    - "off": they block at once (`session.intra_op.allow_spinning = 0`); every operator then pays a
+      thread wake-up.
     """
+    if spin not in SPIN_MODES:
+        raise ValueError(f"spin must be one of {SPIN_MODES}, got {spin!r}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spin:
+    if spin == "off":
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif spin == "run":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -104,7 +120,7 @@ class Engine:
 
     threads: intra-op threads (default: all cores); providers: as `choose_providers`;
     max_batch: `detect`/`predict` run at most this many scans per session call (memory stays bounded);
-    spin: idle intra-op threads busy-wait (see `session_options`).
+    spin: how idle intra-op threads wait for work, "on", "run" or "off" (see `session_options`).
     """
 
     def __init__(
@@ -115,7 +131,7 @@ class Engine:
         providers: Sequence[str] | None = None,
         max_batch: int = 8,
         profile_prefix: str | None = None,
-        spin: bool = True,
+        spin: SpinMode = "on",
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")

@@ -121,7 +121,7 @@ def test_model_workers_and_threads_follow_the_cores(monkeypatch, cores, workers,
     monkeypatch.setattr("edge.settings.os.cpu_count", lambda: cores)
     settings = EdgeSettings(_env_file=None, model_path="m.onnx", batch_workers=workers, engine_threads=threads)
     assert (settings.model_workers, settings.model_threads) == want
-    assert settings.engine_spin is False
+    assert settings.engine_spin == "run"
 
 
 def test_an_all_core_session_for_batches_alone_only_with_the_default_threads(tmp_path, monkeypatch):

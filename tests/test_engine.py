@@ -65,14 +65,23 @@ def test_engine_runs_a_dynamic_batch(package):
     assert engine.package.precision == "fp32" and engine.providers == ["CPUExecutionProvider"]
 
 
-def test_engine_without_spinning_gives_the_same_answers(package):
+@pytest.mark.parametrize("spin, key, value", [
+    ("off", "session.intra_op.allow_spinning", "0"),
+    ("run", "session.force_spinning_stop", "1"),
+])
+def test_engine_spin_modes_give_the_same_answers(package, spin, key, value):
     from inference.engine import session_options
 
-    assert session_options(1, spin=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(2, spin=spin).get_session_config_entry(key) == value
     x = np.random.default_rng(3).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
-    spinning, quiet = Engine(package, threads=1), Engine(package, threads=1, spin=False)
-    for a, b in zip(spinning.run(x), quiet.run(x)):
-        np.testing.assert_array_equal(a, b)
+    spinning, other = Engine(package, threads=2), Engine(package, threads=2, spin=spin)
+    for a, b in zip(spinning.run(x), other.run(x)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_refuses_an_unknown_spin_mode(package):
+    with pytest.raises(ValueError, match="spin must be one of"):
+        Engine(package, threads=1, spin=False)
 
 
 def test_engine_refuses_a_changed_weight_byte(package, tmp_path):
