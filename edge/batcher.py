@@ -3,15 +3,23 @@
 A scan, already decoded and letterboxed by the request (C×H×W at the model's input size, plus its
 `LetterboxParams`), waits in one bounded queue. A worker takes the first waiting scan and the scans queued
 behind it, up to `max_batch`, and runs them as one batch in a worker thread (ONNX Runtime releases the GIL,
-so the event loop keeps accepting requests meanwhile). How long it waits for more depends on what the
-cores are doing:
-- nothing runs: it does not wait (idle cores would only stay idle);
-- a partial batch runs (light load): it gathers until that batch ends or its own is full, so two model
-  calls do not share the cores and slow each other down;
-- a full batch runs (heavy load): it gathers until full or `max_wait_ms` after its first scan arrived,
-  then runs beside it (two calls with a core each beat one that uses both).
-bench/service_load.py, 16 JPEG stations: half-load p95 67 → 47–52 ms against running every batch after
-`max_wait_ms`, at 73 % of the engine's throughput at saturation instead of 76–78 %.
+so the event loop keeps accepting requests meanwhile). With several workers sharing the CPU cores, the
+service gives each model call a share of them (`run_batch`, e.g. one thread) and has a second call on
+every core for a batch that has the machine to itself (`run_batch_alone`). Which runs, and when:
+- on idle cores with nothing else waiting, a batch runs alone at once (idle cores would only stay idle,
+  and one call on every core answers a lone scan soonest);
+- behind a call alone, scans wait for it to end (two calls on the same cores slow each other down);
+- from `share_from` scans waiting (a backlog; default `SHARE_FROM`), they are shared out among the free workers and run as
+  parallel calls with a core each: on a loaded 2-core box two one-thread calls do more than one two-thread
+  call, which stalls whenever a request thread takes one of its cores (bench/service_load.py, 8 JPEG
+  stations, four runs each way alternating in one hour: 73–80 % of the engine's batched throughput at
+  saturation against 54–65 % with every batch alone; the price is latency just below saturation, where
+  bursts get shared out to slower one-core calls: half-load p95 50–70 ms against 47–54 ms, one run of
+  the other rule aside at 222 ms; `share_from` above `queue_max` turns sharing off);
+- a lone scan beside calls that share the cores waits for one of them only if it should end before a
+  shared call would gain over a call alone (both times measured as the service runs);
+- beside a full batch (heavy load) a batch waits up to `max_wait_ms` after its first scan arrived for
+  company, then runs beside it.
 
 Back-pressure and memory: the queue holds at most `queue_max` prepared inputs (each C×H×W, e.g. 768 KB
 at 3×512×512), so a full queue refuses new scans at once (`QueueFullError` → 503 with Retry-After) instead
@@ -37,6 +45,11 @@ from vision.letterbox import LetterboxParams
 from vision.postprocess import Detections
 
 _log = logging.getLogger("xscreen.edge.batcher")
+
+#: Default `share_from`: from this many scans waiting (the one a worker takes included) they are shared out
+#: among the free workers as parallel calls; fewer go into one batch (two at once are answered about as
+#: soon either way, and one batch on idle cores runs alone, with every core).
+SHARE_FROM = 3
 
 #: Signature of the model call: B×C×H×W batch and B letterbox parameter sets → B detections (scan pixels).
 RunBatch = Callable[[np.ndarray, Sequence[LetterboxParams]], list[Detections]]
@@ -97,9 +110,15 @@ class MicroBatcher:
         workers: int = 1,
         metrics: EdgeMetrics | None = None,
         run_batch_alone: RunBatch | None = None,
+        share_from: int = SHARE_FROM,
     ) -> None:
         if max_batch < 1 or queue_max < 1 or workers < 1:
             raise ValueError("max_batch, queue_max and workers must be ≥ 1")
+        if share_from < 2:
+            raise ValueError("share_from must be ≥ 2")
+        #: Scans waiting from which they are shared out among parallel calls (see `SHARE_FROM`); a value
+        #: above `queue_max` never shares a backlog out (every batch runs alone, one after another).
+        self.share_from = share_from
         #: The model call; public so that tests can wrap it (e.g. with a slow stub).
         self.run_batch = run_batch
         #: The model call for a batch that starts while no other runs (e.g. one using every core), or None.
@@ -108,7 +127,15 @@ class MicroBatcher:
         self.run_batch_alone = run_batch_alone
         self._running_batches = 0
         self._running_full = 0  # of which hold max_batch scans
+        self._running_alone = 0  # of which run on `run_batch_alone`
+        self._held = 0  # scans that workers took from the queue and hold while they wait
+        self._shared_ends: dict[int, float] = {}  # running calls not alone: expected end (time.monotonic())
         self._batch_ended = asyncio.Event()  # set (and replaced) whenever a model call ends
+        self._arrived = asyncio.Event()  # set (and replaced) whenever a scan is queued
+        self._turn_taken = asyncio.Event()  # set (and replaced) whenever a worker stops holding a scan
+        # Moving averages of the model time per scan in a call alone and in a call sharing the cores.
+        self._scan_s_alone: float | None = None
+        self._scan_s_shared: float | None = None
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_max = queue_max
@@ -179,6 +206,8 @@ class MicroBatcher:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             raise QueueFullError(self.retry_after_s()) from None
+        self._arrived.set()
+        self._arrived = asyncio.Event()
         self._update_depth()
         return Ticket(item)
 
@@ -201,26 +230,37 @@ class MicroBatcher:
             self.metrics.queue_depth.set(self.depth)
 
     async def _collect(self) -> list[_Item]:
-        """The next batch: the first waiting scan and those queued behind it, up to `max_batch`; how long it
-        waits for more depends on what runs (see the module docstring). Two model calls at once share the
-        cores and both slow down (a two-thread call waits for its slower half), so a partial batch waits for
-        a running partial one to end and then has the cores to itself; beside a full batch — the queue is
-        backing up — it waits at most `max_wait_ms` for company and runs in parallel; on idle cores it
-        does not wait."""
+        """The next batch (see the module docstring): the first waiting scan and, up to `max_batch`, its
+        share of those waiting with it."""
         assert self._queue is not None
+        while self._held:  # a worker that holds scans (they came first) takes its share before this one
+            await self._turn_taken.wait()
         first = await self._queue.get()
+        self._held += 1  # taken from the queue but not running yet: counts as waiting in the decisions below
+        try:
+            await self._wait_for_a_turn(first)
+        except asyncio.CancelledError:
+            if not first.future.done():
+                first.future.set_exception(BatcherStoppedError("the service is shutting down"))
+            raise
+        finally:
+            self._held -= 1
+            self._turn_taken.set()
+            self._turn_taken = asyncio.Event()
+        waiting = 1 + self._held + self._queue.qsize()
+        free_workers = max(1, self.workers - self._running_batches) if waiting >= self.share_from else 1
+        share = min(self.max_batch, math.ceil(waiting / free_workers))
         items = [first]
         until = first.enqueued + self.max_wait_s
-        while len(items) < self.max_batch:
+        while len(items) < share and not self._queue.empty():  # (scans held by others are not queued)
+            items.append(self._queue.get_nowait())
+        while len(items) < self.max_batch and self._running_full:  # heavy load: company comes soon
             try:
                 items.append(self._queue.get_nowait())
                 continue
             except asyncio.QueueEmpty:
                 pass
-            if self._running_batches > self._running_full:  # behind a partial batch: until it ends
-                await self._arrival_or_batch_end(items)
-                continue
-            left = until - time.monotonic() if self._running_full else 0.0
+            left = until - time.monotonic()
             if left <= 0:
                 break
             try:
@@ -230,19 +270,38 @@ class MicroBatcher:
         self._update_depth()
         return items
 
-    async def _arrival_or_batch_end(self, items: list[_Item]) -> None:
-        """Wait for the next scan (appended to `items`) or the end of a running model call."""
+    async def _wait_for_a_turn(self, first: _Item) -> None:
+        """Wait while a call runs alone; and a lone scan (nothing else waiting) beside calls that share the
+        cores waits for one of them when it should end before a shared call would gain over a call alone."""
         assert self._queue is not None
-        ended = asyncio.ensure_future(self._batch_ended.wait())
-        arrival = asyncio.ensure_future(self._queue.get())
-        try:
-            await asyncio.wait((ended, arrival), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ended.cancel()
-            if not arrival.done():
-                arrival.cancel()  # Queue.get leaves the item in the queue when cancelled
-        if arrival.done() and not arrival.cancelled():
-            items.append(arrival.result())
+        waited_until: float | None = None
+        while True:
+            if self._running_alone:
+                await self._batch_ended.wait()
+                continue
+            if not self._running_batches or self._held + self._queue.qsize() >= self.share_from:
+                return  # idle cores, or a backlog to share out
+            gain = self._shared_gain_s()
+            now = time.monotonic()
+            if waited_until is None:
+                waited_until = now + gain
+            soonest = min(self._shared_ends.values(), default=now)
+            if gain <= 0 or soonest - now >= gain or now >= waited_until:
+                return  # run beside the others
+            ended = asyncio.ensure_future(self._batch_ended.wait())
+            arrived = asyncio.ensure_future(self._arrived.wait())
+            try:
+                await asyncio.wait((ended, arrived), timeout=waited_until - now, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
+                arrived.cancel()
+
+    def _shared_gain_s(self) -> float:
+        """How much longer one scan takes in a call sharing the cores than in a call alone (0 until both
+        were measured, or without a call alone)."""
+        if self.run_batch_alone is None or self._scan_s_alone is None or self._scan_s_shared is None:
+            return 0.0
+        return max(0.0, self._scan_s_shared - self._scan_s_alone)
 
     async def _worker(self, index: int) -> None:
         loop = asyncio.get_running_loop()
@@ -258,10 +317,17 @@ class MicroBatcher:
             batch = np.stack([it.tensor for it in live])
             params = [it.params for it in live]
             start = time.monotonic()
-            run = self.run_batch_alone if self.run_batch_alone is not None and self._running_batches == 0 else self.run_batch
+            # The whole machine only for a batch that starts on idle cores with nothing queued behind it
+            # (anything queued would start beside it at once and share the cores).
+            alone = (self.run_batch_alone is not None and self._running_batches == 0 and self._queue.empty()
+                     and not self._held)
+            run = self.run_batch_alone if alone else self.run_batch
             full = len(live) >= self.max_batch
             self._running_batches += 1
             self._running_full += full
+            self._running_alone += alone
+            if not alone:
+                self._shared_ends[id(items)] = start + len(live) * (self._scan_s_shared or 0.0)
             try:
                 dets = await loop.run_in_executor(self._executor, run, batch, params)
                 if len(dets) != len(live):
@@ -280,11 +346,18 @@ class MicroBatcher:
             finally:
                 self._running_batches -= 1
                 self._running_full -= full
+                self._running_alone -= alone
+                self._shared_ends.pop(id(items), None)
                 # Wake the workers gathering behind this batch (waiters hold the event they saw).
                 self._batch_ended.set()
                 self._batch_ended = asyncio.Event()
             run_s = time.monotonic() - start
             self._batch_s_avg = 0.8 * self._batch_s_avg + 0.2 * run_s
+            per_scan = run_s / len(live)
+            if alone:
+                self._scan_s_alone = per_scan if self._scan_s_alone is None else 0.8 * self._scan_s_alone + 0.2 * per_scan
+            else:
+                self._scan_s_shared = per_scan if self._scan_s_shared is None else 0.8 * self._scan_s_shared + 0.2 * per_scan
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(live))
                 self.metrics.inference_latency.observe(run_s)

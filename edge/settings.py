@@ -76,6 +76,12 @@ class EdgeSettings(BaseSettings):
         5.0, ge=0.0, le=1000.0,
         description="T: how long the first scan of a batch waits for company beside a full batch (ms).",
     )
+    batch_share_from: int = Field(
+        3, ge=2, le=100_000,
+        description="From this many scans waiting they are shared out among parallel model calls with a share of "
+                    "the cores each (more throughput under load); fewer run as one batch (on idle cores: one call "
+                    "on every core). A value above queue_max never shares: lower latency just below saturation.",
+    )
     batch_workers: int | None = Field(
         None, ge=1, le=16,
         description="Model calls running in parallel (default: 2 on a machine with 2 or more cores, else 1).",

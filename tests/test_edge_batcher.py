@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from edge.batcher import DeadlineExceededError, MicroBatcher, QueueFullError
+from edge.batcher import SHARE_FROM, DeadlineExceededError, MicroBatcher, QueueFullError
 from edge.formats import (
     DUAL_ENERGY_MEDIA_TYPE,
     UnsupportedMediaTypeError,
@@ -63,29 +63,34 @@ def test_a_batch_with_the_machine_to_itself_takes_the_alone_call():
     async def main() -> tuple[list[int], list[int]]:
         shared: list[int] = []
         alone: list[int] = []
-        b = MicroBatcher(_recording_run(shared, delay_s=0.2), max_batch=1, max_wait_ms=0.0, queue_max=16,
+        b = MicroBatcher(_recording_run(shared, delay_s=0.2), max_batch=4, max_wait_ms=0.0, queue_max=16,
                          workers=2, run_batch_alone=_recording_run(alone, delay_s=0.2))
         await b.start()
         try:
             deadline = time.monotonic() + 5
             await b.submit(_tensor(1), PARAMS, deadline=deadline)  # alone: nothing else runs
-            # Two at once: the first batch starts alone, the second while it runs.
+            # Two at once: one batch, alone (fewer than SHARE_FROM waiting).
             await asyncio.gather(*(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in (2, 3)))
-            await b.submit(_tensor(4), PARAMS, deadline=deadline)  # alone again
+            # Three at once: a backlog, shared out as parallel calls.
+            await asyncio.gather(*(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in (4, 5, 6)))
+            await b.submit(_tensor(7), PARAMS, deadline=deadline)  # alone again
         finally:
             await b.stop()
         return shared, alone
 
+    assert SHARE_FROM == 3
     shared, alone = asyncio.run(main())
-    assert (len(alone), len(shared)) == (3, 1)
+    assert alone == [1, 2, 1]
+    assert sorted(shared) == [1, 2]
 
 
-def _overlap_recording_run(sizes: list[int], peak: list[int], delay_s: float):
-    """A model call that records batch sizes and the most calls running at once."""
+def _overlap_recording_run(sizes: list[int], peak: list[int], delay_s: float, running: list[int] | None = None):
+    """A model call that records batch sizes and the most calls running at once (pass one `running` list
+    to several such calls to count them together)."""
     import threading
 
     lock = threading.Lock()
-    running = [0]
+    running = [0] if running is None else running
 
     def run(batch: np.ndarray, params) -> list[Detections]:
         with lock:
@@ -100,14 +105,104 @@ def _overlap_recording_run(sizes: list[int], peak: list[int], delay_s: float):
     return run
 
 
-@pytest.mark.parametrize(("max_batch", "sizes_expected", "peak_expected"), [(4, [1, 2], 1), (2, [1, 2], 2)])
-def test_a_partial_batch_waits_for_the_running_one_and_a_full_batch_runs_beside_it(
-    max_batch: int, sizes_expected: list[int], peak_expected: int
-):
+@pytest.mark.parametrize(("behind", "share_from", "alone_expected", "shared_expected", "peak_expected"), [
+    (2, 3, [1, 2], [], 1),  # too few to share: one batch, alone again
+    (3, 3, [1], [1, 2], 2),  # a backlog: shared out, the two calls run together
+    (3, 100, [1, 3], [], 1),  # sharing turned off: one batch, alone
+])
+def test_scans_behind_a_call_alone_wait_for_it(behind, share_from, alone_expected, shared_expected, peak_expected):
+    async def main() -> tuple[list[int], list[int], int, float]:
+        shared: list[int] = []
+        alone: list[int] = []
+        peak, running = [0], [0]
+        b = MicroBatcher(_overlap_recording_run(shared, peak, 0.3, running), max_batch=4, max_wait_ms=0.0,
+                         queue_max=16, workers=2, run_batch_alone=_overlap_recording_run(alone, peak, 0.3, running),
+                         share_from=share_from)
+        await b.start()
+        try:
+            deadline = time.monotonic() + 5
+            start = time.monotonic()
+            first = asyncio.create_task(b.submit(_tensor(1), PARAMS, deadline=deadline))
+            await asyncio.sleep(0.1)  # the first scan runs alone
+            await asyncio.gather(first, *(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in range(behind)))
+            return alone, shared, peak[0], time.monotonic() - start
+        finally:
+            await b.stop()
+
+    alone, shared, peak, took = asyncio.run(main())
+    assert alone == alone_expected
+    assert sorted(shared) == shared_expected
+    assert peak == peak_expected  # never beside the call alone
+    assert took > 0.55  # they started when the call alone ended (≈ 0.6 s in all; beside it: ≈ 0.4 s)
+
+
+def test_scans_queued_on_idle_cores_are_shared_among_the_workers():
+    async def main() -> tuple[list[int], list[int], int]:
+        shared: list[int] = []
+        alone: list[int] = []
+        peak, running = [0], [0]
+        b = MicroBatcher(_overlap_recording_run(shared, peak, 0.2, running), max_batch=8, max_wait_ms=0.0,
+                         queue_max=16, workers=2, run_batch_alone=_overlap_recording_run(alone, peak, 0.2, running))
+        await b.start()
+        deadline = time.monotonic() + 5
+        # Five scans queued before the workers first run (nothing here yields to them until `gather`).
+        tasks = [b.enqueue(_tensor(i), PARAMS, deadline=deadline) for i in range(5)]
+        try:
+            await asyncio.gather(*(b.wait(t) for t in tasks))
+            return alone, shared, peak[0]
+        finally:
+            await b.stop()
+
+    alone, shared, peak = asyncio.run(main())
+    assert alone == []
+    assert sorted(shared) == [2, 3] and peak == 2
+
+
+def _per_scan_run(sizes: list[int], per_scan_s: float):
+    def run(batch: np.ndarray, params) -> list[Detections]:
+        sizes.append(batch.shape[0])
+        time.sleep(per_scan_s * batch.shape[0])
+        return [Detections.from_arrays(np.zeros((1, 4)), [0.5], [0]) for _ in batch]
+
+    return run
+
+
+@pytest.mark.parametrize(("lone_at_s", "runs_alone"), [(0.42, False), (0.65, True)])
+def test_a_lone_scan_beside_a_shared_call_waits_only_when_that_call_ends_soon(lone_at_s, runs_alone):
+    """Shared calls take 0.4 s per scan, a call alone 0.08: waiting for a shared call pays when it ends
+    within 0.32 s. Three scans are shared out as calls of 2 (ends at 0.8 s) and 1 (ends at 0.4 s); a lone
+    scan sent at 0.42 s (0.38 s left) runs beside at once, one sent at 0.65 s (0.15 s left) waits and then
+    runs alone."""
+
+    async def main() -> tuple[list[int], list[int]]:
+        shared: list[int] = []
+        alone: list[int] = []
+        b = MicroBatcher(_per_scan_run(shared, 0.4), max_batch=4, max_wait_ms=0.0, queue_max=16, workers=2,
+                         run_batch_alone=_per_scan_run(alone, 0.08))
+        await b.start()
+        try:
+            deadline = time.monotonic() + 10
+            await b.submit(_tensor(0), PARAMS, deadline=deadline)  # measures a call alone
+            await asyncio.gather(*(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in range(3)))  # shared
+            assert (alone, sorted(shared)) == ([1], [1, 2])
+            backlog = [asyncio.create_task(b.submit(_tensor(i), PARAMS, deadline=deadline)) for i in range(3)]
+            await asyncio.sleep(lone_at_s)
+            await b.submit(_tensor(9), PARAMS, deadline=deadline)
+            await asyncio.gather(*backlog)
+            return alone, shared
+        finally:
+            await b.stop()
+
+    alone, shared = asyncio.run(main())
+    assert (alone == [1, 1]) == runs_alone
+    assert len(shared) == (4 if runs_alone else 5)
+
+
+def test_a_full_batch_runs_beside_a_running_one():
     async def main() -> tuple[list[int], int, float]:
         sizes: list[int] = []
         peak = [0]
-        b = MicroBatcher(_overlap_recording_run(sizes, peak, 0.3), max_batch=max_batch, max_wait_ms=0.0,
+        b = MicroBatcher(_overlap_recording_run(sizes, peak, 0.3), max_batch=2, max_wait_ms=0.0,
                          queue_max=16, workers=2)
         await b.start()
         try:
@@ -121,10 +216,8 @@ def test_a_partial_batch_waits_for_the_running_one_and_a_full_batch_runs_beside_
             await b.stop()
 
     sizes, peak, took = asyncio.run(main())
-    assert sizes == sizes_expected
-    assert peak == peak_expected
-    # Waiting: the second batch starts when the first ends (≈ 0.6 s in all); beside it: ≈ 0.4 s.
-    assert (took > 0.55) if peak_expected == 1 else (took < 0.55)
+    assert sizes == [1, 2] and peak == 2
+    assert took < 0.55  # beside the first: ≈ 0.4 s
 
 
 @pytest.mark.parametrize("max_wait_ms", [30.0, 400.0])
