@@ -105,6 +105,16 @@ def _overlap_recording_run(sizes: list[int], peak: list[int], delay_s: float, ru
     return run
 
 
+async def _one_then_more(b: MicroBatcher, more: list[int]) -> float:
+    """Submit one scan, then, 0.1 s later (while its call runs), the scans `more`; seconds until all are answered."""
+    deadline = time.monotonic() + 5
+    start = time.monotonic()
+    first = asyncio.create_task(b.submit(_tensor(1), PARAMS, deadline=deadline))
+    await asyncio.sleep(0.1)
+    await asyncio.gather(first, *(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in more))
+    return time.monotonic() - start
+
+
 @pytest.mark.parametrize(("behind", "share_from", "alone_expected", "shared_expected", "peak_expected"), [
     (2, 3, [1, 2], [], 1),  # too few to share: one batch, alone again
     (3, 3, [1], [1, 2], 2),  # a backlog: shared out, the two calls run together
@@ -120,12 +130,8 @@ def test_scans_behind_a_call_alone_wait_for_it(behind, share_from, alone_expecte
                          share_from=share_from)
         await b.start()
         try:
-            deadline = time.monotonic() + 5
-            start = time.monotonic()
-            first = asyncio.create_task(b.submit(_tensor(1), PARAMS, deadline=deadline))
-            await asyncio.sleep(0.1)  # the first scan runs alone
-            await asyncio.gather(first, *(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in range(behind)))
-            return alone, shared, peak[0], time.monotonic() - start
+            took = await _one_then_more(b, list(range(behind)))  # the first scan runs alone
+            return alone, shared, peak[0], took
         finally:
             await b.stop()
 
@@ -206,12 +212,8 @@ def test_a_full_batch_runs_beside_a_running_one():
                          queue_max=16, workers=2)
         await b.start()
         try:
-            deadline = time.monotonic() + 5
-            start = time.monotonic()
-            first = asyncio.create_task(b.submit(_tensor(1), PARAMS, deadline=deadline))
-            await asyncio.sleep(0.1)  # the first batch is running
-            await asyncio.gather(first, *(b.submit(_tensor(i), PARAMS, deadline=deadline) for i in (2, 3)))
-            return sizes, peak[0], time.monotonic() - start
+            took = await _one_then_more(b, [2, 3])
+            return sizes, peak[0], took
         finally:
             await b.stop()
 
