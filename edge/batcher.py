@@ -9,13 +9,13 @@ every core for a batch that has the machine to itself (`run_batch_alone`). Which
 - on idle cores with nothing else waiting, a batch runs alone at once (idle cores would only stay idle,
   and one call on every core answers a lone scan soonest);
 - behind a call alone, scans wait for it to end (two calls on the same cores slow each other down);
-- from `share_from` scans waiting (a backlog; default `SHARE_FROM`), they are shared out among the free workers and run as
-  parallel calls with a core each: on a loaded 2-core box two one-thread calls do more than one two-thread
-  call, which stalls whenever a request thread takes one of its cores (bench/service_load.py, 8 JPEG
-  stations, four runs each way alternating in one hour: 73–80 % of the engine's batched throughput at
-  saturation against 54–65 % with every batch alone; the price is latency just below saturation, where
-  bursts get shared out to slower one-core calls: half-load p95 50–70 ms against 47–54 ms, one run of
-  the other rule aside at 222 ms; `share_from` above `queue_max` turns sharing off);
+- from `share_from` scans waiting (a backlog; default `SHARE_FROM`), they are shared out among the free
+  workers and run as parallel calls with a core each: on a loaded 2-core box two one-thread calls do more
+  than one two-thread call, which stalls whenever a request thread takes one of its cores (8 JPEG
+  stations in bench/service_load.py, four runs each way alternating in one hour: 73–80 % of the engine's
+  batched throughput at saturation against 54–65 % with every batch alone; the price is latency just
+  below saturation, where bursts get shared out to slower one-core calls: half-load p95 50–70 ms against
+  47–54 ms, one run of the other rule aside at 222 ms; `share_from` above `queue_max` turns sharing off);
 - a lone scan beside calls that share the cores waits for one of them only if it should end before a
   shared call would gain over a call alone (both times measured as the service runs);
 - beside a full batch (heavy load) a batch waits up to `max_wait_ms` after its first scan arrived for

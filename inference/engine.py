@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import onnxruntime as ort
@@ -72,7 +72,7 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
 
 #: How idle intra-op threads wait for work (see `session_options`).
 SpinMode = Literal["on", "run", "off"]
-SPIN_MODES: tuple[str, ...] = ("on", "run", "off")
+SPIN_MODES: tuple[str, ...] = get_args(SpinMode)
 
 
 def session_options(threads: int | None = None, *, profile_prefix: str | None = None,
