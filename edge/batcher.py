@@ -91,6 +91,20 @@ class _Item:
 
 
 @dataclass(frozen=True)
+class _Call:
+    """A running model call: on every core or a share of them, with `max_batch` scans or fewer, and when
+    it should end (time.monotonic(), from the measured time per scan)."""
+
+    alone: bool
+    full: bool
+    expected_end: float
+
+
+def _moving_average(average: float | None, value: float) -> float:
+    return value if average is None else 0.8 * average + 0.2 * value
+
+
+@dataclass(frozen=True)
 class Ticket:
     """A queued scan, to `wait` for."""
 
@@ -125,11 +139,8 @@ class MicroBatcher:
         #: With several workers sharing the cores, each call gets a share of them; a batch that has the
         #: machine to itself, as at light load, is answered sooner by a call that uses all of it.
         self.run_batch_alone = run_batch_alone
-        self._running_batches = 0
-        self._running_full = 0  # of which hold max_batch scans
-        self._running_alone = 0  # of which run on `run_batch_alone`
+        self._running: dict[int, _Call] = {}  # the model calls now running, by worker
         self._held = 0  # scans that workers took from the queue and hold while they wait
-        self._shared_ends: dict[int, float] = {}  # running calls not alone: expected end (time.monotonic())
         self._batch_ended = asyncio.Event()  # set (and replaced) whenever a model call ends
         self._arrived = asyncio.Event()  # set (and replaced) whenever a scan is queued
         self._turn_taken = asyncio.Event()  # set (and replaced) whenever a worker stops holding a scan
@@ -229,6 +240,18 @@ class MicroBatcher:
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.depth)
 
+    @property
+    def _running_batches(self) -> int:
+        return len(self._running)
+
+    @property
+    def _running_full(self) -> bool:
+        return any(c.full for c in self._running.values())
+
+    @property
+    def _running_alone(self) -> bool:
+        return any(c.alone for c in self._running.values())
+
     async def _collect(self) -> list[_Item]:
         """The next batch (see the module docstring): the first waiting scan and, up to `max_batch`, its
         share of those waiting with it."""
@@ -285,7 +308,7 @@ class MicroBatcher:
             now = time.monotonic()
             if waited_until is None:
                 waited_until = now + gain
-            soonest = min(self._shared_ends.values(), default=now)
+            soonest = min((c.expected_end for c in self._running.values() if not c.alone), default=now)
             if gain <= 0 or soonest - now >= gain or now >= waited_until:
                 return  # run beside the others
             ended = asyncio.ensure_future(self._batch_ended.wait())
@@ -322,12 +345,9 @@ class MicroBatcher:
             alone = (self.run_batch_alone is not None and self._running_batches == 0 and self._queue.empty()
                      and not self._held)
             run = self.run_batch_alone if alone else self.run_batch
-            full = len(live) >= self.max_batch
-            self._running_batches += 1
-            self._running_full += full
-            self._running_alone += alone
-            if not alone:
-                self._shared_ends[id(items)] = start + len(live) * (self._scan_s_shared or 0.0)
+            per_scan_s = self._scan_s_alone if alone else self._scan_s_shared
+            self._running[index] = _Call(alone=alone, full=len(live) >= self.max_batch,
+                                         expected_end=start + len(live) * (per_scan_s or 0.0))
             try:
                 dets = await loop.run_in_executor(self._executor, run, batch, params)
                 if len(dets) != len(live):
@@ -344,20 +364,16 @@ class MicroBatcher:
                         it.future.set_exception(exc)
                 continue
             finally:
-                self._running_batches -= 1
-                self._running_full -= full
-                self._running_alone -= alone
-                self._shared_ends.pop(id(items), None)
+                del self._running[index]
                 # Wake the workers gathering behind this batch (waiters hold the event they saw).
                 self._batch_ended.set()
                 self._batch_ended = asyncio.Event()
             run_s = time.monotonic() - start
-            self._batch_s_avg = 0.8 * self._batch_s_avg + 0.2 * run_s
-            per_scan = run_s / len(live)
+            self._batch_s_avg = _moving_average(self._batch_s_avg, run_s)
             if alone:
-                self._scan_s_alone = per_scan if self._scan_s_alone is None else 0.8 * self._scan_s_alone + 0.2 * per_scan
+                self._scan_s_alone = _moving_average(self._scan_s_alone, run_s / len(live))
             else:
-                self._scan_s_shared = per_scan if self._scan_s_shared is None else 0.8 * self._scan_s_shared + 0.2 * per_scan
+                self._scan_s_shared = _moving_average(self._scan_s_shared, run_s / len(live))
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(live))
                 self.metrics.inference_latency.observe(run_s)

@@ -104,6 +104,7 @@ class EdgeSettings(BaseSettings):
     engine_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime intra-op threads per model call (default: cores / batch_workers)."
     )
+    # inference.engine.SpinMode, spelled out: importing it here would load ONNX Runtime with the settings.
     engine_spin: Literal["on", "run", "off"] = Field(
         "run", description="How idle ONNX Runtime threads wait for work: 'run' busy-waits between the operators "
                            "of a model call and stops when it ends (fast calls, free cores between them); 'on' "

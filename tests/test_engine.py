@@ -79,6 +79,15 @@ def test_engine_spin_modes_give_the_same_answers(package, spin, key, value):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_the_service_setting_offers_the_engine_spin_modes():
+    from typing import get_args
+
+    from edge.settings import EdgeSettings
+    from inference.engine import SPIN_MODES
+
+    assert get_args(EdgeSettings.model_fields["engine_spin"].annotation) == SPIN_MODES
+
+
 def test_engine_refuses_an_unknown_spin_mode(package):
     with pytest.raises(ValueError, match="spin must be one of"):
         Engine(package, threads=1, spin=False)

@@ -138,15 +138,14 @@ def render(
     carrying a full-size pixel's noise (twice the real scans' fine detail at 256 px, bench/realism.py).
     """
     h, w = basis_cm.shape[:2]
-    if max(h, w) >= LOOK_REFERENCE_PX:
-        raw = scan(basis_cm, look, rng, scanner)
-        return raw, display(raw, palette, look, rng)
     up = LOOK_REFERENCE_PX / max(h, w)
-    fine = cv2.resize(basis_cm, (round(w * up), round(h * up)), interpolation=cv2.INTER_LINEAR)
-    raw = scan(fine, look, rng, scanner)
+    if up > 1:
+        basis_cm = cv2.resize(basis_cm, (round(w * up), round(h * up)), interpolation=cv2.INTER_LINEAR)
+    raw = scan(basis_cm, look, rng, scanner)
     image = display(raw, palette, look, rng)
-    return (cv2.resize(raw, (w, h), interpolation=cv2.INTER_AREA),
-            cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))
+    if up > 1:
+        raw, image = (cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA) for a in (raw, image))
+    return raw, image
 
 
 def look_for(palette: str) -> ScannerLook:
