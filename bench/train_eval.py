@@ -6,7 +6,7 @@
 Prints:
 - on a held-out synthetic test set (bag seeds never used in training, SIXray and PIDray palettes, all seven
   classes, 30 % clean bags): mAP@0.5 and bag-level Pd at Pfa 5 %, and the recall of contraband objects by
-  how they were hidden;
+  how they were hidden and by how far they stand out of their clutter (quarters of `BagScene.contrast`);
 - on real bags from ../shared/xray-real (weapons and tools, no contraband): the share that alarm at the
   calibrated thresholds;
 - on the same real bags with contraband projected by TIP: bag-level Pd at those thresholds.
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 REAL_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "xray-real"
+DIAGNOSTIC_IOUS = (0.1, 0.3, 0.5)
 
 
 def split_real(real: Path, out: Path) -> tuple[Path, Path, dict[str, int]]:
@@ -155,7 +156,7 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
         report_from_predictions,
         torch_predictor,
     )
-    from training.metrics import evaluation_json
+    from training.metrics import evaluation_json, map_at_ious
     from training.model import detector_from_checkpoint
     from vision.decide import DecisionPolicy, bag_score
     from vision.postprocess import PostprocessParams
@@ -200,12 +201,27 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     # How each test object was hidden, from the bag itself (made again: bags are deterministic).
     synth = build_dataset((test_source,), classes=classes, spec=spec, train=False, augment=False, seed=0).datasets[0]
 
+    objects: dict[str, list[dict]] = {}
+
     def objects_of(image_id: str) -> list[dict]:
-        bag = make_bag(synth.config, int(image_id.rsplit(":", 1)[1]))
-        return [{"class": o.class_name, "box_xyxy": o.box_xyxy, "concealment": o.concealment} for o in bag.scene.contraband]
+        if image_id not in objects:
+            scene = make_bag(synth.config, int(image_id.rsplit(":", 1)[1])).scene
+            objects[image_id] = [{"class": o.class_name, "box_xyxy": o.box_xyxy, "concealment": o.concealment,
+                                  "contrast": scene.contrast(o)} for o in scene.contraband]
+        return objects[image_id]
 
     concealments = match_groups(test.truths, classes, objects_of)
     by_concealment = recall_by_group(test.truths, test.detections, concealments, policy, score_floor=lane_floor)
+    # The same recall by how far each object stands out of its clutter (BagScene.contrast), in quarters of
+    # the test objects: does the detector miss what is hard to see, or everything alike?
+    contrasts = match_groups(test.truths, classes, objects_of, key="contrast")
+    values = np.array([float(c) for row in contrasts for c in row if c is not None])
+    edges = np.quantile(values, [0.25, 0.5, 0.75]) if values.size else np.zeros(3)
+    labels = [f"q{i + 1} {lo:.1f}–{hi:.1f}" for i, (lo, hi) in
+              enumerate(zip([values.min() if values.size else 0.0, *edges], [*edges, values.max() if values.size else 0.0]))]
+    quarters = [[None if c is None else labels[int(np.searchsorted(edges, float(c), side="right"))] for c in row]
+                for row in contrasts]
+    by_contrast = recall_by_group(test.truths, test.detections, quarters, policy, score_floor=lane_floor)
     alarms = np.array([bag_score(d, None, policy) >= 1.0 for d in test.detections])
     results["synthetic_test"] = {
         "bags": len(test.detections),
@@ -217,6 +233,11 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
         "pd_at_calibrated": float(alarms[test.has_threat].mean()) if test.has_threat.any() else None,
         "pfa_at_calibrated": float(alarms[~test.has_threat].mean()) if (~test.has_threat).any() else None,
         "per_concealment": by_concealment,
+        "per_contrast_quarter": by_contrast,
+        # Finding vs boxing vs naming: mAP at looser IoU thresholds, per class and with classes merged.
+        "map_by_iou": {"per_class": map_at_ious(test.truths, test.detections, classes, DIAGNOSTIC_IOUS),
+                       "class_agnostic": map_at_ious(test.truths, test.detections, classes, DIAGNOSTIC_IOUS,
+                                                     class_agnostic=True)},
     }
     if real_eval is not None:
         clean = preds(SourceConfig(kind="tip", path=str(real_eval), seed=5, length=n_scans(real_eval), clean_fraction=1.0))
@@ -305,6 +326,13 @@ def main() -> None:
           f"(lane score floor {results['calibration']['score_floor']:.4f})")
     print("recall at the calibrated thresholds by concealment (found: own class; located: any class): " + ", ".join(
         f"{k} {v['found']:.2f}/{v['located']:.2f} of {v['objects']}" for k, v in st["per_concealment"].items()))
+    if "map_by_iou" in st:
+        m = st["map_by_iou"]
+        print("mAP by IoU threshold (per class | classes merged): " + ", ".join(
+            f"{k} {m['per_class'][k] or 0:.3f} | {m['class_agnostic'][k] or 0:.3f}" for k in m["per_class"]))
+    if "per_contrast_quarter" in st:
+        print("the same by contrast to clutter (BagScene.contrast), quarters of the test objects: " + ", ".join(
+            f"{k} {v['found']:.2f}/{v['located']:.2f} of {v['objects']}" for k, v in st["per_contrast_quarter"].items()))
     if "real_clean" in results:
         print("\n== real bags, held-out half ==")
         print(f"clean real bags alarming: {results['real_clean']['alarm_share']:.3f} of {results['real_clean']['bags']} (target ≤ 0.05)")

@@ -6,6 +6,7 @@ geometry and bookkeeping, not the physics.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from datasets.synth import contraband, shapes
-from datasets.synth.bags import BagConfig, BagScene, generate_bag
+from datasets.synth.bags import BagConfig, BagScene, SceneObject, generate_bag
 from datasets.synth.concealment import ALLOWED, CONCEALMENTS
 from datasets.synth.items import BasisAccumulator, make_item, place
 from datasets.synth.materials import CONTRABAND_CLASSES, material
@@ -262,3 +263,31 @@ def test_full_size_bags_generate():
     for seed in range(4):
         scene = generate_bag(np.random.default_rng(seed), config, coefficients=fake_coefficients)
         assert scene.basis_cm.shape == (*config.size_px, 2) and len(scene.objects) >= 3
+
+
+def _scene_with_brick(clutter_pe_cm: float) -> tuple[BagScene, SceneObject]:
+    """A 3 cm polyethylene-like brick (20×20 px) on a checkerboard of clutter 4 ± `clutter_pe_cm` cm PE."""
+    yy, xx = np.mgrid[:100, :100]
+    basis = np.zeros((100, 100, 2), np.float32)
+    basis[..., 0] = 4.0 + clutter_pe_cm * np.where((yy // 5 + xx // 5) % 2 == 0, 1.0, -1.0)
+    own = np.zeros((20, 20, 2), np.float32)
+    own[..., 0] = 3.0
+    basis[40:60, 40:60] += own
+    brick = SceneObject(name="brick", class_name="drug_package", material="cocaine", concealment="none",
+                        mask_crop=np.ones((20, 20), bool), offset_yx=(40, 40), image_hw=(100, 100), basis_crop_cm=own)
+    scene = BagScene(basis_cm=basis, objects=(brick,), bag_mask=np.ones((100, 100), bool), container="tray",
+                     pixel_mm=1.0, rng_state={})
+    return scene, brick
+
+
+def test_contrast_is_what_an_object_adds_over_the_clutter_variation():
+    smooth_scene, brick = _scene_with_brick(0.5)
+    rough_scene, _ = _scene_with_brick(2.0)
+    smooth, rough = smooth_scene.contrast(brick), rough_scene.contrast(brick)
+    # The checkerboard's robust spread is 1.48 × its amplitude: 3 cm over ±0.5 cm of clutter gives about
+    # 3 / 0.74 = 4 (beam hardening shifts it a little); over ±2 cm, about 1.
+    assert 3.0 < smooth < 5.5
+    assert 0.6 < rough < 1.4
+    assert smooth / rough == pytest.approx(4.0, rel=0.15)
+    with pytest.raises(ValueError, match="no basis"):
+        smooth_scene.contrast(dataclasses.replace(brick, basis_crop_cm=None))

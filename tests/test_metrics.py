@@ -19,6 +19,7 @@ from training.metrics import (
     detection_metrics,
     evaluation_json,
     image_has_threat,
+    map_at_ious,
     per_image_class_max_scores,
     roc_curve,
     screening_metrics,
@@ -110,6 +111,21 @@ def test_map50_95_counts_the_iou_thresholds_a_box_passes():
     assert rep.map50 == pytest.approx(1.0)
     assert rep.map50_95 == pytest.approx(0.6)
     assert rep.ap50_95_per_class["drug_package"] == pytest.approx(0.6)
+
+
+def test_map_at_ious_tells_loose_boxes_and_wrong_classes_apart():
+    # Truth A (drug_package) boxed loosely (IoU 0.4) with the right class; truth B boxed tightly, wrong class.
+    gts = [truth([[0, 0, 100, 100], BOX_B], [0, 1])]
+    preds = [pred([[0, 0, 100, 40], BOX_B], [0.9, 0.8], [0, 0])]
+    by_iou = map_at_ious(gts, preds, NAMES, [0.3, 0.5])
+    # drug_package: A found at IoU 0.3 (B, ranked lower, is a false positive): AP 1; not at 0.5: 0.
+    # cash_bundle: never detected: 0. Mean over the two classes:
+    assert by_iou == {"0.3": pytest.approx(0.5), "0.5": pytest.approx(0.0)}
+    agnostic = map_at_ious(gts, preds, NAMES, [0.3, 0.5], class_agnostic=True)
+    # One class: both truths found at 0.3; at 0.5 only B (ranked second): precision 1/2 from recall 0.5.
+    assert agnostic["0.3"] == pytest.approx(1.0)
+    assert agnostic["0.5"] == pytest.approx(51 / 101 * 0.5)
+    assert map_at_ious([truth([], [])], [pred([], [], [])], NAMES, [0.5]) == {"0.5": None}
 
 
 def test_class_without_truth_is_null_and_excluded_from_mean():

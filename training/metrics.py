@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,6 +45,7 @@ __all__ = [
     "detection_metrics",
     "evaluation_json",
     "image_has_threat",
+    "map_at_ious",
     "per_image_class_max_scores",
     "pfa_key",
     "roc_curve",
@@ -241,6 +242,42 @@ def detection_metrics(
         n_pred_boxes=int(sum(np.asarray(p.scores).size for p in preds)),
         gt_boxes_per_class={names[k]: int(gt_counts[k]) for k in k_range},
     )
+
+
+def map_at_ious(
+    gts: Sequence[ImageTruth],
+    preds: Sequence[DetectionsLike],
+    class_names: Sequence[str],
+    ious: Sequence[float],
+    *,
+    class_agnostic: bool = False,
+) -> dict[str, float | None]:
+    """COCO mAP (as `detection_metrics`) at each IoU threshold of `ious` on its own: "0.1" → mAP@0.1, ….
+
+    A diagnosis of what a detector gets wrong: mAP rising steeply as the IoU threshold falls means it finds
+    objects but boxes them loosely. class_agnostic: every truth and detection counted as one class (the
+    detections are not merged again: two overlapping boxes of two classes stay two), which separates
+    finding an object from naming its class. None where no image holds a truth.
+    """
+    names = ("object",) if class_agnostic else tuple(class_names)
+    _validate(gts, preds, len(tuple(class_names)))
+    if class_agnostic:
+        gts = [replace(g, class_ids=np.zeros_like(np.asarray(g.class_ids, np.int64))) for g in gts]
+        preds = [ImagePredictions(boxes_xyxy=np.asarray(p.boxes_xyxy, np.float64).reshape(-1, 4),
+                                  scores=np.asarray(p.scores, np.float64).reshape(-1),
+                                  class_ids=np.zeros(np.asarray(p.scores).size, np.int64)) for p in preds]
+    keys = [f"{float(t):g}" for t in ious]
+    if not any(np.asarray(g.class_ids).size for g in gts):
+        return dict.fromkeys(keys)
+    coco_gt, coco_dt = _coco_objects(gts, preds, names)
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
+    ev.params.catIds = [k + 1 for k in range(len(names))]
+    ev.params.iouThrs = np.asarray(ious, np.float64)
+    ev.evaluate()
+    ev.accumulate()
+    p = ev.params
+    precision = np.asarray(ev.eval["precision"])[:, :, :, p.areaRngLbl.index("all"), len(p.maxDets) - 1]
+    return {key: _mean_valid(precision[i]) for i, key in enumerate(keys)}
 
 
 def _greedy_match(
