@@ -215,12 +215,11 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
     # The same recall by how far each object stands out of its clutter (BagScene.contrast), in quarters of
     # the test objects: does the detector miss what is hard to see, or everything alike?
     contrasts = match_groups(test.truths, classes, objects_of, key="contrast")
-    values = np.array([float(c) for row in contrasts for c in row if c is not None])
-    edges = np.quantile(values, [0.25, 0.5, 0.75]) if values.size else np.zeros(3)
-    labels = [f"q{i + 1} {lo:.1f}–{hi:.1f}" for i, (lo, hi) in
-              enumerate(zip([values.min() if values.size else 0.0, *edges], [*edges, values.max() if values.size else 0.0]))]
-    quarters = [[None if c is None else labels[int(np.searchsorted(edges, float(c), side="right"))] for c in row]
-                for row in contrasts]
+    values = np.array([float(c) for row in contrasts for c in row if c is not None] or [0.0])
+    bounds = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])  # the quarters' edges, lowest to highest
+    labels = [f"q{i + 1} {bounds[i]:.1f}–{bounds[i + 1]:.1f}" for i in range(4)]
+    quarters = [[None if c is None else labels[int(np.searchsorted(bounds[1:4], float(c), side="right"))]
+                 for c in row] for row in contrasts]
     by_contrast = recall_by_group(test.truths, test.detections, quarters, policy, score_floor=lane_floor)
     alarms = np.array([bag_score(d, None, policy) >= 1.0 for d in test.detections])
     results["synthetic_test"] = {

@@ -165,6 +165,26 @@ def _coco_objects(
     return coco_gt, coco_gt.loadRes(dt_anns)
 
 
+def _coco_precision(
+    gts: Sequence[ImageTruth], preds: Sequence[DetectionsLike], class_names: Sequence[str],
+    ious: Sequence[float] | None = None,
+) -> tuple[np.ndarray, Any]:
+    """COCO's interpolated precision T×R×K (IoU thresholds × 101 recall points × classes; area 'all',
+    maxDets 100; -1 where a class has no ground truth) and the evaluation parameters. ious: the IoU
+    thresholds (default COCO's 0.50:0.05:0.95)."""
+    coco_gt, coco_dt = _coco_objects(gts, preds, class_names)
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
+    # Evaluate every class, even one absent from both truth and detections, so indices stay 0..K-1.
+    ev.params.catIds = [k + 1 for k in range(len(class_names))]
+    if ious is not None:
+        ev.params.iouThrs = np.asarray(ious, np.float64)
+    ev.evaluate()
+    ev.accumulate()
+    p = ev.params
+    area_all, max_dets = p.areaRngLbl.index("all"), len(p.maxDets) - 1  # maxDets sorted: last is 100
+    return np.asarray(ev.eval["precision"])[:, :, :, area_all, max_dets], p
+
+
 def _mean_valid(values: np.ndarray) -> float | None:
     """COCO's summary: mean over entries > -1 (-1 marks 'no ground truth'); None when there are none."""
     valid = values[values > -1]
@@ -201,16 +221,7 @@ def detection_metrics(
     ap50: dict[str, float | None] = {n: None for n in names}
     ap50_95: dict[str, float | None] = {n: None for n in names}
     if gts:
-        coco_gt, coco_dt = _coco_objects(gts, preds, names)
-        ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
-        # Evaluate every class, even one absent from both truth and detections, so indices stay 0..K-1.
-        ev.params.catIds = [k + 1 for k in k_range]
-        ev.evaluate()
-        ev.accumulate()
-        p = ev.params
-        area_all, max_dets = p.areaRngLbl.index("all"), len(p.maxDets) - 1  # maxDets sorted: last is 100
-        # precision: T×R×K×A×M; -1 where the class has no ground truth.
-        all_thr = np.asarray(ev.eval["precision"])[:, :, :, area_all, max_dets]
+        all_thr, p = _coco_precision(gts, preds, names)
         t50 = int(np.flatnonzero(np.isclose(p.iouThrs, 0.5))[0])
         precision = all_thr[t50 : t50 + 1]
         recall_points = np.asarray(p.recThrs, dtype=np.float64)
@@ -269,14 +280,7 @@ def map_at_ious(
     keys = [f"{float(t):g}" for t in ious]
     if not any(np.asarray(g.class_ids).size for g in gts):
         return dict.fromkeys(keys)
-    coco_gt, coco_dt = _coco_objects(gts, preds, names)
-    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
-    ev.params.catIds = [k + 1 for k in range(len(names))]
-    ev.params.iouThrs = np.asarray(ious, np.float64)
-    ev.evaluate()
-    ev.accumulate()
-    p = ev.params
-    precision = np.asarray(ev.eval["precision"])[:, :, :, p.areaRngLbl.index("all"), len(p.maxDets) - 1]
+    precision, _params = _coco_precision(gts, preds, names, ious=ious)
     return {key: _mean_valid(precision[i]) for i, key in enumerate(keys)}
 
 

@@ -154,8 +154,8 @@ class BagScene:
         deviation) of the log-attenuation of everything else in its box. High-energy channel, noise-free,
         from the basis.
 
-        About 1 or less: the object is no stronger than the clutter's own variation (a cigarette layer in a
-        lining under clothes); 5 and more: it stands out plainly (a drug brick on its own).
+        About 1 or less: the object adds no more than the clutter's own variation (a thin layer in a lining
+        under clothes); well above 1: it stands out of its clutter.
         """
         from datasets.synth.physics import lookup_log_attenuation
 
