@@ -118,7 +118,9 @@ def transmission_gain_noise(
         darkness = top - x
         factor = np.float32(gain) * (1.0 + np.float32(noise) * rng.standard_normal(x.shape[:2], dtype=np.float32))
         # Cap the factor where the darkest channel would pass black: clipping one channel alone shifts hue.
-        ceiling = top / np.maximum(darkness.max(axis=2), 1.0)
+        # (The channel max by hand: numpy reduces a last axis of 3 about 30× slower.)
+        darkest = np.maximum(np.maximum(darkness[..., 0], darkness[..., 1]), darkness[..., 2])
+        ceiling = top / np.maximum(darkest, 1.0)
         factor = np.clip(factor, 0.0, ceiling)
         out = top - darkness * factor[:, :, None]  # one factor for all channels: hue kept
     else:

@@ -149,12 +149,11 @@ def project_into_grey(grey: np.ndarray, item: TipItem, offset_yx: tuple[int, int
 
 
 def _scan_log_att_mean(pixels: np.ndarray, kind: str, palette: str) -> np.ndarray:
-    if kind == "raw":
-        return raw_to_log_attenuation(pixels).mean(axis=2)
     if kind == "grey":
         full = float(np.iinfo(pixels.dtype).max)
         return -np.log(np.clip(pixels.astype(np.float32) / full, 1e-4, 1.0))
-    return false_colour_to_pseudo_log_attenuation(pixels, palette).mean(axis=2)
+    both = raw_to_log_attenuation(pixels) if kind == "raw" else false_colour_to_pseudo_log_attenuation(pixels, palette)
+    return (both[..., 0] + both[..., 1]) * np.float32(0.5)  # numpy's mean over a last axis of 2 is ~15× slower
 
 
 def project_random(
