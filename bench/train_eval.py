@@ -12,8 +12,10 @@ Prints:
 - on the same real bags with contraband projected by TIP: bag-level Pd at those thresholds.
 
 Training data: --train-bags synthetic bags (both palettes; --train-clean of them clean, the others with
---train-contraband objects; by default as the test set: 30 %, 1–3) made once before the clock's training
-phase, plus contraband projected on the fly into the training half of the real scans.
+--train-contraband objects; by default as the test set: 30 %, 1–3) made once (within the budget; a later
+run with the same settings reuses them), plus contraband projected on the fly into the training half of the
+real scans. The trainer gets what is left of --minutes as its wall-clock budget (`optim.minutes`): after
+each epoch it plans how many more fit and fits its cosine schedule to end with them.
 
 The real scans are split in two by a fixed rule on file names (crc32 of the file stem, even → training
 half): training may use the first half (as TIP backgrounds and as bags without contraband, and for the
@@ -33,6 +35,10 @@ import numpy as np
 
 REAL_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "xray-real"
 DIAGNOSTIC_IOUS = (0.1, 0.3, 0.5)
+#: Training images per epoch (a validation pass follows each) and an upper bound on the epochs: the trainer
+#: plans how many fit the time budget (`optim.minutes`) after each epoch.
+EPOCH_IMAGES = 1000
+MAX_EPOCHS = 200
 
 
 def split_real(real: Path, out: Path) -> tuple[Path, Path, dict[str, int]]:
@@ -71,11 +77,13 @@ def make_train_set(args: argparse.Namespace) -> Path:
     return out
 
 
-def bench_config(args: argparse.Namespace, real_train: Path | None, epochs: int, length: int):
+def bench_config(args: argparse.Namespace, real_train: Path | None, train_set: Path, minutes: float):
+    """The training config: at most MAX_EPOCHS epochs of EPOCH_IMAGES images, within `minutes` of wall clock
+    (the trainer re-plans the epochs after each one so that its cosine ends when the budget does)."""
     from training.config import load_config
 
     train = [
-        {"kind": "dataset", "path": str(make_train_set(args)), "weight": 0.75},
+        {"kind": "dataset", "path": str(train_set), "weight": 0.75},
     ]
     if real_train is not None:
         train.append({"kind": "tip", "path": str(real_train), "seed": 1, "length": 1000, "weight": 0.25, "clean_fraction": 0.3})
@@ -85,8 +93,9 @@ def bench_config(args: argparse.Namespace, real_train: Path | None, epochs: int,
         "name": "bench",
         "model": {"size": args.size, "input_kind": "rgb", "input_size": args.input},
         "data": {"train": train, "val": [{"kind": "synth", "palette": "mixed", "seed": 10_000, "length": 48}], "workers": 1,
-                 "epoch_len": length},
-        "optim": {"epochs": epochs, "batch_size": args.batch, "lr": args.lr, "warmup_epochs": 1.0, "ema_decay": 0.999},
+                 "epoch_len": EPOCH_IMAGES},
+        "optim": {"epochs": MAX_EPOCHS, "minutes": minutes, "batch_size": args.batch, "lr": args.lr,
+                  "warmup_epochs": 1.0, "ema_decay": 0.999},
         "device": "cpu",
         "log_every": 20,
     }
@@ -94,22 +103,6 @@ def bench_config(args: argparse.Namespace, real_train: Path | None, epochs: int,
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(overrides))
     return load_config(tmp)
-
-
-def measure_speed(config, out: Path) -> float:
-    """Images per second of the full training loop (data and validation included), from the second of two
-    short epochs (the first pays one-off costs: imports, worker start, the scanner table)."""
-    from training.engine import train
-
-    n = config.optim.batch_size * 8
-    probe = dataclasses.replace(
-        config,
-        data=dataclasses.replace(config.data, epoch_len=n, val=tuple(dataclasses.replace(s, length=8) for s in config.data.val)),
-        optim=dataclasses.replace(config.optim, epochs=2),
-    )
-    train(probe, out / "probe")
-    lines = (out / "probe" / "metrics.jsonl").read_text().splitlines()
-    return n / float(json.loads(lines[-1])["epoch_s"])
 
 
 def calibration_source(args: argparse.Namespace):
@@ -257,7 +250,7 @@ def _pair(text: str) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=45.0, help="training time budget (the probe epoch included)")
+    ap.add_argument("--minutes", type=float, default=45.0, help="time budget: making the training bags and training (the evaluation after it not included)")
     ap.add_argument("--size", default="s", choices=["n", "s", "m"])
     ap.add_argument("--input", type=int, default=416)
     ap.add_argument("--batch", type=int, default=8)
@@ -292,28 +285,25 @@ def main() -> None:
         results = evaluate(ckpt, real_train, real_eval, args)
         results.update({"real_split": split, "checkpoint": str(ckpt)})
     else:
-        config = bench_config(args, real_train, epochs=1, length=64)
-        speed = measure_speed(config, args.out)
-        left_s = args.minutes * 60 - (time.perf_counter() - t_start)
-        # The probe's short epochs run faster than the real loop (18 vs 13–15 images/s measured: validation
-        # and the loader's TIP work weigh more in long epochs), so plan on 70 % of its speed.
-        images = max(64, int(speed * left_s * 0.7))
-        epochs = int(np.clip(images // 1000, 3, 40))
-        length = max(32, images // epochs)
-        print(f"training loop: {speed:.2f} images/s; {left_s / 60:.1f} min left → {epochs} epochs × {length} images")
-        config = bench_config(args, real_train, epochs=epochs, length=length)
+        train_set = make_train_set(args)
+        left_min = args.minutes - (time.perf_counter() - t_start) / 60
+        if left_min <= 0:
+            raise SystemExit(f"making the training bags took the whole budget of {args.minutes:g} min")
+        print(f"training for {left_min:.1f} min (the trainer fits its epochs of {EPOCH_IMAGES} images to that)")
+        config = bench_config(args, real_train, train_set, left_min)
         from training.engine import train
 
         t0 = time.perf_counter()
         last = train(config, args.out / "run")
         train_min = (time.perf_counter() - t0) / 60
-        print(f"trained in {train_min:.1f} min ({(time.perf_counter() - t_start) / 60:.1f} min with the probe)")
+        epochs = len((args.out / "run" / "metrics.jsonl").read_text().splitlines())
+        print(f"trained {epochs} epochs in {train_min:.1f} min ({(time.perf_counter() - t_start) / 60:.1f} min in all)")
         best = args.out / "run" / "best.ckpt"
         ckpt, selection = select_checkpoint([best, last] if best.exists() else [last], args)
         print(f"evaluating {ckpt.name}")
         results = evaluate(ckpt, real_train, real_eval, args)
         results["selection"] = selection
-        results.update({"train_minutes": train_min, "epochs": epochs, "images_per_epoch": length, "model": args.size,
+        results.update({"train_minutes": train_min, "epochs": epochs, "images_per_epoch": EPOCH_IMAGES, "model": args.size,
                         "train_contraband": list(args.train_contraband), "train_clean": args.train_clean,
                         "input": args.input, "real_split": split, "checkpoint": str(ckpt)})
     st = results["synthetic_test"]

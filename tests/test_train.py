@@ -20,7 +20,7 @@ from training.ema import ModelEMA
 from training.finetune import freeze_parts, set_train_mode, transfer_weights
 from training.loss import build_loss
 from training.model import detector_from_checkpoint
-from training.schedule import build_optimizer, build_schedule
+from training.schedule import build_optimizer, build_schedule, epochs_within
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -241,6 +241,7 @@ def test_two_process_ddp_run(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
         "-m", "vision.cli", "train", "--config", str(TINY), "--out", str(run),
         *[a for o in TINY_OVERRIDES for a in ("--set", o)],
+        "--set", "optim.minutes=10",  # rank 0 plans the epochs for both (here: the one epoch asked for)
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-8000:]
@@ -270,6 +271,26 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[10] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then never rising
     assert lrs[100] == pytest.approx(1e-3 * FINAL_LR_FRACTION)
+
+
+def test_epochs_within_a_budget_follow_the_pace_so_far():
+    # 2 epochs in 20 s of a 100 s budget: 8 more fit at 10 s each.
+    assert epochs_within(done=2, elapsed_s=20.0, budget_s=100.0, max_epochs=30) == 10
+    assert epochs_within(done=2, elapsed_s=20.0, budget_s=100.0, max_epochs=6) == 6  # capped by optim.epochs
+    assert epochs_within(done=2, elapsed_s=20.0, budget_s=29.0, max_epochs=30) == 2  # a third would overrun
+    assert epochs_within(done=3, elapsed_s=40.0, budget_s=30.0, max_epochs=30) == 3  # spent: stop now
+    assert epochs_within(done=0, elapsed_s=0.0, budget_s=30.0, max_epochs=30) == 30  # no pace yet
+
+
+def test_a_run_with_a_time_budget_stops_in_time_with_its_cosine_ended(tmp_path):
+    config = tiny_config("optim.epochs=50", "optim.minutes=0.05")  # 3 s: a few epochs of this tiny set
+    last = engine.train(config, tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert 1 <= len(lines) < 50
+    state = load_checkpoint(last)
+    assert state["epoch"] == len(lines) - 1
+    # The schedule was re-fitted to end with the last epoch run: the cosine reached its floor there.
+    assert state["scheduler"]["total_steps"] == state["step"] == 2 * len(lines)
 
 
 def test_ema_follows_early_weights_then_averages():

@@ -75,6 +75,10 @@ class OptimConfig:
     grad_clip_norm: float = 10.0
     amp: bool = True  # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 (training.engine.amp_dtype)
     class_balance: bool = True  # inverse-frequency class weights in the classification loss
+    #: Wall-clock budget of the run (this command, data loading and validation included): after every epoch
+    #: the run re-plans how many epochs fit (at most `epochs`), stretching or shrinking the cosine to end
+    #: with them, and stops when the budget is spent. None: exactly `epochs`.
+    minutes: float | None = None
 
 
 @dataclass(frozen=True)

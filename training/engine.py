@@ -6,7 +6,9 @@ autocast (optim.amp: float16 with a GradScaler on CUDA, bfloat16 on a CPU that c
 model and its inputs are kept channels-last (NHWC), the layout oneDNN's and cuDNN's fast convolutions use.
 Per epoch: rank 0 evaluates the EMA weights on the validation sources through the lane's post-processing
 (training.evaluate), appends a line to metrics.jsonl, writes TensorBoard scalars under tb/, and saves
-last.ckpt (resumable) and best.ckpt (highest val mAP50).
+last.ckpt (resumable) and best.ckpt (highest val mAP50). With optim.minutes, rank 0 also re-plans how many
+epochs fit the wall-clock budget (training.schedule.epochs_within) and the cosine is re-fitted to end with
+them; every rank follows its plan.
 
 Run folder: config.yaml (the resolved config), last.ckpt, best.ckpt, metrics.jsonl, tb/.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,7 @@ from training.metrics import EvaluationReport
 from training.model import Detector, build_detector
 from training.progress import TrainProgress
 from training.run_record import RunRecorder, metrics_line
-from training.schedule import WarmupCosine, build_optimizer, build_schedule, set_lr
+from training.schedule import WarmupCosine, build_optimizer, build_schedule, epochs_within, set_lr
 from vision.decide import DecisionPolicy
 from vision.postprocess import PostprocessParams
 from vision.preprocess import PreprocessSpec
@@ -410,9 +412,11 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     recorder = RunRecorder(out, start_epoch=start_epoch, start_step=step, best_map50=best_map50) if ctx.is_main else None
     parts = RunParts(model=raw_model, ema=ema, optimizer=optimizer, scaler=scaler, schedule=schedule, datasets=provenance)
+    planned, t_start = config.optim.epochs, time.perf_counter()
     try:
         with progress:
-            for epoch in range(start_epoch, config.optim.epochs):
+            epoch = start_epoch
+            while epoch < planned:
                 t0 = time.perf_counter()
                 data.sampler.set_epoch(epoch)
                 progress.start_epoch(epoch, steps_per_epoch)
@@ -423,6 +427,15 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
                     recorder=recorder, log_every=config.log_every,
                 )  # fmt: skip
                 step += stats.steps
+                if config.optim.minutes is not None:
+                    # Re-plan (rank 0 decides for all) before this epoch's checkpoint, which records the schedule.
+                    planned = broadcast_object(ctx, epochs_within(
+                        done=epoch + 1 - start_epoch, elapsed_s=time.perf_counter() - t_start,
+                        budget_s=60.0 * config.optim.minutes, max_epochs=config.optim.epochs,
+                    ) + start_epoch)  # fmt: skip
+                    schedule = replace(schedule, total_steps=max(schedule.warmup_steps, step, planned * steps_per_epoch))
+                    parts = replace(parts, schedule=schedule)
+                    progress.epochs = planned
                 if recorder is not None:
                     _end_epoch(
                         config=config, spec=spec, recorder=recorder, epoch=epoch, step=step, stats=stats,
@@ -430,6 +443,7 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
                         parts=parts,
                     )  # fmt: skip
                 barrier(ctx)  # the others wait while rank 0 evaluates and saves
+                epoch += 1
     finally:
         if recorder is not None:
             recorder.close()
@@ -470,7 +484,7 @@ def _end_epoch(
     recorder.epoch(line, state, improved=improved)
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     progress.log(
-        f"epoch {epoch + 1}/{config.optim.epochs}: loss {stats.loss:.3f}  val mAP50 {fmt(line['val_map50'])}  "
+        f"epoch {epoch + 1}/{progress.epochs}: loss {stats.loss:.3f}  val mAP50 {fmt(line['val_map50'])}  "
         f"mAP50-95 {fmt(line['val_map50_95'])}  AUROC {fmt(line['val_bag_auroc'])}  "
         f"Pd@Pfa0.05 {fmt(line['val_pd_at_pfa'].get('0.05'))}  ({seconds:.1f} s{', best' if improved else ''})"
     )

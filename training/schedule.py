@@ -55,6 +55,16 @@ def build_schedule(*, peak_lr: float, epochs: int, steps_per_epoch: int, warmup_
     return WarmupCosine(peak_lr=peak_lr, total_steps=total, warmup_steps=warmup)
 
 
+def epochs_within(*, done: int, elapsed_s: float, budget_s: float, max_epochs: int) -> int:
+    """How many epochs a run with a wall-clock budget plans in all, after `done` epochs in `elapsed_s`:
+    those done plus as many more as fit in what is left at their mean pace, at least `done` (stop now)
+    and at most `max_epochs`."""
+    if done < 1 or elapsed_s <= 0:
+        return max_epochs
+    more = int((budget_s - elapsed_s) // (elapsed_s / done))
+    return min(max_epochs, done + max(0, more))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's learning rate."""
     for group in optimizer.param_groups:
