@@ -76,6 +76,8 @@ def test_unknown_config_key_is_an_error(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="bogus"):
         load_config(TINY, ["optim.bogus=1"])
+    with pytest.raises(ConfigError, match="minutes"):
+        load_config(TINY, ["optim.minutes=0"])
 
 
 def test_train_cli_rejects_unknown_override(tmp_path):

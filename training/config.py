@@ -80,6 +80,10 @@ class OptimConfig:
     #: with them, and stops when the budget is spent. None: exactly `epochs`.
     minutes: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.minutes is not None and not self.minutes > 0:
+            raise ConfigError(f"optim.minutes: a time budget must be positive, got {self.minutes}")
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:

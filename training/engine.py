@@ -431,7 +431,7 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
                     # Re-plan (rank 0 decides for all) before this epoch's checkpoint, which records the schedule.
                     planned = broadcast_object(ctx, epochs_within(
                         done=epoch + 1 - start_epoch, elapsed_s=time.perf_counter() - t_start,
-                        budget_s=60.0 * config.optim.minutes, max_epochs=config.optim.epochs,
+                        budget_s=60.0 * config.optim.minutes, max_epochs=config.optim.epochs - start_epoch,
                     ) + start_epoch)  # fmt: skip
                     schedule = replace(schedule, total_steps=max(schedule.warmup_steps, step, planned * steps_per_epoch))
                     parts = replace(parts, schedule=schedule)
