@@ -296,7 +296,9 @@ def main() -> None:
         t0 = time.perf_counter()
         last = train(config, args.out / "run")
         train_min = (time.perf_counter() - t0) / 60
-        epochs = len((args.out / "run" / "metrics.jsonl").read_text().splitlines())
+        from training.checkpoint import load_checkpoint
+
+        epochs = int(load_checkpoint(last)["epoch"]) + 1
         print(f"trained {epochs} epochs in {train_min:.1f} min ({(time.perf_counter() - t_start) / 60:.1f} min in all)")
         best = args.out / "run" / "best.ckpt"
         ckpt, selection = select_checkpoint([best, last] if best.exists() else [last], args)

@@ -15,7 +15,9 @@ every core for a batch that has the machine to itself (`run_batch_alone`). Which
   stations in bench/service_load.py, four runs each way alternating in one hour: 73–80 % of the engine's
   batched throughput at saturation against 54–65 % with every batch alone; the price is latency just
   below saturation, where bursts get shared out to slower one-core calls: half-load p95 50–70 ms against
-  47–54 ms, one run of the other rule aside at 222 ms; `share_from` above `queue_max` turns sharing off);
+  47–54 ms, one run of the other rule aside at 222 ms; `share_from` above `queue_max` turns sharing off;
+  sharing only under sustained load was tried and gave throughput away without a clear latency gain:
+  docs/lane_bench.md);
 - a lone scan beside calls that share the cores waits for one of them only if it should end before a
   shared call would gain over a call alone (both times measured as the service runs);
 - beside a full batch (heavy load) a batch waits up to `max_wait_ms` after its first scan arrived for

@@ -110,6 +110,13 @@ def test_tiny_run_leaves_the_run_folder(tmp_path):
     assert "optimizer" not in best and "train_state_dict" not in best  # best.ckpt is for use, not resuming
 
 
+def test_a_new_run_into_a_used_folder_keeps_only_its_own_metrics(tmp_path):
+    engine.train(tiny_config(), tmp_path / "run")
+    engine.train(tiny_config("seed=1"), tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0]  # not the first run's line as well
+
+
 def test_checkpoint_round_trip_rebuilds_identical_model(tmp_path):
     config = tiny_config()
     state = _checkpoint_for(config, perturb=True)

@@ -47,9 +47,9 @@ def metrics_line(
 class RunRecorder:
     """Rank 0's writer of the run folder `out`.
 
-    Resuming (start_epoch > 0): metrics.jsonl lines of epochs ≥ start_epoch — logged by a run that died
-    before saving its checkpoint — are dropped, and TensorBoard purges events after start_step, so every
-    epoch and step appears once. best_map50: the best validation mAP50 so far (None: none yet).
+    metrics.jsonl lines of epochs ≥ start_epoch are dropped — when resuming, those logged by a run that died
+    before saving its checkpoint; a run from epoch 0 into a used folder starts a new file — and TensorBoard
+    purges events from start_step on, so every epoch and step appears once. best_map50: the best validation mAP50 so far (None: none yet).
     """
 
     def __init__(self, out: Path, *, start_epoch: int = 0, start_step: int = 0, best_map50: float | None = None) -> None:
@@ -58,9 +58,9 @@ class RunRecorder:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out / "metrics.jsonl"
-        if start_epoch > 0:
-            self._truncate_metrics(start_epoch)
-        self.tb = SummaryWriter(log_dir=str(self.out / "tb"), purge_step=start_step if start_step else None)
+        # Lines and events a new or resumed run would repeat go: all of them for a run from epoch 0.
+        self._truncate_metrics(start_epoch)
+        self.tb = SummaryWriter(log_dir=str(self.out / "tb"), purge_step=start_step)
         self.best = -math.inf if best_map50 is None else float(best_map50)
 
     def _truncate_metrics(self, start_epoch: int) -> None:
