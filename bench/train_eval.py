@@ -1,7 +1,8 @@
 """Train the contraband detector within a time budget on this machine, then measure it in screening terms.
 
     python bench/train_eval.py [--minutes 45] [--size s] [--input 416] [--out runs/bench] [--json OUT]
-                               [--train-contraband 1,3] [--train-clean 0.3] [--evaluate-only CKPT]
+                               [--train-contraband 1,3] [--train-clean 0.3] [--train-min-contrast 0]
+                               [--evaluate-only CKPT]
 
 Prints:
 - on a held-out synthetic test set (bag seeds never used in training, SIXray and PIDray palettes, all seven
@@ -12,7 +13,8 @@ Prints:
 - on the same real bags with contraband projected by TIP: bag-level Pd at those thresholds.
 
 Training data: --train-bags synthetic bags (both palettes; --train-clean of them clean, the others with
---train-contraband objects; by default as the test set: 30 %, 1–3) made once (within the budget; a later
+--train-contraband objects; by default as the test set: 30 %, 1–3; --train-min-contrast takes objects
+fainter than that out of the training bags, never out of the test set) made once (within the budget; a later
 run with the same settings reuses them), plus contraband projected on the fly into the training half of the
 real scans. The trainer gets what is left of --minutes as its wall-clock budget (`optim.minutes`): after
 each epoch it plans how many more fit and fits its cosine schedule to end with them.
@@ -69,9 +71,11 @@ def make_train_set(args: argparse.Namespace) -> Path:
     lo, hi = args.train_contraband
     size = int(round(args.input * 1.25 / 32) * 32)
     config = SynthConfig(bags=args.train_bags, seed=0, palette="mixed", size_px=size, n_contraband=(lo, hi),
-                         clean_fraction=args.train_clean)
+                         clean_fraction=args.train_clean, min_contrast=args.train_min_contrast)
     # Named by everything that shapes the bags, so a later run with other settings never reuses them.
     out = Path(args.out) / f"train_synth_{args.train_bags}x{size}px_{lo}-{hi}_clean{args.train_clean:g}"
+    if args.train_min_contrast:
+        out = out.with_name(out.name + f"_minc{args.train_min_contrast:g}")
     if not (out / "annotations.json").exists():
         synthesise_set(config, out, workers=2)
     return out
@@ -263,6 +267,8 @@ def main() -> None:
     ap.add_argument("--train-contraband", type=_pair, default=(1, 3), metavar="MIN,MAX",
                     help="contraband objects in each non-clean training bag (the test set keeps 1,3)")
     ap.add_argument("--train-clean", type=float, default=0.3, help="share of clean training bags (test: 0.3)")
+    ap.add_argument("--train-min-contrast", type=float, default=0.0,
+                    help="take training contraband fainter than this out of its bag (SynthConfig.min_contrast; test: 0)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--evaluate-only", type=Path, default=None, metavar="CKPT",
                     help="skip training: evaluate this checkpoint (e.g. an earlier run's best.ckpt)")

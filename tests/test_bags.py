@@ -291,3 +291,18 @@ def test_contrast_is_what_an_object_adds_over_the_clutter_variation():
     assert smooth / rough == pytest.approx(4.0, rel=0.15)
     with pytest.raises(ValueError, match="no basis"):
         smooth_scene.contrast(dataclasses.replace(brick, basis_crop_cm=None))
+
+
+def test_without_takes_an_object_and_its_attenuation_out():
+    scene, brick = _scene_with_brick(0.5)
+    empty = scene.without([brick])
+    assert empty.contraband == () and scene.contraband == (brick,)  # the original scene is untouched
+    assert np.allclose(empty.basis_cm[40:60, 40:60, 0], scene.basis_cm[40:60, 40:60, 0] - 3.0)
+    assert np.array_equal(empty.basis_cm[:40], scene.basis_cm[:40])
+    assert scene.without([]).basis_cm is not scene.basis_cm and np.array_equal(scene.without([]).basis_cm, scene.basis_cm)
+    with pytest.raises(ValueError, match="only objects of this scene"):
+        scene.without([dataclasses.replace(brick, offset_yx=(0, 0))])
+    benign = dataclasses.replace(brick, name="book", class_name=None, basis_crop_cm=None)
+    with_book = dataclasses.replace(scene, objects=(brick, benign))
+    with pytest.raises(ValueError, match="only contraband"):
+        with_book.without([benign])

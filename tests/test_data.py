@@ -214,6 +214,16 @@ def test_synth_is_deterministic_and_new_each_train_epoch():
     assert val[1][1]["image_id"] == "synth:5:1" and torch.equal(val[1][0], val[1 + 3][0])  # fixed bags, no augmentation
 
 
+def test_synth_min_contrast_reaches_the_bags_and_only_synth_takes_it(scans):
+    src = SourceConfig(kind="synth", seed=5, length=2, min_contrast=0.3)
+    ds = build_dataset([src], classes=CLASSES, spec=_spec("rgb", 64), train=False, augment=False, seed=0)
+    assert ds.datasets[0].config.min_contrast == 0.3
+    with pytest.raises(ValueError, match="min_contrast applies to synth sources only"):
+        build_dataset([SourceConfig(kind="synth", seed=5, length=2),
+                       SourceConfig(kind="tip", path=str(scans), length=2, min_contrast=0.3)],
+                      classes=CLASSES, spec=_spec("rgb", 64), train=True, augment=False, seed=0)
+
+
 def test_tip_projects_allowed_classes_deterministically(scans):
     classes = ("cash_bundle", "ivory", "knife")
     src = [SourceConfig(kind="tip", path=str(scans), length=6, clean_fraction=0.0, seed=2)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from datasets.readers import read_dataset
+from datasets.synth.physics import build_scanner
 from datasets.synth.pipeline import SynthConfig, make_bag, synthesise_set
 from vision.decode import decode
 
@@ -87,3 +89,33 @@ def test_synth_command(tmp_path):
     assert len(list((tmp_path / "images").glob("*.png"))) == 2
     bad = CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--bags", "1", "--classes", "guns"])
     assert bad.exit_code != 0 and "unknown contraband" in bad.output
+    floor = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "floor"), "--bags", "1", "--size", "96", "--min-contrast", "0.5"])
+    assert floor.exit_code == 0, floor.output
+    assert json.loads((tmp_path / "floor" / "synth_config.json").read_text())["min_contrast"] == 0.5
+    negative = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "neg"), "--bags", "1", "--min-contrast", "-1"])
+    assert negative.exit_code != 0 and "min-contrast" in negative.output
+
+
+def test_min_contrast_takes_faint_objects_out_of_the_same_bag():
+    """A training set's floor on contrast: the same bag (same seed and index) with the faint contraband
+    taken out, the rest unchanged; 0 keeps every object."""
+    base = SynthConfig(bags=12, seed=3, palette="sixray", size_px=128, n_contraband=(3, 3), clean_fraction=0.0)
+    floor = 0.4
+    scanner = build_scanner(kvp=base.kvp)
+    dropped = kept = 0
+    for i in range(12):
+        full = make_bag(base, i)
+        thin = make_bag(dataclasses.replace(base, min_contrast=floor), i)
+        contrasts = {o.name + str(o.offset_yx): full.scene.contrast(o, scanner=scanner) for o in full.scene.contraband}
+        left = {o.name + str(o.offset_yx) for o in thin.scene.contraband}
+        assert left <= set(contrasts)
+        for key, c in contrasts.items():
+            assert (key in left) == (c >= floor), (i, key, c)
+        dropped += len(contrasts) - len(left)
+        kept += len(left)
+        assert len(thin.boxes_xyxy) == len(left) and len(thin.class_names) == len(left)
+        if len(left) < len(contrasts):
+            assert not np.array_equal(thin.raw, full.raw)
+    assert dropped > 0 and kept > 0  # the floor bites on some objects and spares others
+    with pytest.raises(ValueError, match="min_contrast"):
+        SynthConfig(min_contrast=-0.1)

@@ -40,6 +40,7 @@ class SourceConfig:
     on the fly by the physics synthesiser) or `tip` (contraband projected into the scans of `path`).
     weight: the share of each batch drawn from this source, relative to the other sources.
     class_map: for `dataset`, {source class: target class or null to drop}.
+    min_contrast: for `synth`, take contraband too faint to see out of the bags (`SynthConfig.min_contrast`).
     """
 
     kind: Literal["dataset", "synth", "tip"] = "synth"
@@ -51,6 +52,7 @@ class SourceConfig:
     seed: int = 0
     length: int = 1000  # samples per epoch for on-the-fly sources
     clean_fraction: float = 0.3
+    min_contrast: float = 0.0
 
 
 @dataclass(frozen=True)

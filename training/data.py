@@ -260,7 +260,7 @@ class SynthSource(DetectionDataset):
         # (below 640 px the scanner look is rendered at 640 px and shrunk: datasets.synth.look.render).
         self.config = SynthConfig(
             bags=max(1, self.length), seed=source.seed, palette=palette, size_px=max(64, self.spec.width, self.spec.height),
-            classes=self.synth_classes, clean_fraction=self.clean_fraction,
+            classes=self.synth_classes, clean_fraction=self.clean_fraction, min_contrast=source.min_contrast,
         )
 
     def __len__(self) -> int:
@@ -434,6 +434,8 @@ def build_dataset(
     for k, src in enumerate(sources):
         if src.kind not in _SOURCES:
             raise ValueError(f"unknown source kind {src.kind!r}; known: {sorted(_SOURCES)}")
+        if src.min_contrast and src.kind != "synth":
+            raise ValueError(f"source {k} ({src.kind}): min_contrast applies to synth sources only")
         parts.append(_SOURCES[src.kind](src, classes=tuple(classes), spec=spec, train=train, augment=augment, seed=seed, source_index=k))
     return MixedDataset(parts, [s.weight for s in sources], train=train)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,25 @@ class BagScene:
         # such as cables cover few pixels and would otherwise set the scale alone.
         spread = 1.4826 * float(np.median(np.abs(rest - np.median(rest))))
         return added / max(spread, 1e-3)
+
+    def without(self, removed: Sequence[SceneObject]) -> BagScene:
+        """This scene with the given contraband objects taken out: their own attenuation subtracted from
+        the basis and the objects dropped (a wrap placed round one stays, as an empty wrap would)."""
+        gone = {id(o) for o in removed}
+        mine = {id(o) for o in self.objects}
+        if not gone <= mine:
+            raise ValueError("only objects of this scene can be taken out of it")
+        basis = self.basis_cm.copy()
+        for obj in self.objects:
+            if id(obj) not in gone:
+                continue
+            if obj.basis_crop_cm is None:
+                raise ValueError(f"{obj.name}: only contraband objects can be taken out of a scene")
+            y0, x0 = obj.offset_yx
+            h, w = obj.mask_crop.shape
+            basis[y0 : y0 + h, x0 : x0 + w] -= obj.basis_crop_cm
+        kept = tuple(o for o in self.objects if id(o) not in gone)
+        return replace(self, basis_cm=basis, objects=kept)
 
 
 # Benign clutter and how common it is, per container. Clothes dominate suitcases and holdalls; chargers,

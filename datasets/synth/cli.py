@@ -16,13 +16,15 @@ def synth_command(
     size: int = typer.Option(768, "--size", min=64, help="Long side of each scan in pixels (height is 3/4 of it)."),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="Contraband classes (repeat or comma-separate); default all seven."),
     clean_fraction: float = typer.Option(0.3, "--clean-fraction", min=0.0, max=1.0, help="Share of bags without contraband."),
+    min_contrast: float = typer.Option(0.0, "--min-contrast", min=0.0, help="Take contraband fainter than this (contrast to its clutter) out of the bags: for training sets, never test sets."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes to use."),
 ) -> None:
     """Make synthetic dual-energy bags: false-colour PNG, raw 16-bit low/high, masks, metadata, COCO and YOLO."""
     from datasets.synth.pipeline import SynthConfig, parse_classes, synthesise_set
 
     try:
-        config = SynthConfig(bags=bags, seed=seed, palette=palette, size_px=size, classes=parse_classes(classes), clean_fraction=clean_fraction)  # type: ignore[arg-type]
+        config = SynthConfig(bags=bags, seed=seed, palette=palette, size_px=size, classes=parse_classes(classes), clean_fraction=clean_fraction,
+                             min_contrast=min_contrast)  # type: ignore[arg-type]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     coco = synthesise_set(config, out, workers=workers)

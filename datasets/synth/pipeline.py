@@ -40,6 +40,10 @@ class SynthConfig:
     size_px: the long (belt-wise) side; scans are 4:3 landscape, so the height is 3/4 of it.
     look: the scanner's noise, display processing and file format (`datasets.synth.look`); None = the
         look calibrated for the bag's palette.
+    min_contrast: for training sets: contraband objects whose contrast to their clutter
+        (`BagScene.contrast`) comes out below this are taken out of the bag again (`BagScene.without`),
+        so that no label asks a model to find what the scan does not show; a bag may end up clean. 0 (the
+        default, and what test sets use) keeps every object.
     """
 
     bags: int = 100
@@ -52,8 +56,11 @@ class SynthConfig:
     kvp: float = 150.0
     n_clutter: tuple[int, int] = (8, 36)
     n_contraband: tuple[int, int] = (1, 3)
+    min_contrast: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.min_contrast >= 0.0:
+            raise ValueError(f"min_contrast must be ≥ 0, got {self.min_contrast}")
         if self.bags < 0:
             raise ValueError(f"bags must be ≥ 0, got {self.bags}")
         if self.size_px < 64:
@@ -116,6 +123,10 @@ def make_bag(config: SynthConfig, index: int) -> SynthBag:
     rng = bag_rng(config.seed, index)
     scene = generate_bag(rng, config.bag_config())
     scanner = build_scanner(kvp=config.kvp)
+    if config.min_contrast > 0.0:
+        faint = [o for o in scene.contraband if scene.contrast(o, scanner=scanner) < config.min_contrast]
+        if faint:
+            scene = scene.without(faint)
     # "mixed" draws its palette first: the scanner look (noise included) belongs to the palette.
     palette = config.palette if config.palette != "mixed" else ("sixray", "pidray")[int(rng.integers(2))]
     look = config.look or look_for(palette)
