@@ -37,6 +37,8 @@ import numpy as np
 
 REAL_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "xray-real"
 DIAGNOSTIC_IOUS = (0.1, 0.3, 0.5)
+#: Score from which a detection counts as boxing an object in the naming diagnostic (the mAP floor is lower).
+NAMING_SCORE = 0.05
 #: Training images per epoch (a validation pass follows each) and an upper bound on the epochs: the trainer
 #: plans how many fit the time budget (`optim.minutes`) after each epoch.
 EPOCH_IMAGES = 1000
@@ -153,7 +155,7 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
         report_from_predictions,
         torch_predictor,
     )
-    from training.metrics import evaluation_json, map_at_ious
+    from training.metrics import confusion_matrix, evaluation_json, map_at_ious
     from training.model import detector_from_checkpoint
     from vision.decide import DecisionPolicy, bag_score
     from vision.postprocess import PostprocessParams
@@ -234,6 +236,8 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
         "map_by_iou": {"per_class": map_at_ious(test.truths, test.detections, classes, DIAGNOSTIC_IOUS),
                        "class_agnostic": map_at_ious(test.truths, test.detections, classes, DIAGNOSTIC_IOUS,
                                                      class_agnostic=True)},
+        "naming": naming(confusion_matrix(test.truths, test.detections, len(classes), iou_threshold=0.5,
+                                          score_threshold=NAMING_SCORE), classes),
     }
     if real_eval is not None:
         clean = preds(SourceConfig(kind="tip", path=str(real_eval), seed=5, length=n_scans(real_eval), clean_fraction=1.0))
@@ -243,6 +247,24 @@ def evaluate(ckpt: Path, real_train: Path | None, real_eval: Path | None, args: 
         results["real_clean"] = {"bags": int(clean_alarm.size), "alarm_share": float(clean_alarm.mean())}
         results["real_tip"] = {"bags": int(tip_alarm[tip.has_threat].size), "pd": float(tip_alarm[tip.has_threat].mean())}
     return results
+
+
+def naming(cm: np.ndarray, classes: tuple[str, ...]) -> dict[str, dict]:
+    """Per class, from a confusion matrix (`training.metrics.confusion_matrix`, last row/column background):
+    the share of its objects that some detection boxes at all (any class), the share of those with a box of
+    their own class (the matrix matches same-class boxes first), and the class the others are most often
+    taken for."""
+    k = len(classes)
+    out = {}
+    for i, name in enumerate(classes):
+        row = cm[i]
+        located = int(row[:k].sum())
+        wrong = row[:k].copy()
+        wrong[i] = 0
+        out[name] = {"objects": int(row.sum()), "located": located / max(int(row.sum()), 1),
+                     "named_right": int(row[i]) / located if located else None,
+                     "taken_for": classes[int(wrong.argmax())] if wrong.any() else None}
+    return out
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -258,7 +280,7 @@ def main() -> None:
     ap.add_argument("--size", default="s", choices=["n", "s", "m"])
     ap.add_argument("--input", type=int, default=416)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (docs/detector_bench.md: 0.001 beat 0.004 side by side)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     ap.add_argument("--real", type=Path, default=REAL_DEFAULT)
     ap.add_argument("--test-bags", type=int, default=300)
@@ -327,6 +349,9 @@ def main() -> None:
         m = st["map_by_iou"]
         print("mAP by IoU threshold (per class | classes merged): " + ", ".join(
             f"{k} {m['per_class'][k] or 0:.3f} | {m['class_agnostic'][k] or 0:.3f}" for k in m["per_class"]))
+    if "naming" in st:
+        print(f"boxed at IoU 0.5 by a detection scoring ≥ {NAMING_SCORE} (any class), and of those boxed in their own class: " + ", ".join(
+            f"{k} {v['located']:.2f}, {v['named_right'] or 0:.2f} (else mostly {v['taken_for']})" for k, v in st["naming"].items()))
     if "per_contrast_quarter" in st:
         print("the same by contrast to clutter (BagScene.contrast), quarters of the test objects: " + ", ".join(
             f"{k} {v['found']:.2f}/{v['located']:.2f} of {v['objects']}" for k, v in st["per_contrast_quarter"].items()))

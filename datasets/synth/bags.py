@@ -9,8 +9,8 @@ own basis thickness (for TIP into other scans). Same rng state, same config → 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
