@@ -75,9 +75,8 @@ def make_train_set(args: argparse.Namespace) -> Path:
     config = SynthConfig(bags=args.train_bags, seed=0, palette="mixed", size_px=size, n_contraband=(lo, hi),
                          clean_fraction=args.train_clean, min_contrast=args.train_min_contrast)
     # Named by everything that shapes the bags, so a later run with other settings never reuses them.
-    out = Path(args.out) / f"train_synth_{args.train_bags}x{size}px_{lo}-{hi}_clean{args.train_clean:g}"
-    if args.train_min_contrast:
-        out = out.with_name(out.name + f"_minc{args.train_min_contrast:g}")
+    floor = f"_minc{args.train_min_contrast:g}" if args.train_min_contrast else ""
+    out = Path(args.out) / f"train_synth_{args.train_bags}x{size}px_{lo}-{hi}_clean{args.train_clean:g}{floor}"
     if not (out / "annotations.json").exists():
         synthesise_set(config, out, workers=2)
     return out
@@ -334,7 +333,8 @@ def main() -> None:
         results = evaluate(ckpt, real_train, real_eval, args)
         results["selection"] = selection
         results.update({"train_minutes": train_min, "epochs": epochs, "images_per_epoch": EPOCH_IMAGES, "model": args.size,
-                        "train_contraband": list(args.train_contraband), "train_clean": args.train_clean,
+                        "lr": args.lr, "train_contraband": list(args.train_contraband), "train_clean": args.train_clean,
+                        "train_min_contrast": args.train_min_contrast,
                         "input": args.input, "real_split": split, "checkpoint": str(ckpt)})
     st = results["synthetic_test"]
     print("\n== held-out synthetic test set ==")

@@ -49,7 +49,8 @@ class RunRecorder:
 
     metrics.jsonl lines of epochs ≥ start_epoch are dropped — when resuming, those logged by a run that died
     before saving its checkpoint; a run from epoch 0 into a used folder starts a new file — and TensorBoard
-    purges events from start_step on, so every epoch and step appears once. best_map50: the best validation mAP50 so far (None: none yet).
+    purges events from start_step on, so every epoch and step appears once. best_map50: the best validation
+    mAP50 so far (None: none yet).
     """
 
     def __init__(self, out: Path, *, start_epoch: int = 0, start_step: int = 0, best_map50: float | None = None) -> None:
