@@ -19,11 +19,11 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -57,7 +57,12 @@ def _sha256_hex(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def _principal(row: PrincipalRow) -> Principal:
+_KEY_LOOKUP = select(PrincipalRow.name, PrincipalRow.role, PrincipalRow.kind, PrincipalRow.disabled,
+                     PrincipalRow.key_hash).where(PrincipalRow.key_hash == bindparam("key_hash"))
+
+
+def _principal(row: Any) -> Principal:
+    """A principal from a `PrincipalRow` or a row with its name, role and kind."""
     return Principal(name=row.name, role=row.role, kind=row.kind)  # type: ignore[arg-type]
 
 
@@ -165,13 +170,14 @@ class Auth:
         if not isinstance(key, str) or not key.startswith((STATION_KEY_PREFIX, USER_KEY_PREFIX)) or len(key) > 256:
             return None
         key_hash = _sha256_hex(key)
-        with self.store.transaction(write=False) as session:
-            row = session.execute(select(PrincipalRow).where(PrincipalRow.key_hash == key_hash)).scalar_one_or_none()
-            # The index lookup already matched the hash; the constant-time compare keeps the final decision
-            # free of early-exit timing whatever the database's string comparison does.
-            if row is None or row.disabled or not hmac.compare_digest(row.key_hash, key_hash):
-                return None
-            return _principal(row)
+        # Core columns, not an ORM object: every request with a key runs this.
+        with self.store.engine.connect() as connection:
+            row = connection.execute(_KEY_LOOKUP, {"key_hash": key_hash}).one_or_none()
+        # The index lookup already matched the hash; the constant-time compare keeps the final decision
+        # free of early-exit timing whatever the database's string comparison does.
+        if row is None or row.disabled or not hmac.compare_digest(row.key_hash, key_hash):
+            return None
+        return _principal(row)
 
     def verify_password(self, name: str, password: str) -> Principal | None:
         """The enabled user `name` if `password` is theirs, else None (same work either way)."""

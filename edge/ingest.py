@@ -1,8 +1,9 @@
 """Screening one scan, shared by `POST /v1/scans` and `WS /v1/stream`.
 
-    [duplicate (same station, bag, image sha256)? answer the stored result] → decode + letterbox (thread,
+    [duplicate (same station, bag, image sha256)? answer the stored result] ∥ decode + letterbox (thread,
     bounded) → store image ∥ micro-batcher (model) → vision.decide → store.record_scan (durable)
-    → webhook outbox item, TDR file (alarms) → fuse with the bag's other views → answer
+    (and read the bag's views, one transaction) → webhook outbox item, TDR file (alarms) → fuse the views
+    → answer
 
 The answer is sent only after `put_image` and `record_scan` returned, i.e. after the image file and the
 record are on disk: a station that got an answer can forget the scan; one that did not re-sends it, and
@@ -192,18 +193,25 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
     deadline = time.monotonic() + ctx.settings.request_deadline_s - (time.perf_counter() - started)
     sha = upload.sha256
 
-    # A re-send of a scan already recorded: answer the stored result, decode and run nothing.
-    existing = [r for r in await asyncio.to_thread(store.bag_scans, meta.station, meta.bag_id) if r.image_sha256 == sha]
+    # A re-send of a scan already recorded gets the stored result and runs nothing. The check (a database
+    # read) runs beside decoding: re-sends are rare, and every other scan is answered that much sooner.
+    lookup = asyncio.ensure_future(asyncio.to_thread(store.bag_scans, meta.station, meta.bag_id))
+    decoding: asyncio.Future[tuple[dict[str, Any], np.ndarray, LetterboxParams]] | None = None
+    t0 = time.perf_counter()
+    if not batcher.full:  # no decode for a scan the queue cannot take
+        decoding = asyncio.ensure_future(decode_scan(ctx, upload))
+        # Left to finish in its decode slot when its result is not wanted (a re-send, a failed lookup).
+        decoding.add_done_callback(lambda f: f.cancelled() or f.exception())
+    views = await lookup
+    existing = [r for r in views if r.image_sha256 == sha]
     if existing:
         record = existing[0]
         await _after_record(ctx, record)
         timings = {"decode_ms": 0.0, "queue_ms": 0.0, "inference_ms": 0.0}
-        return await _answer(ctx, record, timings, started=started, duplicate=True)
-
-    if batcher.full:  # refuse before spending a decode on a scan the queue cannot take
+        return _answer(record, views, timings, started=started, duplicate=True)
+    if decoding is None:
         raise _queue_full(ctx, batcher.retry_after_s())
-    t0 = time.perf_counter()
-    scan_info, tensor, params = await decode_scan(ctx, upload)
+    scan_info, tensor, params = await decoding
     decode_ms = (time.perf_counter() - t0) * 1000.0
 
     try:
@@ -236,8 +244,8 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         batch.detections, decision, class_names=tuple(engine.class_names),
         thresholds=engine.policy.threshold_array(), scan_info=scan_info, timings=timings, model=model,
     )
-    record, created = await asyncio.to_thread(
-        store.record_scan,
+    record, created, views = await asyncio.to_thread(
+        store.record_scan_in_bag,
         station=meta.station, lane=meta.lane, bag_id=meta.bag_id, view=meta.view, image_sha256=sha,
         media_type=upload.media_type, width=scan_info["width"], height=scan_info["height"], result=result,
         model_name=engine.package.name, model_version=engine.package.version, alarm=decision.alarm,
@@ -248,7 +256,7 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         for name in record.alarm_classes:
             ctx.metrics.alarms.labels(class_name=name, lane=record.lane).inc()
     await _after_record(ctx, record)
-    return await _answer(ctx, record, timings, started=started, duplicate=not created)
+    return _answer(record, views, timings, started=started, duplicate=not created)
 
 
 def webhook_payload(record: ScanRecord) -> dict[str, Any]:
@@ -300,11 +308,11 @@ async def _after_record(ctx: ServiceContext, record: ScanRecord) -> None:
             log_event(_log, "TDR file not written", logging.ERROR, scan_id=record.id, error=repr(exc))
 
 
-async def _answer(
-    ctx: ServiceContext, record: ScanRecord, timings: dict[str, float], *, started: float, duplicate: bool
+def _answer(
+    record: ScanRecord, views: list[ScanRecord], timings: dict[str, float], *, started: float, duplicate: bool
 ) -> dict[str, Any]:
-    _engine, store, _auth, _batcher = ctx.require()
-    views = await asyncio.to_thread(store.bag_scans, record.station, record.bag_id)
+    """The answer to the station: this view's result and the decision fused over `views` (the bag's stored
+    scans, read in the transaction that recorded or found this one)."""
     bag = fuse_bag(views) if views else decision_from_result(record.result)
     return {
         "id": record.id,
