@@ -262,8 +262,8 @@ class Store:
         """`record_scan`, and in the same transaction every scan of the bag (its views, oldest first, this
         one included): (record, created, views) — what the service needs to answer a station.
 
-        Core statements built once (`__init__`), no ORM objects: on a loaded lane box this runs once per
-        scan, and the lean path costs a third of the ORM one (docs/lane_bench.md)."""
+        Core statements built once (`__init__`), no ORM objects: this runs once per scan, and the lean path
+        takes about half the time of the ORM one (`python bench/idle_memory.py`, docs/lane_bench.md)."""
         _check_text(station=station, lane=lane, bag_id=bag_id, view=view, media_type=media_type,
                     model_name=model_name, model_version=model_version)
         if not is_sha256_hex(image_sha256):
