@@ -2,7 +2,7 @@
 
     python bench/service_load.py [--json OUT] [--stations 8] [--seconds 30] [--model M.onnx]
                                  [--size s] [--input 512] [--threads 2] [--batch 8] [--bags 16] [--multipart]
-                                 [--format png|jpeg]
+                                 [--format png|jpeg] [--client h11|httpx]
 
 1. Model. Without --model, a fresh random-init detector of --size at --input px (RGB, 8 bit, 7 classes) is
    saved as a checkpoint with the keys training/export.py needs (model_args, state_dict, classes,
@@ -21,7 +21,10 @@
    same batch size and the service's own choice of model workers and threads (on 2 cores: two
    one-thread model calls in parallel; override with BENCH_XSCREEN_<SETTING>=value in the environment);
    the per-station rate limit is raised out of the way (this measures
-   screening, not the limiter). --stations stations (one key each), asyncio + httpx:
+   screening, not the limiter). --stations stations (one key each) on asyncio, talking HTTP/1.1 through h11
+   on plain streams (--client h11, the default: a light load generator, since it shares the two cores with
+   the service; lane stations are other machines) or through an httpx.AsyncClient (--client httpx, heavier:
+   it adds 3-5 ms to each request's measured latency on this 2-core machine, docs/lane_bench.md):
    - phase 1, saturation: every station sends its next scan as soon as the last is answered, --seconds
      after a short warm-up; throughput (answered scans/s), client latency p50/p95/p99, errors by status;
    - phase 2, half load: scans arrive on a fixed schedule (open loop) at half the Engine's batched
@@ -290,12 +293,108 @@ def _summary(latencies_ms: list[float], statuses: Counter, seconds: float,
     }
 
 
+class _HttpxClient:
+    """Stations' requests through one `httpx.AsyncClient` (connection pool of `max_connections`)."""
+
+    def __init__(self, url: str, *, max_connections: int) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.client = httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits)
+        self.errors: tuple[type[BaseException], ...] = (httpx.HTTPError,)
+
+    async def post_scan(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str,
+                        multipart: bool) -> tuple[int, bytes]:
+        if multipart:
+            r = await self.client.post("/v1/scans", files={"image": ("scan", data, media_type)}, data=fields,
+                                       headers={"Authorization": f"Bearer {key}"})
+        else:  # the raw-body form of the API: the image is the body, the fields are query parameters
+            r = await self.client.post("/v1/scans", content=data, params=fields,
+                                       headers={"Authorization": f"Bearer {key}", "Content-Type": media_type})
+        return r.status_code, r.content
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class _H11Client:
+    """Stations' requests as plain HTTP/1.1 over asyncio streams, framed by h11 (the sans-I/O protocol
+    library under httpx and uvicorn): a lighter load generator, which on a 2-core box leaves more of the
+    CPU, and of each request's latency, to the service under test. Raw bodies only (no multipart).
+    Keep-alive connections are reused; one that ends a cycle unclean is closed."""
+
+    def __init__(self, url: str, *, max_connections: int) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, object]] = []
+        self.slots = asyncio.Semaphore(max_connections)
+        import h11
+
+        self.errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, h11.ProtocolError)
+
+    async def post_scan(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str,
+                        multipart: bool) -> tuple[int, bytes]:
+        if multipart:
+            raise ValueError("the h11 client sends raw bodies only: use --client httpx with --multipart")
+        async with self.slots:
+            return await asyncio.wait_for(self._post(fields, data, key=key, media_type=media_type), REQUEST_TIMEOUT_S)
+
+    async def _post(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str) -> tuple[int, bytes]:
+        import h11
+        from urllib.parse import urlencode
+
+        if self.idle:
+            reader, writer, conn = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            conn = h11.Connection(h11.CLIENT)
+        try:
+            headers = [("Host", f"{self.host}:{self.port}"), ("Authorization", f"Bearer {key}"),
+                       ("Content-Type", media_type), ("Content-Length", str(len(data)))]
+            request = h11.Request(method="POST", target=f"/v1/scans?{urlencode(fields)}", headers=headers)
+            writer.write(conn.send(request) + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+            await writer.drain()
+            status, body = 0, []
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ConnectionError("the service closed the connection before answering")
+        except BaseException:
+            writer.close()
+            raise
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self.idle.append((reader, writer, conn))
+        else:
+            writer.close()
+        return status, b"".join(body)
+
+    async def aclose(self) -> None:
+        for _reader, writer, _conn in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+#: --client: how the stations talk HTTP.
+CLIENTS = {"h11": _H11Client, "httpx": _HttpxClient}
+
+
 class _Sender:
     """Sends scans as the given stations (each with a new bag id: never a duplicate); records status and
     latency of the requests answered inside `window` (monotonic seconds)."""
 
-    def __init__(self, client, scans: list[bytes], stations: list[tuple[str, str]], *, prefix: str,
-                 multipart: bool = False, media_type: str = "image/png") -> None:
+    def __init__(self, client: _H11Client | _HttpxClient, scans: list[bytes], stations: list[tuple[str, str]], *,
+                 prefix: str, multipart: bool = False, media_type: str = "image/png") -> None:
         self.client, self.scans, self.stations, self.prefix = client, scans, stations, prefix
         self.multipart, self.media_type = multipart, media_type
         self.count = 0
@@ -305,41 +404,33 @@ class _Sender:
         self.server_timings: dict[str, list[float]] = {}
 
     async def send(self, station_index: int) -> None:
-        import httpx
-
         name, key = self.stations[station_index]
         n = self.count
         self.count += 1
         data = self.scans[n % len(self.scans)]
         fields = {"station": name, "lane": "1", "bag_id": f"{self.prefix}-{n}", "view": "top"}
         t0 = time.monotonic()
+        body = b""
         try:
-            if self.multipart:
-                r = await self.client.post("/v1/scans", files={"image": ("scan", data, self.media_type)},
-                                           data=fields, headers={"Authorization": f"Bearer {key}"})
-            else:  # the raw-body form of the API: the image is the body, the fields are query parameters
-                r = await self.client.post("/v1/scans", content=data, params=fields,
-                                           headers={"Authorization": f"Bearer {key}", "Content-Type": self.media_type})
-            status: int | str = r.status_code
-        except httpx.HTTPError as exc:
+            status, body = await self.client.post_scan(fields, data, key=key, media_type=self.media_type,
+                                                       multipart=self.multipart)
+        except self.client.errors as exc:
             status = type(exc).__name__
         t1 = time.monotonic()
         if self.window[0] <= t1 <= self.window[1]:  # answered inside the measured window
             self.statuses[status] += 1
             if status == 200:
                 self.latencies_ms.append((t1 - t0) * 1e3)
-                for k, v in r.json().get("timings", {}).items():
+                for k, v in json.loads(body).get("timings", {}).items():
                     self.server_timings.setdefault(k, []).append(float(v))
 
 
 async def _saturate(url: str, scans: list[bytes], stations: list[tuple[str, str]], seconds: float, *,
-                    cpu: _CpuMeter, multipart: bool = False, media_type: str = "image/png") -> dict:
+                    cpu: _CpuMeter, multipart: bool = False, media_type: str = "image/png", client: str = "h11") -> dict:
     """Phase 1: closed loop, one request in flight per station."""
-    import httpx
-
-    limits = httpx.Limits(max_connections=len(stations) * 2, max_keepalive_connections=len(stations) * 2)
-    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
-        sender = _Sender(client, scans, stations, prefix="saturate", multipart=multipart, media_type=media_type)
+    http = CLIENTS[client](url, max_connections=len(stations) * 2)
+    try:
+        sender = _Sender(http, scans, stations, prefix="saturate", multipart=multipart, media_type=media_type)
         start = time.monotonic()
         sender.window = (start + WARMUP_S, start + WARMUP_S + seconds)
 
@@ -355,20 +446,21 @@ async def _saturate(url: str, scans: list[bytes], stations: list[tuple[str, str]
 
         meter_task = asyncio.create_task(meter())
         await asyncio.gather(*(station_loop(i) for i in range(len(stations))))
+    finally:
+        await http.aclose()
     out = _summary(sender.latencies_ms, sender.statuses, seconds, sender.server_timings)
     out["cpu"] = await meter_task
     return out
 
 
 async def _paced(url: str, scans: list[bytes], stations: list[tuple[str, str]], rate_per_s: float,
-                 seconds: float, *, cpu: _CpuMeter, multipart: bool = False, media_type: str = "image/png") -> dict:
+                 seconds: float, *, cpu: _CpuMeter, multipart: bool = False, media_type: str = "image/png",
+                 client: str = "h11") -> dict:
     """Phase 2: open loop, scan k starts at k / rate (round-robin over stations), whatever came before."""
-    import httpx
-
     max_in_flight = max(8, 4 * len(stations))  # bounds the tasks if the service falls behind
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
-        sender = _Sender(client, scans, stations, prefix="paced", multipart=multipart, media_type=media_type)
+    http = CLIENTS[client](url, max_connections=max_in_flight)
+    try:
+        sender = _Sender(http, scans, stations, prefix="paced", multipart=multipart, media_type=media_type)
         total = max(1, int(rate_per_s * seconds))
         tasks: set[asyncio.Task] = set()
         skipped = 0
@@ -389,6 +481,8 @@ async def _paced(url: str, scans: list[bytes], stations: list[tuple[str, str]], 
             await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT_S + 5)
         elapsed = time.monotonic() - start
         usage = cpu.stop()
+    finally:
+        await http.aclose()
     out = _summary(sender.latencies_ms, sender.statuses, elapsed, sender.server_timings)
     out["cpu"] = usage
     out.update(offered_per_s=rate_per_s, scheduled=total, skipped_too_many_in_flight=skipped)
@@ -413,7 +507,7 @@ def run_service_phases(args: argparse.Namespace, model: Path, scans: list[bytes]
     try:
         server.wait_ready()
         cpu = _CpuMeter(server.proc.pid)
-        how = {"multipart": args.multipart, "media_type": FORMATS[args.format], "cpu": cpu}
+        how = {"multipart": args.multipart, "media_type": FORMATS[args.format], "cpu": cpu, "client": args.client}
         phase1 = asyncio.run(_saturate(server.url, scans, stations, args.seconds, **how))
         half = 0.5 * engine["batched_images_per_s"]
         phase2 = asyncio.run(_paced(server.url, scans, stations, half, args.seconds, **how))
@@ -440,7 +534,7 @@ def verdicts(engine: dict, service: dict) -> dict:
 def print_report(doc: dict) -> None:
     e, s, v = doc["engine"], doc["service"], doc["verdicts"]
     sat, half = s["saturation"], s["half_load"]
-    print(f"model: {doc['model']} ({e['input_hw'][0]}×{e['input_hw'][1]}), {doc['stations']} stations, "
+    print(f"model: {doc['model']} ({e['input_hw'][0]}×{e['input_hw'][1]}), {doc['stations']} stations ({doc.get('client', 'httpx')} client), "
           f"{doc['seconds']:g} s per phase, {len(doc['scan_bytes'])} {doc['scan_format'].upper()} scans of "
           f"{np.mean(doc['scan_bytes']) / 1e3:.0f} kB")
     for when in ("before_load", "after_load"):
@@ -480,7 +574,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="Batch size (the service's XSCREEN_BATCH_MAX_SIZE).")
     ap.add_argument("--bags", type=int, default=16, help="Synthetic scans made before timing.")
     ap.add_argument("--multipart", action="store_true",
-                    help="Send multipart/form-data (default: the image as the raw body, fields as query parameters).")
+                    help="Send multipart/form-data (default: the image as the raw body, fields as query parameters; "
+                         "needs --client httpx).")
+    ap.add_argument("--client", default="h11", choices=sorted(CLIENTS),
+                    help="The stations' HTTP client: h11 (plain HTTP/1.1 on asyncio streams, the lighter load "
+                         "generator) or httpx (an AsyncClient, as bench figures before 2026-11-30 were measured).")
     ap.add_argument("--scan-px", type=int, default=768, help="Long side of the synthetic scans.")
     ap.add_argument("--format", default="png", choices=sorted(FORMATS),
                     help="How the scans are encoded: png (as PIDray ships them) or jpeg (quality 95, as SIXray "
@@ -490,6 +588,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.stations < 1 or args.seconds <= 0 or args.bags < 1 or args.batch < 1 or args.threads < 1:
         ap.error("--stations, --seconds, --bags, --batch and --threads must be positive")
+    if args.multipart and args.client != "httpx":
+        ap.error("--multipart needs --client httpx (the h11 client sends raw bodies only)")
     if args.model is not None and not args.model.is_file():
         ap.error(f"--model {args.model} is not a file")
 
@@ -513,6 +613,7 @@ def main() -> None:
         doc = {
             "model": str(model) if args.model else f"random-init {args.size} at {args.input} px (xscreen export)",
             "stations": args.stations,
+            "client": args.client,
             "seconds": args.seconds,
             "scan_format": args.format,
             "scan_bytes": [len(s) for s in scans],
