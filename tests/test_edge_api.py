@@ -197,6 +197,20 @@ def test_idempotent_resend_returns_the_same_record(service):
     assert other["id"] != first["id"] and other["duplicate"] is False
 
 
+def test_a_resend_is_answered_from_the_store_while_the_queue_is_full(service, monkeypatch):
+    from edge.batcher import MicroBatcher
+
+    data = png_bytes(seed=22)
+    first = post_png(service, data, "bag-full").json()
+    monkeypatch.setattr(MicroBatcher, "full", property(lambda self: True))
+    again = post_png(service, data, "bag-full")
+    assert again.status_code == 200 and again.json()["duplicate"] is True and again.json()["id"] == first["id"]
+    refused = post_png(service, png_bytes(seed=23), "bag-full")  # a new image of the same bag needs the model
+    assert refused.status_code == 503 and "queue is full" in refused.json()["detail"]
+    monkeypatch.undo()
+    assert post_png(service, png_bytes(seed=23), "bag-full").json()["bag_views"] == 2
+
+
 def test_multi_view_fusion(service):
     engine = service.ctx.engine
     original = engine.policy

@@ -203,6 +203,21 @@ def test_get_list_and_bag_scans(store: Store):
     assert [s.id for s in store.list_scans(reviewed=True)] == [ids[2]]
 
 
+def test_record_scan_in_bag_returns_the_bags_views_from_the_same_transaction(store: Store):
+    top, created, views = store.record_scan_in_bag(**scan_kwargs(view="top", image_sha256="a" * 64))
+    assert created and views == [top]
+    side, created, views = store.record_scan_in_bag(**scan_kwargs(view="side", image_sha256="b" * 64))
+    assert created and views == [top, side]
+    store.add_review(top.id, user="sup", verdict="cleared")
+    # A re-send: the stored record, not created, and the views as they are now (the review included).
+    again, created, views = store.record_scan_in_bag(**scan_kwargs(view="top", image_sha256="a" * 64, alarm=False))
+    assert not created and again.id == top.id and again.verdict == "cleared"
+    assert views == [store.get_scan(top.id), store.get_scan(side.id)] == store.bag_scans("lane-1", "bag-0001")
+    # Another bag's views are its own.
+    other, _, views = store.record_scan_in_bag(**scan_kwargs(bag_id="bag-0002"))
+    assert views == [other]
+
+
 def test_record_scan_validates_fields_the_same_on_both_backends(store: Store):
     with pytest.raises(ValueError):
         store.record_scan(**scan_kwargs(station=""))
