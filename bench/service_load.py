@@ -62,6 +62,9 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("drug_package", "cannabis", "cash_bundle", "tobacco", "medicine_pills", "ivory", "pangolin_scales")
 WARMUP_S = 2.0  # phase 1: requests started before this are not counted (connections, first batches)
 REQUEST_TIMEOUT_S = 30.0
+#: The h11 client reuses a keep-alive connection only if it idled less than this (uvicorn closes idle ones
+#: after 5 s; a request sent on a connection the service is closing fails).
+KEEPALIVE_REUSE_S = 2.0
 READY_TIMEOUT_S = 180.0
 
 # Runs in a child interpreter (torch): a random-init detector saved as an xscreen checkpoint.
@@ -321,14 +324,15 @@ class _H11Client:
     """Stations' requests as plain HTTP/1.1 over asyncio streams, framed by h11 (the sans-I/O protocol
     library under httpx and uvicorn): a lighter load generator, which on a 2-core box leaves more of the
     CPU, and of each request's latency, to the service under test. Raw bodies only (no multipart).
-    Keep-alive connections are reused; one that ends a cycle unclean is closed."""
+    Keep-alive connections are reused (the latest first, none idle for KEEPALIVE_REUSE_S or more); one that
+    ends a cycle unclean is closed."""
 
     def __init__(self, url: str, *, max_connections: int) -> None:
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, object]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, object, float]] = []
         self.slots = asyncio.Semaphore(max_connections)
         import h11
 
@@ -345,8 +349,11 @@ class _H11Client:
         import h11
         from urllib.parse import urlencode
 
-        if self.idle:
-            reader, writer, conn = self.idle.pop()
+        while self.idle:  # the most recently used first; the service closes what idled past its keep-alive
+            reader, writer, conn, idle_since = self.idle.pop()
+            if not reader.at_eof() and time.monotonic() - idle_since < KEEPALIVE_REUSE_S:
+                break
+            writer.close()
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
             conn = h11.Connection(h11.CLIENT)
@@ -374,13 +381,13 @@ class _H11Client:
             raise
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
-            self.idle.append((reader, writer, conn))
+            self.idle.append((reader, writer, conn, time.monotonic()))
         else:
             writer.close()
         return status, b"".join(body)
 
     async def aclose(self) -> None:
-        for _reader, writer, _conn in self.idle:
+        for _reader, writer, _conn, _since in self.idle:
             writer.close()
         self.idle.clear()
 
