@@ -23,8 +23,8 @@
    the per-station rate limit is raised out of the way (this measures
    screening, not the limiter). --stations stations (one key each) on asyncio, talking HTTP/1.1 through h11
    on plain streams (--client h11, the default: a light load generator, since it shares the two cores with
-   the service; lane stations are other machines) or through an httpx.AsyncClient (--client httpx, heavier:
-   it adds 3-5 ms to each request's measured latency on this 2-core machine, docs/lane_bench.md):
+   the service; lane stations are other machines) or through an httpx.AsyncClient (--client httpx: about
+   twice the load generator's CPU, docs/lane_bench.md):
    - phase 1, saturation: every station sends its next scan as soon as the last is answered, --seconds
      after a short warm-up; throughput (answered scans/s), client latency p50/p95/p99, errors by status;
    - phase 2, half load: scans arrive on a fixed schedule (open loop) at half the Engine's batched
