@@ -168,19 +168,29 @@ def _decode_and_prepare(upload: Upload, ctx: ServiceContext) -> tuple[dict[str, 
 
 
 async def decode_scan(ctx: ServiceContext, upload: Upload) -> tuple[dict[str, Any], np.ndarray, LetterboxParams]:
-    """Decode and letterbox in a worker thread, at most `decode_workers` at once; map refusals to HTTP."""
-    try:
-        async with ctx.decode_slots:
-            return await asyncio.to_thread(_decode_and_prepare, upload, ctx)
-    except TooManyPixelsError as exc:
-        ctx.metrics.rejections.labels(reason="too_many_pixels").inc()
-        raise IngestError(413, str(exc)) from None
-    except UnsupportedMediaTypeError as exc:
-        ctx.metrics.rejections.labels(reason="media_type").inc()
-        raise IngestError(415, str(exc)) from None
-    except (DecodeError, DicosError, IncompatibleScanError) as exc:
-        ctx.metrics.rejections.labels(reason="undecodable").inc()
-        raise IngestError(422, str(exc)) from None
+    """Decode and letterbox in a worker thread, at most `decode_workers` at once. Refusals raise as the
+    decoders raise them; `decode_refusal` maps one to HTTP where it becomes the answer."""
+    async with ctx.decode_slots:
+        return await asyncio.to_thread(_decode_and_prepare, upload, ctx)
+
+
+#: What decoding may refuse a scan with, and the HTTP status and rejection reason of each (first match).
+_DECODE_REFUSALS: tuple[tuple[type[Exception], int, str], ...] = (
+    (TooManyPixelsError, 413, "too_many_pixels"),
+    (UnsupportedMediaTypeError, 415, "media_type"),
+    (DecodeError, 422, "undecodable"),
+    (DicosError, 422, "undecodable"),
+    (IncompatibleScanError, 422, "undecodable"),
+)
+
+
+def decode_refusal(ctx: ServiceContext, exc: BaseException) -> IngestError | None:
+    """The HTTP refusal for a decoding error (counted as a rejection), or None for any other error."""
+    for kind, status, reason in _DECODE_REFUSALS:
+        if isinstance(exc, kind):
+            ctx.metrics.rejections.labels(reason=reason).inc()
+            return IngestError(status, str(exc))
+    return None
 
 
 async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started: float) -> dict[str, Any]:
@@ -211,7 +221,15 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         return _answer(record, views, timings, started=started, duplicate=True)
     if decoding is None:
         raise _queue_full(ctx, batcher.retry_after_s())
-    scan_info, tensor, params = await decoding
+    try:
+        scan_info, tensor, params = await decoding
+    except Exception as exc:
+        # Mapped (and counted) only here, where the refusal is the answer: a decode left unused beside a
+        # re-send refuses nobody.
+        refusal = decode_refusal(ctx, exc)
+        if refusal is None:
+            raise
+        raise refusal from None
     decode_ms = (time.perf_counter() - t0) * 1000.0
 
     try:

@@ -211,6 +211,30 @@ def test_a_resend_is_answered_from_the_store_while_the_queue_is_full(service, mo
     assert post_png(service, png_bytes(seed=23), "bag-full").json()["bag_views"] == 2
 
 
+def test_a_decode_refusal_counts_only_when_it_is_the_answer(service, monkeypatch):
+    import edge.ingest
+    from vision.decode import DecodeError
+
+    def undecodable() -> float:
+        return service.ctx.metrics.registry.get_sample_value("xscreen_rejections_total", {"reason": "undecodable"}) or 0.0
+
+    data = png_bytes(seed=24)
+    first = post_png(service, data, "bag-refusal").json()
+    before = undecodable()
+
+    def refuse(upload, ctx):
+        raise DecodeError("this decoder refuses everything")
+
+    monkeypatch.setattr(edge.ingest, "_decode_and_prepare", refuse)
+    # A re-send is answered from the store; the decode started beside the lookup refuses nobody.
+    again = post_png(service, data, "bag-refusal")
+    assert again.status_code == 200 and again.json()["id"] == first["id"] and again.json()["duplicate"] is True
+    assert undecodable() == before
+    refused = post_png(service, png_bytes(seed=25), "bag-refusal")
+    assert refused.status_code == 422 and "refuses everything" in refused.json()["detail"]
+    assert undecodable() == before + 1
+
+
 def test_multi_view_fusion(service):
     engine = service.ctx.engine
     original = engine.policy
