@@ -55,7 +55,9 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
+import h11
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -328,14 +330,10 @@ class _H11Client:
     ends a cycle unclean is closed."""
 
     def __init__(self, url: str, *, max_connections: int) -> None:
-        from urllib.parse import urlsplit
-
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, object, float]] = []
         self.slots = asyncio.Semaphore(max_connections)
-        import h11
-
         self.errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, h11.ProtocolError)
 
     async def post_scan(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str,
@@ -346,9 +344,6 @@ class _H11Client:
             return await asyncio.wait_for(self._post(fields, data, key=key, media_type=media_type), REQUEST_TIMEOUT_S)
 
     async def _post(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str) -> tuple[int, bytes]:
-        import h11
-        from urllib.parse import urlencode
-
         while self.idle:  # the most recently used first; the service closes what idled past its keep-alive
             reader, writer, conn, idle_since = self.idle.pop()
             if not reader.at_eof() and time.monotonic() - idle_since < KEEPALIVE_REUSE_S:
@@ -544,7 +539,7 @@ def verdicts(engine: dict, service: dict) -> dict:
 def print_report(doc: dict) -> None:
     e, s, v = doc["engine"], doc["service"], doc["verdicts"]
     sat, half = s["saturation"], s["half_load"]
-    print(f"model: {doc['model']} ({e['input_hw'][0]}×{e['input_hw'][1]}), {doc['stations']} stations ({doc.get('client', 'httpx')} client), "
+    print(f"model: {doc['model']} ({e['input_hw'][0]}×{e['input_hw'][1]}), {doc['stations']} stations ({doc['client']} client), "
           f"{doc['seconds']:g} s per phase, {len(doc['scan_bytes'])} {doc['scan_format'].upper()} scans of "
           f"{np.mean(doc['scan_bytes']) / 1e3:.0f} kB")
     for when in ("before_load", "after_load"):

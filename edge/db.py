@@ -58,6 +58,7 @@ __all__ = [
     "Scan",
     "make_engine",
     "make_sessionmaker",
+    "writing",
 ]
 
 #: How long a SQLite connection waits for another process's write lock before failing. Scans arrive every
@@ -297,8 +298,13 @@ def make_engine(db_url: str) -> Engine:
     return engine
 
 
+def writing(engine: Engine) -> Engine:
+    """`engine` for write transactions: on SQLite they start with `BEGIN IMMEDIATE` (see `make_engine`);
+    no effect on PostgreSQL."""
+    return engine.execution_options(**{SQLITE_WRITE_OPTION: True})
+
+
 def make_sessionmaker(engine: Engine, *, write: bool = False) -> sessionmaker[Session]:
-    """Session factory bound to `engine`. `write=True` marks SQLite transactions `BEGIN IMMEDIATE` (no
-    effect on PostgreSQL). Objects stay readable after commit (`expire_on_commit=False`)."""
-    bind = engine.execution_options(**{SQLITE_WRITE_OPTION: True}) if write else engine
-    return sessionmaker(bind=bind, expire_on_commit=False)
+    """Session factory bound to `engine`. `write=True` binds it to `writing(engine)`. Objects stay readable
+    after commit (`expire_on_commit=False`)."""
+    return sessionmaker(bind=writing(engine) if write else engine, expire_on_commit=False)

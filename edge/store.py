@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from edge.db import SQLITE_WRITE_OPTION, OutboxRow, Review, Scan, make_engine, make_sessionmaker
+from edge.db import OutboxRow, Review, Scan, make_engine, make_sessionmaker, writing
 from edge.images import ImageFiles, is_sha256_hex
 
 __all__ = [
@@ -186,7 +186,7 @@ class Store:
         self._read_sessions = make_sessionmaker(self.engine)
         self._write_sessions = make_sessionmaker(self.engine, write=True)
         self._insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        self._write_engine = self.engine.execution_options(**{SQLITE_WRITE_OPTION: True})
+        self._write_engine = writing(self.engine)
         self._insert_scan = (self._insert(Scan).on_conflict_do_nothing(index_elements=["station", "bag_id", "image_sha256"])
                              .returning(Scan.id))
 
