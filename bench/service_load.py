@@ -557,9 +557,8 @@ def print_report(doc: dict) -> None:
           f"scans/s, latency p50/p95/p99 {half['latency_ms_p50']:.0f}/{half['latency_ms_p95']:.0f}/"
           f"{half['latency_ms_p99']:.0f} ms, errors {half['errors']} {half['errors_by_status'] or ''}")
     for name, phase in (("saturation", sat), ("half load", half)):
-        p95 = phase.get("server_timings_ms_p95", {})
-        parts = ", ".join(f"{k.removesuffix('_ms')} {v:.0f}/{p95.get(k, float('nan')):.0f}"
-                          for k, v in phase.get("server_timings_ms_p50", {}).items())
+        p95 = phase["server_timings_ms_p95"]
+        parts = ", ".join(f"{k.removesuffix('_ms')} {v:.0f}/{p95[k]:.0f}" for k, v in phase["server_timings_ms_p50"].items())
         print(f"  {name}, inside the service (p50/p95 ms): {parts}")
         c = phase["cpu"]
         print(f"  {name}, CPU: service {c.get('service_cores', float('nan')):.2f} cores, load generator "
