@@ -30,15 +30,6 @@ from pathlib import Path
 import numpy as np
 
 PAUSES_S = (0.0, 0.005, 0.02, 0.067, 0.3)
-#: What the service stores per scan without detections (edge.ingest.result_document), 7 classes.
-RESULT = {
-    "detections": [],
-    "decision": {"alarm": False, "alarm_classes": [], "suspicion": 0.01,
-                 "max_score_per_class": {f"class_{i}": 0.01 for i in range(7)}},
-    "scan": {"width": 768, "height": 576, "layout": "rgb", "bit_depth": 8, "format": "png"},
-    "timings": {"decode_ms": 5.0, "queue_ms": 0.5, "inference_ms": 30.0},
-    "model": {"name": "bench", "version": "1", "sha256": "0" * 64},
-}
 
 
 def median_ms(call, *, pause_s: float, repeats: int) -> float:
@@ -52,9 +43,9 @@ def median_ms(call, *, pause_s: float, repeats: int) -> float:
     return float(np.median(times[3:]))
 
 
-def huge_page_array(nbytes: int) -> tuple[np.ndarray, mmap.mmap]:
+def huge_page_array(nbytes: int) -> np.ndarray:
     """A float64 array of `nbytes` on an anonymous mapping advised for huge pages, aligned to 2 MB, filled
-    (so its pages exist) with random values; keep the returned mmap alive as long as the array."""
+    (so its pages exist) with random values (the array holds the mapping: it lives as long as the array)."""
     align = 2 << 20
     buf = mmap.mmap(-1, nbytes + align, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf.madvise(mmap.MADV_HUGEPAGE)
@@ -62,7 +53,7 @@ def huge_page_array(nbytes: int) -> tuple[np.ndarray, mmap.mmap]:
     start = -whole.ctypes.data % align
     array = whole[start:start + nbytes].view(np.float64)
     array[:] = np.random.default_rng(0).random(array.size)
-    return array, buf
+    return array
 
 
 def thp_mode() -> str:
@@ -81,12 +72,27 @@ def main() -> None:
     if args.repeats < 1:
         ap.error("--repeats must be positive")
 
+    from datasets.synth.materials import CONTRABAND_CLASSES
     from datasets.synth.pipeline import SynthConfig, make_bag
+    from edge.ingest import result_document
     from edge.store import Store
+    from vision.decide import DecisionPolicy, decide
     from vision.decode import decode, encode_png
+    from vision.postprocess import Detections
+
+    # What the service stores for a scan without detections, as it builds it.
+    policy = DecisionPolicy(class_names=CONTRABAND_CLASSES)
+    none = Detections.empty()
+    result = result_document(
+        none, decide(none, CONTRABAND_CLASSES, policy), class_names=CONTRABAND_CLASSES,
+        thresholds=policy.threshold_array(),
+        scan_info={"width": 768, "height": 576, "layout": "rgb", "bit_depth": 8, "format": "png"},
+        timings={"decode_ms": 5.0, "queue_ms": 0.5, "inference_ms": 30.0},
+        model={"name": "bench", "version": "1", "sha256": "0" * 64},
+    )
 
     array = np.random.default_rng(0).random((1000, 1000))
-    huge, _huge_buf = huge_page_array(array.nbytes)
+    huge = huge_page_array(array.nbytes)
     png = encode_png(make_bag(SynthConfig(bags=1, seed=0, size_px=768), 0).image)
     with tempfile.TemporaryDirectory(prefix="xscreen-idle-") as work:
         store = Store(f"sqlite:///{Path(work) / 'bench.db'}", Path(work) / "data")
@@ -97,7 +103,7 @@ def main() -> None:
             n = next(bags)
             store.record_scan(station="bench", lane="1", bag_id=f"bag-{n}", view="top",
                               image_sha256=hashlib.sha256(str(n).encode()).hexdigest(), media_type="image/png",
-                              width=768, height=576, result=RESULT, model_name="bench", model_version="1",
+                              width=768, height=576, result=result, model_name="bench", model_version="1",
                               alarm=False, alarm_classes=[])
 
         print(f"transparent huge pages: {thp_mode()}")
