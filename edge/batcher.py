@@ -23,6 +23,12 @@ every core for a batch that has the machine to itself (`run_batch_alone`). Which
 - beside a full batch (heavy load) a batch waits up to `max_wait_ms` after its first scan arrived for
   company, then runs beside it.
 
+Threads: a call alone always runs in one thread of its own, shared calls in a pool of `workers` threads.
+Calls alone never overlap, and a call on the same thread as the last one finds its stack, its thread's
+buffers and the model's thread pool as they left them; taking turns among the pool's threads, as the calls
+alone did once the pool had grown under load, doubled their tail at light load (a saturation phase, then
+half load: the model call's p95 31–34 ms against 16–17, the service's 43–47 against 21–22; docs/lane_bench.md).
+
 Back-pressure and memory: the queue holds at most `queue_max` prepared inputs (each C×H×W, e.g. 768 KB
 at 3×512×512), so a full queue refuses new scans at once (`QueueFullError` → 503 with Retry-After) instead
 of letting latency and memory grow. A scan whose request deadline has passed by the time its batch forms
@@ -156,7 +162,8 @@ class MicroBatcher:
         self.metrics = metrics
         self._queue: asyncio.Queue[_Item] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ThreadPoolExecutor | None = None  # shared calls
+        self._alone_executor: ThreadPoolExecutor | None = None  # calls alone: one thread, always the same
         # Moving average of one batch's run time, for Retry-After estimates.
         self._batch_s_avg = 0.05
 
@@ -173,6 +180,8 @@ class MicroBatcher:
         """Create the queue and the worker tasks (in the running event loop)."""
         self._queue = asyncio.Queue(maxsize=self.queue_max)
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="xscreen-infer")
+        if self.run_batch_alone is not None:
+            self._alone_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xscreen-infer-alone")
         self._tasks = [asyncio.create_task(self._worker(i), name=f"batcher-{i}") for i in range(self.workers)]
 
     async def stop(self) -> None:
@@ -190,9 +199,10 @@ class MicroBatcher:
                 item = self._queue.get_nowait()
                 if not item.future.done():
                     item.future.set_exception(BatcherStoppedError("the service is shutting down"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        for executor in (self._executor, self._alone_executor):
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        self._executor = self._alone_executor = None
 
     def retry_after_s(self) -> float:
         """A Retry-After estimate: time to drain the queue at the recent batch rate (≥ 1 s)."""
@@ -346,12 +356,12 @@ class MicroBatcher:
             # (anything queued would start beside it at once and share the cores).
             alone = (self.run_batch_alone is not None and self._running_batches == 0 and self._queue.empty()
                      and not self._held)
-            run = self.run_batch_alone if alone else self.run_batch
+            run, executor = (self.run_batch_alone, self._alone_executor) if alone else (self.run_batch, self._executor)
             per_scan_s = self._scan_s_alone if alone else self._scan_s_shared
             self._running[index] = _Call(alone=alone, full=len(live) >= self.max_batch,
                                          expected_end=start + len(live) * (per_scan_s or 0.0))
             try:
-                dets = await loop.run_in_executor(self._executor, run, batch, params)
+                dets = await loop.run_in_executor(executor, run, batch, params)
                 if len(dets) != len(live):
                     raise RuntimeError(f"the model returned {len(dets)} results for {len(live)} scans")
             except asyncio.CancelledError:

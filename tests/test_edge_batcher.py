@@ -84,6 +84,42 @@ def test_a_batch_with_the_machine_to_itself_takes_the_alone_call():
     assert sorted(shared) == [1, 2]
 
 
+def test_calls_alone_keep_one_thread_after_shared_calls_ran_in_parallel():
+    """Once shared calls have run side by side (the pool has all its threads), calls alone still all run on
+    one thread of their own, never on a pool thread (taking turns there cost them their warm caches)."""
+    import threading
+
+    def thread_recording_run(idents: list[int], delay_s: float):
+        def run(batch: np.ndarray, params) -> list[Detections]:
+            idents.append(threading.get_ident())
+            time.sleep(delay_s)
+            return [Detections.from_arrays(np.zeros((1, 4)), [0.5], [0]) for _ in batch]
+
+        return run
+
+    async def main() -> tuple[list[int], list[int]]:
+        shared: list[int] = []
+        alone: list[int] = []
+        b = MicroBatcher(thread_recording_run(shared, 0.1), max_batch=1, max_wait_ms=0.0, queue_max=16,
+                         workers=2, run_batch_alone=thread_recording_run(alone, 0.0))
+        await b.start()
+        try:
+            deadline = time.monotonic() + 5
+            # A backlog queued before the workers run: shared out, two calls at a time on the pool's threads.
+            tickets = [b.enqueue(_tensor(i), PARAMS, deadline=deadline) for i in range(6)]
+            await asyncio.gather(*(b.wait(t) for t in tickets))
+            for i in range(6):  # then one scan at a time: each a call alone
+                await b.submit(_tensor(i), PARAMS, deadline=deadline)
+        finally:
+            await b.stop()
+        return shared, alone
+
+    shared, alone = asyncio.run(main())
+    assert len(set(shared)) == 2  # both pool threads ran shared calls
+    assert len(alone) == 6 and len(set(alone)) == 1
+    assert alone[0] not in set(shared)
+
+
 def _overlap_recording_run(sizes: list[int], peak: list[int], delay_s: float, running: list[int] | None = None):
     """A model call that records batch sizes and the most calls running at once (pass one `running` list
     to several such calls to count them together)."""
