@@ -24,10 +24,10 @@ every core for a batch that has the machine to itself (`run_batch_alone`). Which
   company, then runs beside it.
 
 Threads: a call alone always runs in one thread of its own, shared calls in a pool of `workers` threads.
-Calls alone never overlap, and a call on the same thread as the last one finds its stack, its thread's
-buffers and the model's thread pool as they left them; taking turns among the pool's threads, as the calls
-alone did once the pool had grown under load, doubled their tail at light load (a saturation phase, then
-half load: the model call's p95 31–34 ms against 16–17, the service's 43–47 against 21–22; docs/lane_bench.md).
+Calls alone never overlap, so one thread serves them all. Taking turns among the pool's threads, as calls
+alone did once load had started every thread of the pool, doubled their tail at light load (a saturation
+phase, then half load: the model call's p95 31–34 ms against 16–17, the service's 43–47 against 21–22;
+docs/lane_bench.md), most likely because each call then found its thread's memory gone cold.
 
 Back-pressure and memory: the queue holds at most `queue_max` prepared inputs (each C×H×W, e.g. 768 KB
 at 3×512×512), so a full queue refuses new scans at once (`QueueFullError` → 503 with Retry-After) instead

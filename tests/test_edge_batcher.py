@@ -86,7 +86,7 @@ def test_a_batch_with_the_machine_to_itself_takes_the_alone_call():
 
 def test_calls_alone_keep_one_thread_after_shared_calls_ran_in_parallel():
     """Once shared calls have run side by side (the pool has all its threads), calls alone still all run on
-    one thread of their own, never on a pool thread (taking turns there cost them their warm caches)."""
+    one thread of their own, never on a pool thread (taking turns there doubled their tail at light load)."""
     import threading
 
     def thread_recording_run(idents: list[int], delay_s: float):
