@@ -23,6 +23,7 @@ from vision.cli import app
 from vision.decide import DecisionPolicy, decide
 from vision.letterbox import LetterboxSpec, letterbox, letterbox_boxes
 from vision.postprocess import PostprocessParams
+from tiny_checkpoint import liven
 
 CLASSES = ("drug_package", "cash_bundle")
 INPUT = 64
@@ -179,8 +180,9 @@ def test_an_under_confident_models_floor_follows_its_thresholds(tmp_path):
 
 
 def _checkpoint(path: Path) -> Path:
-    """A checkpoint of an untrained 64-px model whose class biases are raised, so it fires (at varied
-    scores) and calibration has something to work on."""
+    """A checkpoint of an untrained 64-px model with varied outputs and raised class biases, so it fires at
+    varied scores and calibration has something to work on (at the default init every score is the class
+    bias's own, and which tied detection or bag wins would rest on rounding)."""
     from training import engine
     from training.checkpoint import build_checkpoint, save_checkpoint
     from training.config import load_config
@@ -193,10 +195,8 @@ def _checkpoint(path: Path) -> Path:
     )
     spec = engine.data_lib.preprocess_spec_for(config.model)
     torch.manual_seed(0)
-    model = engine.build_model(config, spec)
-    with torch.no_grad():
-        for branch in model.head.cls_branches:
-            branch[-1].bias.fill_(-1.0)
+    model = engine.build_model(config, spec).eval()
+    liven(model, spec, class_bias=-1.0)
     state = build_checkpoint(
         config=config, spec=spec, model=model, ema=ModelEMA(model, decay=0.9),
         optimizer=build_optimizer(model, lr=1e-3, weight_decay=0.0), scaler=torch.amp.GradScaler("cpu", enabled=False),

@@ -26,7 +26,7 @@ CLASSES = ("drug_package", "cannabis", "cash_bundle", "tobacco", "medicine_pills
 HW = 64
 
 
-def _liven(model: torch.nn.Module, spec: PreprocessSpec, *, class_bias: float, logit_std: float = 1.5) -> None:
+def liven(model: torch.nn.Module, spec: PreprocessSpec, *, class_bias: float, logit_std: float = 1.5) -> None:
     """Give a random model varied outputs. At PyTorch's default init the activations shrink with depth
     (eval-mode BatchNorm does not rescale them), so every anchor gets the same score and box; re-init the
     convs variance-preserving, then scale each level's class conv so its logits on the export gate's own
@@ -66,7 +66,7 @@ def make_checkpoint(
     ).eval()
     spec = PreprocessSpec(input_kind=input_kind, input_bits=input_bits, height=hw, width=hw)
     if class_bias is not None:
-        _liven(model, spec, class_bias=class_bias)
+        liven(model, spec, class_bias=class_bias)
     state = checkpoint_state(model)
     state.update(
         format="xscreen.checkpoint",
