@@ -16,7 +16,10 @@
    with the fields as query parameters (--multipart: as multipart/form-data, which costs both sides more CPU).
 3. Engine alone, in this process: `inference.Engine(threads=--threads, max_batch=--batch)`,
    `detect_prepared` (ONNX Runtime + post-processing, what the micro-batcher calls) on prepared inputs:
-   images/s at batch --batch (the service's XSCREEN_BATCH_MAX_SIZE), and batch-1 latency p50/p95.
+   images/s at batch --batch (the service's XSCREEN_BATCH_MAX_SIZE: the targets' reference), and batch-1
+   latency p50/p95; for reference only, images/s at batches of 1, 2 and 4 as well (on CPU cores a batch of
+   8 costs more per image than a small one, and the service's parallel calls take at most
+   XSCREEN_BATCH_SHARE_MAX = 2 scans each).
 4. Service: `xscreen serve` on 127.0.0.1 (a free port), SQLite and images in a temporary folder, with the
    same batch size and the service's own choice of model workers and threads (on 2 cores: two
    one-thread model calls in parallel; override with BENCH_XSCREEN_<SETTING>=value in the environment);
@@ -168,6 +171,17 @@ def bench_engine(model: Path, scans: list[bytes], *, threads: int, batch: int, s
         engine.detect_prepared(one, one_params)
         t_paced.append(time.perf_counter() - t0)
         time.sleep(max(0.0, period - (time.perf_counter() - t0)))
+    # For reference (the targets use --batch): images/s at other batch sizes. On CPU cores the time per image
+    # grows with the batch once its activations outgrow the caches, and the service keeps the calls it runs
+    # side by side small (XSCREEN_BATCH_SHARE_MAX), so its throughput can be read against these too.
+    by_batch = {}
+    for size in sorted({1, 2, 4, batch}):
+        if size > batch:
+            continue
+        sub, sub_params = inputs[np.arange(size) % len(prepared)], [params[i % len(prepared)] for i in range(size)]
+        engine.detect_prepared(sub, sub_params)
+        t = _timed(lambda: engine.detect_prepared(sub, sub_params), min_runs=3, max_runs=200, max_s=1.0)
+        by_batch[str(size)] = float(size / np.median(t))
     result = {
         "threads": threads,
         "batch": batch,
@@ -179,6 +193,7 @@ def bench_engine(model: Path, scans: list[bytes], *, threads: int, batch: int, s
         "batch1_paced_period_ms": period * 1e3,
         "batch1_paced_latency_ms_p50": float(np.median(t_paced) * 1e3),
         "batch1_paced_latency_ms_p95": float(np.percentile(t_paced, 95) * 1e3),
+        "images_per_s_by_batch": by_batch,
         "runs": {"batched": int(t_batch.size), "batch1": int(t_one.size), "batch1_paced": len(t_paced)},
     }
     del engine
@@ -550,6 +565,9 @@ def print_report(doc: dict) -> None:
               f"{m['batched_images_per_s']:.1f} images/s; batch 1: p50 {m['batch1_latency_ms_p50']:.1f} ms, "
               f"p95 {m['batch1_latency_ms_p95']:.1f} ms; batch 1 every {m['batch1_paced_period_ms']:.0f} ms "
               f"(half load): p50 {m['batch1_paced_latency_ms_p50']:.1f} ms, p95 {m['batch1_paced_latency_ms_p95']:.1f} ms")
+        if "images_per_s_by_batch" in m:
+            sizes = ", ".join(f"{k}: {v:.1f}" for k, v in m["images_per_s_by_batch"].items())
+            print(f"  for reference, images/s by batch size: {sizes}")
     print(f"service, saturation: {sat['throughput_per_s']:.1f} scans/s ({100 * v['throughput_ratio']:.0f} % of the "
           f"engine), latency p50/p95/p99 {sat['latency_ms_p50']:.0f}/{sat['latency_ms_p95']:.0f}/"
           f"{sat['latency_ms_p99']:.0f} ms, errors {sat['errors']} {sat['errors_by_status'] or ''}")

@@ -112,7 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher = MicroBatcher(engine.detect_prepared, max_batch=settings.batch_max_size,
                                max_wait_ms=settings.batch_max_wait_ms, queue_max=settings.queue_max,
                                workers=settings.model_workers, metrics=ctx.metrics,
-                               share_from=settings.batch_share_from,
+                               share_from=settings.batch_share_from, share_max=settings.batch_share_max,
                                run_batch_alone=engine_alone.detect_prepared if engine_alone is not None else None)
         await batcher.start()
         stack.push_async_callback(batcher.stop)

@@ -82,6 +82,12 @@ class EdgeSettings(BaseSettings):
                     "the cores each (more throughput under load); fewer run as one batch (on idle cores: one call "
                     "on every core). A value above queue_max never shares: lower latency just below saturation.",
     )
+    batch_share_max: int = Field(
+        2, ge=1, le=256,
+        description="At most this many scans in a model call that shares the cores with another (under load). On "
+                    "CPU cores a call's time per scan grows with its batch beyond about two (docs/lane_bench.md); "
+                    "set it to batch_max_size where batches are cheap (a GPU).",
+    )
     batch_workers: int | None = Field(
         None, ge=1, le=16,
         description="Model calls running in parallel (default: 2 on a machine with 2 or more cores, else 1).",

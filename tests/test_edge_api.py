@@ -122,6 +122,7 @@ def test_model_workers_and_threads_follow_the_cores(monkeypatch, cores, workers,
     settings = EdgeSettings(_env_file=None, model_path="m.onnx", batch_workers=workers, engine_threads=threads)
     assert (settings.model_workers, settings.model_threads) == want
     assert settings.engine_spin == "run"
+    assert settings.batch_share_max == 2
 
 
 def test_an_all_core_session_for_batches_alone_only_with_the_default_threads(tmp_path, monkeypatch):
@@ -138,8 +139,9 @@ def test_an_all_core_session_for_batches_alone_only_with_the_default_threads(tmp
     assert _start_engine_alone(make_settings(tmp_path, engine_threads=1), engine) is None  # chosen threads win
     assert _start_engine_alone(make_settings(tmp_path, engine_threads=None, batch_workers=1), engine) is None
     # A service started with the defaults answers through both sessions alike.
-    with running_service(tmp_path / "svc", engine_threads=None) as svc:
+    with running_service(tmp_path / "svc", engine_threads=None, batch_share_max=3) as svc:
         assert svc.ctx.batcher.run_batch_alone is not None
+        assert svc.ctx.batcher.share_max == 3  # the setting reaches the batcher
         r = post_png(svc, png_bytes(5), "bag-alone")
         assert r.status_code == 200, r.text
 

@@ -178,13 +178,19 @@ def test_scans_behind_a_call_alone_wait_for_it(behind, share_from, alone_expecte
     assert took > 0.55  # they started when the call alone ended (≈ 0.6 s in all; beside it: ≈ 0.4 s)
 
 
-def test_scans_queued_on_idle_cores_are_shared_among_the_workers():
+@pytest.mark.parametrize(("share_max", "shared_expected"), [
+    (None, [2, 3]),  # no cap: the backlog split among the free workers
+    (2, [1, 2, 2]),  # at most 2 a call: the third call takes what is left when a worker is free again
+    (8, [2, 3]),  # a cap at max_batch changes nothing
+])
+def test_scans_queued_on_idle_cores_are_shared_among_the_workers(share_max, shared_expected):
     async def main() -> tuple[list[int], list[int], int]:
         shared: list[int] = []
         alone: list[int] = []
         peak, running = [0], [0]
         b = MicroBatcher(_overlap_recording_run(shared, peak, 0.2, running), max_batch=8, max_wait_ms=0.0,
-                         queue_max=16, workers=2, run_batch_alone=_overlap_recording_run(alone, peak, 0.2, running))
+                         queue_max=16, workers=2, run_batch_alone=_overlap_recording_run(alone, peak, 0.2, running),
+                         share_max=share_max)
         await b.start()
         deadline = time.monotonic() + 5
         # Five scans queued before the workers first run (nothing here yields to them until `gather`).
@@ -197,7 +203,7 @@ def test_scans_queued_on_idle_cores_are_shared_among_the_workers():
 
     alone, shared, peak = asyncio.run(main())
     assert alone == []
-    assert sorted(shared) == [2, 3] and peak == 2
+    assert sorted(shared) == shared_expected and peak == 2
 
 
 def _per_scan_run(sizes: list[int], per_scan_s: float):
