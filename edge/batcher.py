@@ -18,11 +18,12 @@ every core for a batch that has the machine to itself (`run_batch_alone`). Which
   47–54 ms, one run of the other rule aside at 222 ms; `share_from` above `queue_max` turns sharing off;
   sharing only under sustained load was tried and gave throughput away without a clear latency gain:
   docs/lane_bench.md);
-- a shared call takes at most `share_max` scans (the service's default: 2): on CPU cores a call's time per
+- a call taken from a backlog takes at most `share_max` scans (the service's default: 2; the others wait
+  for the next free worker): on CPU cores a call's time per
   scan grows with its batch once the activations outgrow the caches (two one-thread calls side by side,
-  s model at 512 px: 25.3, 25.4, 26.3 and 29.3 ms of core time per scan at batches of 1, 2, 4 and 8), and
-  the scans left queued go to the next free worker (docs/lane_bench.md: with the cap, 8 JPEG stations'
-  half-load p95 fell from 27 to 24 ms; a GPU lane wants it at `max_batch`);
+  s model at 512 px: 25.3, 25.4, 26.3 and 29.3 ms of core time per scan at batches of 1, 2, 4 and 8;
+  docs/lane_bench.md: with the cap, 8 JPEG stations' half-load p95 fell by about 3 ms; a GPU lane wants
+  it at `max_batch`);
 - a lone scan beside calls that share the cores waits for one of them only if it should end before a
   shared call would gain over a call alone (both times measured as the service runs);
 - beside a full batch (heavy load) a batch waits up to `max_wait_ms` after its first scan arrived for
@@ -149,7 +150,7 @@ class MicroBatcher:
         #: Scans waiting from which they are shared out among parallel calls (see `SHARE_FROM`); a value
         #: above `queue_max` never shares a backlog out (every batch runs alone, one after another).
         self.share_from = share_from
-        #: At most this many scans in a call that shares the cores (None: `max_batch`).
+        #: At most this many scans in a call taken from a backlog (None: `max_batch`).
         self.share_max = max_batch if share_max is None else min(share_max, max_batch)
         #: The model call; public so that tests can wrap it (e.g. with a slow stub).
         self.run_batch = run_batch
@@ -215,8 +216,9 @@ class MicroBatcher:
         self._executor = self._alone_executor = None
 
     def retry_after_s(self) -> float:
-        """A Retry-After estimate: time to drain the queue at the recent batch rate (≥ 1 s)."""
-        batches = math.ceil((self.depth + 1) / self.max_batch) / self.workers
+        """A Retry-After estimate: time to drain the queue at the recent batch rate (≥ 1 s). A full queue is
+        a backlog, drained by calls of at most `share_max` scans."""
+        batches = math.ceil((self.depth + 1) / self.share_max) / self.workers
         return max(1.0, math.ceil(batches * self._batch_s_avg))
 
     @property
@@ -295,7 +297,7 @@ class MicroBatcher:
         waiting = 1 + self._held + self._queue.qsize()
         free_workers = max(1, self.workers - self._running_batches) if waiting >= self.share_from else 1
         share = min(self.max_batch, math.ceil(waiting / free_workers))
-        if waiting >= self.share_from:  # a backlog, shared out: calls beside others, a share of the cores each
+        if waiting >= self.share_from:  # a backlog, shared out: calls of a share of the cores each
             share = min(share, self.share_max)
         items = [first]
         until = first.enqueued + self.max_wait_s

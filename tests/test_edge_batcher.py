@@ -206,6 +206,31 @@ def test_scans_queued_on_idle_cores_are_shared_among_the_workers(share_max, shar
     assert sorted(shared) == shared_expected and peak == 2
 
 
+@pytest.mark.parametrize(("share_max", "expected_s"), [(None, 2.0), (2, 5.0)])
+def test_retry_after_counts_the_calls_that_drain_a_full_queue(share_max, expected_s):
+    """A full queue of 8 behind a running call, one worker, calls measured at 1 s: drained by calls of 8
+    (2 calls with the new scan) or, capped, of 2 (5 calls)."""
+
+    async def main() -> float:
+        b = MicroBatcher(_recording_run([], delay_s=0.3), max_batch=8, max_wait_ms=0.0, queue_max=8,
+                         share_max=share_max)
+        await b.start()
+        try:
+            deadline = time.monotonic() + 5
+            first = asyncio.create_task(b.submit(_tensor(0), PARAMS, deadline=deadline))
+            await asyncio.sleep(0.05)  # the worker runs it
+            tickets = [b.enqueue(_tensor(i), PARAMS, deadline=deadline) for i in range(8)]
+            b._batch_s_avg = 1.0  # as if recent calls took 1 s each
+            with pytest.raises(QueueFullError) as full:
+                b.enqueue(_tensor(9), PARAMS, deadline=deadline)
+            await asyncio.gather(first, *(b.wait(t) for t in tickets))
+            return full.value.retry_after_s
+        finally:
+            await b.stop()
+
+    assert asyncio.run(main()) == expected_s
+
+
 def _per_scan_run(sizes: list[int], per_scan_s: float):
     def run(batch: np.ndarray, params) -> list[Detections]:
         sizes.append(batch.shape[0])
