@@ -19,11 +19,10 @@ every core for a batch that has the machine to itself (`run_batch_alone`). Which
   sharing only under sustained load was tried and gave throughput away without a clear latency gain:
   docs/lane_bench.md);
 - a call taken from a backlog takes at most `share_max` scans (the service's default: 2; the others wait
-  for the next free worker): on CPU cores a call's time per
-  scan grows with its batch once the activations outgrow the caches (two one-thread calls side by side,
-  s model at 512 px: 25.3, 25.4, 26.3 and 29.3 ms of core time per scan at batches of 1, 2, 4 and 8;
-  docs/lane_bench.md: with the cap, 8 JPEG stations' half-load p95 fell by about 3 ms; a GPU lane wants
-  it at `max_batch`);
+  for the next free worker): on CPU cores a call's time per scan grows with its batch once the activations
+  outgrow the caches (two one-thread calls side by side, s model at 512 px: 25.3, 25.4, 26.3 and 29.3 ms
+  of core time per scan at batches of 1, 2, 4 and 8; docs/lane_bench.md: with the cap, 8 JPEG stations'
+  half-load p95 fell by about 3 ms; a GPU lane wants it at `max_batch`);
 - a lone scan beside calls that share the cores waits for one of them only if it should end before a
   shared call would gain over a call alone (both times measured as the service runs);
 - beside a full batch (heavy load) a batch waits up to `max_wait_ms` after its first scan arrived for
@@ -216,9 +215,11 @@ class MicroBatcher:
         self._executor = self._alone_executor = None
 
     def retry_after_s(self) -> float:
-        """A Retry-After estimate: time to drain the queue at the recent batch rate (≥ 1 s). A full queue is
-        a backlog, drained by calls of at most `share_max` scans."""
-        batches = math.ceil((self.depth + 1) / self.share_max) / self.workers
+        """A Retry-After estimate: time to drain the queue at the recent batch rate (≥ 1 s). A backlog
+        (from `share_from` waiting) is drained by calls of at most `share_max` scans."""
+        waiting = self.depth + 1
+        per_call = self.share_max if waiting >= self.share_from else self.max_batch
+        batches = math.ceil(waiting / per_call) / self.workers
         return max(1.0, math.ceil(batches * self._batch_s_avg))
 
     @property

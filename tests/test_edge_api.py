@@ -138,7 +138,7 @@ def test_an_all_core_session_for_batches_alone_only_with_the_default_threads(tmp
     assert engine.session.get_session_options().intra_op_num_threads == 2
     assert _start_engine_alone(make_settings(tmp_path, engine_threads=1), engine) is None  # chosen threads win
     assert _start_engine_alone(make_settings(tmp_path, engine_threads=None, batch_workers=1), engine) is None
-    # A service started with the defaults answers through both sessions alike.
+    # A service started with the default threads answers through both sessions alike.
     with running_service(tmp_path / "svc", engine_threads=None, batch_share_max=3) as svc:
         assert svc.ctx.batcher.run_batch_alone is not None
         assert svc.ctx.batcher.share_max == 3  # the setting reaches the batcher

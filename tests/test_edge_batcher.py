@@ -206,14 +206,17 @@ def test_scans_queued_on_idle_cores_are_shared_among_the_workers(share_max, shar
     assert sorted(shared) == shared_expected and peak == 2
 
 
-@pytest.mark.parametrize(("share_max", "expected_s"), [(None, 2.0), (2, 5.0)])
-def test_retry_after_counts_the_calls_that_drain_a_full_queue(share_max, expected_s):
-    """A full queue of 8 behind a running call, one worker, calls measured at 1 s: drained by calls of 8
-    (2 calls with the new scan) or, capped, of 2 (5 calls)."""
+@pytest.mark.parametrize(("share_max", "share_from", "expected_s"), [
+    (None, 3, 2.0),  # calls of up to 8: 2 calls with the new scan
+    (2, 3, 5.0),  # a backlog goes in calls of 2: 5 calls
+    (2, 100, 2.0),  # sharing off: no backlog is shared out, calls of up to 8 again
+])
+def test_retry_after_counts_the_calls_that_drain_a_full_queue(share_max, share_from, expected_s):
+    """A full queue of 8 behind a running call, one worker, calls measured at 1 s."""
 
     async def main() -> float:
         b = MicroBatcher(_recording_run([], delay_s=0.3), max_batch=8, max_wait_ms=0.0, queue_max=8,
-                         share_max=share_max)
+                         share_max=share_max, share_from=share_from)
         await b.start()
         try:
             deadline = time.monotonic() + 5
