@@ -17,9 +17,9 @@
 3. Engine alone, in this process: `inference.Engine(threads=--threads, max_batch=--batch)`,
    `detect_prepared` (ONNX Runtime + post-processing, what the micro-batcher calls) on prepared inputs:
    images/s at batch --batch (the service's XSCREEN_BATCH_MAX_SIZE: the targets' reference), and batch-1
-   latency p50/p95; for reference only, images/s at batches of 1, 2 and 4 as well (on CPU cores a batch of
-   8 costs more per image than a small one, and the service's parallel calls take at most
-   XSCREEN_BATCH_SHARE_MAX = 2 scans each).
+   latency p50/p95; for reference only, images/s at batches of 1, 2 and 4 as well (on this project's 2-core
+   machine a batch of 8 mostly costs more per image than a small one, and under load the service's calls
+   take at most XSCREEN_BATCH_SHARE_MAX = 2 scans each).
 4. Service: `xscreen serve` on 127.0.0.1 (a free port), SQLite and images in a temporary folder, with the
    same batch size and the service's own choice of model workers and threads (on 2 cores: two
    one-thread model calls in parallel; override with BENCH_XSCREEN_<SETTING>=value in the environment);
@@ -172,12 +172,10 @@ def bench_engine(model: Path, scans: list[bytes], *, threads: int, batch: int, s
         t_paced.append(time.perf_counter() - t0)
         time.sleep(max(0.0, period - (time.perf_counter() - t0)))
     # For reference (the targets use --batch): images/s at other batch sizes. On CPU cores the time per image
-    # grows with the batch once its activations outgrow the caches, and the service keeps the calls it runs
-    # side by side small (XSCREEN_BATCH_SHARE_MAX), so its throughput can be read against these too.
+    # often grows with the batch once its activations outgrow the caches, and the service keeps its calls
+    # under load small (XSCREEN_BATCH_SHARE_MAX), so its throughput can be read against these too.
     by_batch = {}
-    for size in sorted({1, 2, 4, batch}):
-        if size > batch:
-            continue
+    for size in sorted(n for n in {1, 2, 4, batch} if n <= batch):
         sub, sub_params = inputs[np.arange(size) % len(prepared)], [params[i % len(prepared)] for i in range(size)]
         engine.detect_prepared(sub, sub_params)
         t = _timed(lambda: engine.detect_prepared(sub, sub_params), min_runs=3, max_runs=200, max_s=1.0)

@@ -218,9 +218,13 @@ class MicroBatcher:
         """A Retry-After estimate: time to drain the queue at the recent batch rate (≥ 1 s). A backlog
         (from `share_from` waiting) is drained by calls of at most `share_max` scans."""
         waiting = self.depth + 1
-        per_call = self.share_max if waiting >= self.share_from else self.max_batch
-        batches = math.ceil(waiting / per_call) / self.workers
+        batches = math.ceil(waiting / self._call_limit(waiting)) / self.workers
         return max(1.0, math.ceil(batches * self._batch_s_avg))
+
+    def _call_limit(self, waiting: int) -> int:
+        """The most scans one call takes while `waiting` scans wait: `share_max` from a backlog (shared out
+        among parallel calls), else `max_batch`."""
+        return self.share_max if waiting >= self.share_from else self.max_batch
 
     @property
     def full(self) -> bool:
@@ -297,9 +301,7 @@ class MicroBatcher:
             self._turn_taken = asyncio.Event()
         waiting = 1 + self._held + self._queue.qsize()
         free_workers = max(1, self.workers - self._running_batches) if waiting >= self.share_from else 1
-        share = min(self.max_batch, math.ceil(waiting / free_workers))
-        if waiting >= self.share_from:  # a backlog, shared out: calls of a share of the cores each
-            share = min(share, self.share_max)
+        share = min(self._call_limit(waiting), math.ceil(waiting / free_workers))
         items = [first]
         until = first.enqueued + self.max_wait_s
         while len(items) < share and not self._queue.empty():  # (scans held by others are not queued)
