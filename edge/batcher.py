@@ -19,10 +19,11 @@ every core for a batch that has the machine to itself (`run_batch_alone`). Which
   sharing only under sustained load was tried and gave throughput away without a clear latency gain:
   docs/lane_bench.md);
 - a call taken from a backlog takes at most `share_max` scans (the service's default: 2; the others wait
-  for the next free worker): on CPU cores a call's time per scan grows with its batch once the activations
-  outgrow the caches (two one-thread calls side by side, s model at 512 px: 25.3, 25.4, 26.3 and 29.3 ms
-  of core time per scan at batches of 1, 2, 4 and 8; docs/lane_bench.md: with the cap, 8 JPEG stations'
-  half-load p95 fell by about 3 ms; a GPU lane wants it at `max_batch`);
+  for the next free worker): on CPU cores a call's time per scan often grows with its batch once the
+  activations outgrow the caches (two one-thread calls side by side, s model at 512 px: 25.3, 25.4, 26.3
+  and 29.3 ms of core time per scan at batches of 1, 2, 4 and 8; in the development machine's slow phases
+  the order turns around; docs/lane_bench.md: with the cap, 8 JPEG stations' half-load p95 fell by about
+  3 ms; a GPU lane wants it at `max_batch`);
 - a lone scan beside calls that share the cores waits for one of them only if it should end before a
   shared call would gain over a call alone (both times measured as the service runs);
 - beside a full batch (heavy load) a batch waits up to `max_wait_ms` after its first scan arrived for

@@ -85,8 +85,8 @@ class EdgeSettings(BaseSettings):
     batch_share_max: int = Field(
         2, ge=1, le=256,
         description="Under load (from batch_share_from scans waiting) a model call takes at most this many scans; "
-                    "the others wait for the next free worker. On CPU cores a call's time per scan grows with its "
-                    "batch beyond about two (docs/lane_bench.md); set it to batch_max_size where batches are cheap "
+                    "the others wait for the next free worker. On CPU cores a call's time per scan often grows "
+                    "with its batch beyond about two (docs/lane_bench.md); set it to batch_max_size where batches are cheap "
                     "(a GPU).",
     )
     batch_workers: int | None = Field(
