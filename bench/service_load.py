@@ -566,7 +566,7 @@ def print_report(doc: dict) -> None:
         if "images_per_s_by_batch" in m:
             sizes = ", ".join(f"{k}: {v:.1f}" for k, v in m["images_per_s_by_batch"].items())
             print(f"  for reference, images/s by batch size: {sizes}")
-    print(f"service, saturation: {sat['throughput_per_s']:.1f} scans/s ({100 * v['throughput_ratio']:.0f} % of the "
+    print(f"service, saturation: {sat['throughput_per_s']:.1f} scans/s ({100 * v['throughput_ratio']:.1f} % of the "
           f"engine), latency p50/p95/p99 {sat['latency_ms_p50']:.0f}/{sat['latency_ms_p95']:.0f}/"
           f"{sat['latency_ms_p99']:.0f} ms, errors {sat['errors']} {sat['errors_by_status'] or ''}")
     print(f"service, half load ({half['offered_per_s']:.1f} scans/s offered): {half['throughput_per_s']:.1f} "
@@ -581,7 +581,7 @@ def print_report(doc: dict) -> None:
               f"{c['load_generator_cores']:.2f} cores, of {c['cores_available']}")
     mark = {True: "MET", False: "NOT MET"}
     print(f"target: saturation ≥ 80 % of the engine's batched throughput, no errors: "
-          f"{mark[v['throughput_target_met']]} ({100 * v['throughput_ratio']:.0f} %)")
+          f"{mark[v['throughput_target_met']]} ({100 * v['throughput_ratio']:.1f} %)")
     print(f"target: half-load p95 ≤ 2 × engine batch-1 p50 = {v['half_load_p95_limit_ms']:.1f} ms: "
           f"{mark[v['half_load_p95_target_met']]} ({half['latency_ms_p95']:.1f} ms)")
     print(f"  for reference, the engine alone at the half-load pace (better of two measurements): p95 "
