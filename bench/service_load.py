@@ -2,7 +2,7 @@
 
     python bench/service_load.py [--json OUT] [--stations 8] [--seconds 30] [--model M.onnx]
                                  [--size s] [--input 512] [--threads 2] [--batch 8] [--bags 16] [--multipart]
-                                 [--format png|jpeg] [--client h11|httpx]
+                                 [--format png|jpeg] [--client h11|httpx|ws]
 
 1. Model. Without --model, a fresh random-init detector of --size at --input px (RGB, 8 bit, 7 classes) is
    saved as a checkpoint with the keys training/export.py needs (model_args, state_dict, classes,
@@ -24,10 +24,11 @@
    same batch size and the service's own choice of model workers and threads (on 2 cores: two
    one-thread model calls in parallel; override with BENCH_XSCREEN_<SETTING>=value in the environment);
    the per-station rate limit is raised out of the way (this measures
-   screening, not the limiter). --stations stations (one key each) on asyncio, talking HTTP/1.1 through h11
-   on plain streams (--client h11, the default: a light load generator, since it shares the two cores with
-   the service; lane stations are other machines) or through an httpx.AsyncClient (--client httpx: about
-   twice the load generator's CPU, docs/lane_bench.md):
+   screening, not the limiter). --stations stations (one key each) on asyncio, posting each scan to
+   `POST /v1/scans` over HTTP/1.1 through h11 on plain streams (--client h11, the default: a light load
+   generator, since it shares the two cores with the service; lane stations are other machines) or through
+   an httpx.AsyncClient (--client httpx: about twice the load generator's CPU, docs/lane_bench.md), or
+   streaming their scans over `WS /v1/stream`, one WebSocket each (--client ws):
    - phase 1, saturation: every station sends its next scan as soon as the last is answered, --seconds
      after a short warm-up; throughput (answered scans/s), client latency p50/p95/p99, errors by status;
    - phase 2, half load: scans arrive on a fixed schedule (open loop) at half the Engine's batched
@@ -402,15 +403,85 @@ class _H11Client:
         self.idle.clear()
 
 
-#: --client: how the stations talk HTTP.
-CLIENTS = {"h11": _H11Client, "httpx": _HttpxClient}
+class _StreamClient:
+    """Stations streaming over `WS /v1/stream` (edge/routes_stream.py): one WebSocket per station, opened with
+    its key on the handshake, a JSON header and a binary frame per scan, answers matched to scans by `seq`.
+    permessage-deflate is not offered (the images are compressed already). Raw images only (no multipart)."""
+
+    def __init__(self, url: str, *, max_connections: int) -> None:
+        from websockets.exceptions import WebSocketException
+
+        self.url = "ws" + url.removeprefix("http") + "/v1/stream"
+        self.streams: dict[str, tuple[object, dict[int, asyncio.Future], asyncio.Lock, asyncio.Task]] = {}
+        self.opening: dict[str, asyncio.Lock] = {}
+        self.seq = 0
+        self.errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError, WebSocketException)
+
+    async def _stream(self, key: str) -> tuple[object, dict[int, asyncio.Future], asyncio.Lock, asyncio.Task]:
+        from websockets.asyncio.client import connect
+
+        async with self.opening.setdefault(key, asyncio.Lock()):
+            if key not in self.streams:
+                ws = await connect(self.url, additional_headers={"Authorization": f"Bearer {key}"},
+                                   compression=None, max_size=None, ping_interval=None)
+                ready = json.loads(await ws.recv())
+                if ready.get("type") != "ready":
+                    await ws.close()
+                    raise ConnectionError(f"the stream refused the station: {ready}")
+                pending: dict[int, asyncio.Future] = {}
+                self.streams[key] = (ws, pending, asyncio.Lock(), asyncio.create_task(self._read(ws, pending)))
+            return self.streams[key]
+
+    @staticmethod
+    async def _read(ws, pending: dict[int, asyncio.Future]) -> None:
+        try:
+            async for message in ws:
+                future = pending.pop(json.loads(message).get("seq"), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except Exception:  # noqa: BLE001 - a broken stream fails its pending scans below
+            pass
+        finally:
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the stream closed before answering"))
+            pending.clear()
+
+    async def post_scan(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str,
+                        multipart: bool) -> tuple[int, bytes]:
+        if multipart:
+            raise ValueError("the stream client sends raw images only: use --client httpx with --multipart")
+        ws, pending, sending, _reader = await self._stream(key)
+        self.seq += 1
+        seq = self.seq
+        answer = asyncio.get_running_loop().create_future()
+        pending[seq] = answer
+        try:
+            async with sending:  # a header and its image go out back to back on the socket
+                await ws.send(json.dumps({**fields, "seq": seq, "content_type": media_type}))
+                await ws.send(data)
+            message = await asyncio.wait_for(answer, REQUEST_TIMEOUT_S)
+        finally:
+            pending.pop(seq, None)
+        doc = json.loads(message)
+        return (200 if doc.get("type") == "result" else int(doc.get("status", 0))), message.encode()
+
+    async def aclose(self) -> None:
+        for ws, _pending, _sending, reader in self.streams.values():
+            await ws.close()
+            await asyncio.gather(reader, return_exceptions=True)
+        self.streams.clear()
+
+
+#: --client: how the stations talk to the service.
+CLIENTS = {"h11": _H11Client, "httpx": _HttpxClient, "ws": _StreamClient}
 
 
 class _Sender:
     """Sends scans as the given stations (each with a new bag id: never a duplicate); records status and
     latency of the requests answered inside `window` (monotonic seconds)."""
 
-    def __init__(self, client: _H11Client | _HttpxClient, scans: list[bytes], stations: list[tuple[str, str]], *,
+    def __init__(self, client: _H11Client | _HttpxClient | _StreamClient, scans: list[bytes], stations: list[tuple[str, str]], *,
                  prefix: str, multipart: bool = False, media_type: str = "image/png") -> None:
         self.client, self.scans, self.stations, self.prefix = client, scans, stations, prefix
         self.multipart, self.media_type = multipart, media_type
@@ -604,8 +675,9 @@ def main() -> None:
                     help="Send multipart/form-data (default: the image as the raw body, fields as query parameters; "
                          "needs --client httpx).")
     ap.add_argument("--client", default="h11", choices=sorted(CLIENTS),
-                    help="The stations' HTTP client: h11 (plain HTTP/1.1 on asyncio streams, the lighter load "
-                         "generator) or httpx (an AsyncClient, as bench figures before 2026-11-30 were measured).")
+                    help="How the stations send: h11 (POST /v1/scans as plain HTTP/1.1 on asyncio streams, the "
+                         "lighter load generator), httpx (POST through an AsyncClient, as bench figures before "
+                         "2026-11-30 were measured) or ws (streamed over WS /v1/stream, one socket per station).")
     ap.add_argument("--scan-px", type=int, default=768, help="Long side of the synthetic scans.")
     ap.add_argument("--format", default="png", choices=sorted(FORMATS),
                     help="How the scans are encoded: png (as PIDray ships them) or jpeg (quality 95, as SIXray "
@@ -616,7 +688,7 @@ def main() -> None:
     if args.stations < 1 or args.seconds <= 0 or args.bags < 1 or args.batch < 1 or args.threads < 1:
         ap.error("--stations, --seconds, --bags, --batch and --threads must be positive")
     if args.multipart and args.client != "httpx":
-        ap.error("--multipart needs --client httpx (the h11 client sends raw bodies only)")
+        ap.error("--multipart needs --client httpx (the h11 and ws clients send raw images only)")
     if args.model is not None and not args.model.is_file():
         ap.error(f"--model {args.model} is not a file")
 

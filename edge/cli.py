@@ -50,8 +50,11 @@ def serve_command(
     configure_logging(settings.log_level)
     app = create_app(settings)
     # uvicorn's own access log is off: the service writes one structured line per request itself.
+    # WS /v1/stream refuses permessage-deflate, which clients offer by default: scans come compressed
+    # already (a 556-kB PNG deflates by 5 %), and inflating each frame would cost the lane's cores about
+    # 1.7 ms a scan (docs/lane_bench.md).
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=uvicorn_log_config(settings.log_level),
-                ws_max_size=settings.max_body_bytes + 65536, timeout_graceful_shutdown=10)
+                ws_max_size=settings.max_body_bytes + 65536, ws_per_message_deflate=False, timeout_graceful_shutdown=10)
 
 
 def station_command(
