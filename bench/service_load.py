@@ -421,6 +421,8 @@ class _StreamClient:
         from websockets.asyncio.client import connect
 
         async with self.opening.setdefault(key, asyncio.Lock()):
+            if key in self.streams and self.streams[key][3].done():  # that stream broke: open a new one
+                await self.streams.pop(key)[0].close()
             if key not in self.streams:
                 ws = await connect(self.url, additional_headers={"Authorization": f"Bearer {key}"},
                                    compression=None, max_size=None, ping_interval=None)
