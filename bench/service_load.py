@@ -58,7 +58,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import h11
@@ -403,26 +405,38 @@ class _H11Client:
         self.idle.clear()
 
 
+@dataclass
+class _Stream:
+    """One station's open WebSocket: answers still awaited (by seq), the lock that keeps a header and its
+    image together on the socket, and the task that reads the answers."""
+
+    ws: Any
+    pending: dict[int, asyncio.Future]
+    sending: asyncio.Lock
+    reader: asyncio.Task
+
+
 class _StreamClient:
     """Stations streaming over `WS /v1/stream` (edge/routes_stream.py): one WebSocket per station, opened with
     its key on the handshake, a JSON header and a binary frame per scan, answers matched to scans by `seq`.
-    permessage-deflate is not offered (the images are compressed already). Raw images only (no multipart)."""
+    permessage-deflate is not offered (the images are compressed already). Raw images only (no multipart).
+    A stream that broke is replaced on its station's next scan."""
 
     def __init__(self, url: str, *, max_connections: int) -> None:
         from websockets.exceptions import WebSocketException
 
         self.url = "ws" + url.removeprefix("http") + "/v1/stream"
-        self.streams: dict[str, tuple[object, dict[int, asyncio.Future], asyncio.Lock, asyncio.Task]] = {}
+        self.streams: dict[str, _Stream] = {}
         self.opening: dict[str, asyncio.Lock] = {}
         self.seq = 0
         self.errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError, WebSocketException)
 
-    async def _stream(self, key: str) -> tuple[object, dict[int, asyncio.Future], asyncio.Lock, asyncio.Task]:
+    async def _stream(self, key: str) -> _Stream:
         from websockets.asyncio.client import connect
 
         async with self.opening.setdefault(key, asyncio.Lock()):
-            if key in self.streams and self.streams[key][3].done():  # that stream broke: open a new one
-                await self.streams.pop(key)[0].close()
+            if key in self.streams and self.streams[key].reader.done():
+                await self.streams.pop(key).ws.close()
             if key not in self.streams:
                 ws = await connect(self.url, additional_headers={"Authorization": f"Bearer {key}"},
                                    compression=None, max_size=None, ping_interval=None)
@@ -431,11 +445,11 @@ class _StreamClient:
                     await ws.close()
                     raise ConnectionError(f"the stream refused the station: {ready}")
                 pending: dict[int, asyncio.Future] = {}
-                self.streams[key] = (ws, pending, asyncio.Lock(), asyncio.create_task(self._read(ws, pending)))
+                self.streams[key] = _Stream(ws, pending, asyncio.Lock(), asyncio.create_task(self._read(ws, pending)))
             return self.streams[key]
 
     @staticmethod
-    async def _read(ws, pending: dict[int, asyncio.Future]) -> None:
+    async def _read(ws: Any, pending: dict[int, asyncio.Future]) -> None:
         try:
             async for message in ws:
                 future = pending.pop(json.loads(message).get("seq"), None)
@@ -453,25 +467,25 @@ class _StreamClient:
                         multipart: bool) -> tuple[int, bytes]:
         if multipart:
             raise ValueError("the stream client sends raw images only: use --client httpx with --multipart")
-        ws, pending, sending, _reader = await self._stream(key)
+        stream = await self._stream(key)
         self.seq += 1
         seq = self.seq
         answer = asyncio.get_running_loop().create_future()
-        pending[seq] = answer
+        stream.pending[seq] = answer
         try:
-            async with sending:  # a header and its image go out back to back on the socket
-                await ws.send(json.dumps({**fields, "seq": seq, "content_type": media_type}))
-                await ws.send(data)
+            async with stream.sending:  # a header and its image go out back to back on the socket
+                await stream.ws.send(json.dumps({**fields, "seq": seq, "content_type": media_type}))
+                await stream.ws.send(data)
             message = await asyncio.wait_for(answer, REQUEST_TIMEOUT_S)
         finally:
-            pending.pop(seq, None)
+            stream.pending.pop(seq, None)
         doc = json.loads(message)
         return (200 if doc.get("type") == "result" else int(doc.get("status", 0))), message.encode()
 
     async def aclose(self) -> None:
-        for ws, _pending, _sending, reader in self.streams.values():
-            await ws.close()
-            await asyncio.gather(reader, return_exceptions=True)
+        for stream in self.streams.values():
+            await stream.ws.close()
+            await asyncio.gather(stream.reader, return_exceptions=True)
         self.streams.clear()
 
 

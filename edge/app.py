@@ -8,6 +8,10 @@ then marks the service ready (`/readyz` 200). Shutdown stops them in reverse ord
 
     uvicorn --factory edge.app:app_from_env      # settings from XSCREEN_* variables
     xscreen serve --model model.onnx            # the same, from the command line
+
+`xscreen serve` also sets uvicorn's WebSocket options (frame limit from XSCREEN_MAX_BODY_BYTES, no
+permessage-deflate: edge/cli.py); with uvicorn's own command line pass `--ws-max-size` and
+`--ws-per-message-deflate false` to match.
 """
 
 from __future__ import annotations
