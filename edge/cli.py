@@ -66,6 +66,7 @@ def station_command(
     bags: Annotated[int, typer.Option("--bags", min=0, help="Stop after this many bags.")] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Synthetic bag seed.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON (no live table).")] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="Send over WS /v1/stream, a WebSocket per lane, instead of POST /v1/scans.")] = False,
 ) -> None:
     """Simulate a station: stream bags to a lane service and show sent, alarms, latency p50/p95, errors."""
     import json
@@ -75,7 +76,7 @@ def station_command(
     if source != "synth" and not Path(source).is_dir():
         raise _fail(f"--source must be 'synth' or a folder; {source!r} is neither")
     cfg = StationConfig(url=url.rstrip("/"), key=key, lanes=lanes, rate=rate, source=source, bags=bags, seed=seed,
-                        live=not json_out)
+                        live=not json_out, stream=stream)
     try:
         summary = run_station(cfg)
     except StationError as exc:

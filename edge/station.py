@@ -2,25 +2,33 @@
 
     xscreen station --url http://127.0.0.1:8000 --key xs_st_... --lanes 4 --rate 8 --source synth --bags 200
 
-Bags come from the physics synthesiser (`--source synth`, needs the `synth` extra: xraydb, spekpy; it is
+Each lane posts its bags to `POST /v1/scans`, or with `--stream` keeps one WebSocket to `WS /v1/stream` and
+sends them over it (a JSON header and the image as a binary frame; the key on the handshake, once; lighter
+for the lane box: docs/lane_bench.md). Bags come from the physics synthesiser (`--source synth`, needs the `synth` extra: xraydb, spekpy; it is
 imported only then) or from a folder of scans (PNG, JPEG, TIFF, DICOS .dcs), cycled. Bag k is due at
 t0 + k/R whatever lane sends it, so the offered load is R bags/s as long as the service keeps up; a lane
 that is refused with 429/503 waits the Retry-After and tries again (at most `max_retries` times), as a
-real station would. Prints a live summary (rich) and returns the final one.
+real station would. A bag whose request fails in transport (connection refused or dropped, timeout) counts
+as an error; a lane whose stream broke opens a new one for its next bag. Prints a live summary (rich) and
+returns the final one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
 
 _SUFFIX_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".tif": "image/tiff",
                  ".tiff": "image/tiff", ".dcs": "application/dicom"}
@@ -34,7 +42,7 @@ class StationError(RuntimeError):
 class StationConfig:
     """url: service base URL; key: a station API key; station: its name (None: asked from /v1/me);
     lanes: concurrent senders; rate: bags/s over all lanes; source: "synth" or a folder; bags: total;
-    live: show the rich live table."""
+    live: show the rich live table; stream: send over WS /v1/stream (a WebSocket per lane), not POST."""
 
     url: str
     key: str
@@ -49,6 +57,7 @@ class StationConfig:
     seed: int = 0
     synth_size_px: int = 512
     live: bool = True
+    stream: bool = False
 
 
 @dataclass
@@ -131,26 +140,83 @@ async def _who_am_i(client: httpx.AsyncClient) -> str:
     return str(me["name"])
 
 
-async def _send_bag(client: httpx.AsyncClient, cfg: StationConfig, station: str, lane: int, bag_id: str,
-                    data: bytes, content_type: str, summary: StationSummary) -> None:
-    fields = {"station": station, "lane": f"lane-{lane}", "bag_id": bag_id, "view": cfg.view}
+#: What a failed delivery raises, by transport (counted as an error, not retried).
+_TRANSPORT_ERRORS = (httpx.HTTPError, OSError, TimeoutError, WebSocketException)
+
+#: One attempt to deliver a scan: (HTTP status, the answer's JSON or the refusal's text, seconds to wait
+#: before a retry when refused with 429/503).
+SendOnce = Callable[[], Awaitable[tuple[int, Any, float]]]
+
+
+def _post_once(client: httpx.AsyncClient, fields: dict[str, str], bag_id: str, data: bytes, content_type: str) -> SendOnce:
+    async def send() -> tuple[int, Any, float]:
+        r = await client.post("/v1/scans", files={"image": (bag_id, data, content_type)}, data=fields)
+        return r.status_code, (r.json() if r.status_code == 200 else r.text), float(r.headers.get("Retry-After", "1"))
+
+    return send
+
+
+class _LaneStream:
+    """A lane's WebSocket to `WS /v1/stream`, opened on first use and again after it broke. One scan is in
+    flight at a time, so each answer is the last scan's."""
+
+    def __init__(self, url: str, key: str, timeout_s: float) -> None:
+        self.url = "ws" + url.removeprefix("http") + "/v1/stream"
+        self.key, self.timeout_s = key, timeout_s
+        self.ws: ClientConnection | None = None
+
+    async def _open(self) -> ClientConnection:
+        if self.ws is None:
+            # No permessage-deflate: scans are compressed already (the service refuses it anyway).
+            ws = await connect(self.url, additional_headers={"Authorization": f"Bearer {self.key}"}, compression=None,
+                               max_size=None, open_timeout=self.timeout_s)
+            ready = json.loads(await asyncio.wait_for(ws.recv(), self.timeout_s))
+            if ready.get("type") != "ready":
+                await ws.close()
+                raise ConnectionError(f"the stream refused the station: {ready}")
+            self.ws = ws
+        return self.ws
+
+    def send_once(self, fields: dict[str, str], data: bytes, content_type: str) -> SendOnce:
+        async def send() -> tuple[int, Any, float]:
+            try:
+                ws = await self._open()
+                await ws.send(json.dumps({**fields, "seq": fields["bag_id"], "content_type": content_type}))
+                await ws.send(data)
+                answer = json.loads(await asyncio.wait_for(ws.recv(), self.timeout_s))
+            except BaseException:
+                await self.close()  # the next bag opens a new stream
+                raise
+            if answer.get("type") == "result":
+                return 200, answer, 0.0
+            return int(answer.get("status", 0)), answer.get("detail", ""), float(answer.get("retry_after_s", 1.0))
+
+        return send
+
+    async def close(self) -> None:
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            await ws.close()
+
+
+async def _send_bag(send_once: SendOnce, cfg: StationConfig, summary: StationSummary) -> None:
+    """Deliver one scan, retrying 429/503 after the wait the service asked for; count the outcome."""
     for attempt in range(cfg.max_retries + 1):
         start = time.perf_counter()
         try:
-            r = await client.post("/v1/scans", files={"image": (f"{bag_id}", data, content_type)}, data=fields)
-        except httpx.HTTPError as exc:
+            status, body, retry_after_s = await send_once()
+        except _TRANSPORT_ERRORS as exc:
             summary.errors += 1
             summary.error_samples = (summary.error_samples + [f"{type(exc).__name__}: {exc}"])[-5:]
             return
-        if r.status_code in (429, 503) and attempt < cfg.max_retries:
+        if status in (429, 503) and attempt < cfg.max_retries:
             summary.retries += 1
-            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+            await asyncio.sleep(retry_after_s)
             continue
-        if r.status_code != 200:
+        if status != 200:
             summary.errors += 1
-            summary.error_samples = (summary.error_samples + [f"{r.status_code}: {r.text[:200]}"])[-5:]
+            summary.error_samples = (summary.error_samples + [f"{status}: {str(body)[:200]}"])[-5:]
             return
-        body = r.json()
         summary.sent += 1
         summary.latencies_ms.append((time.perf_counter() - start) * 1000.0)
         summary.alarms += int(bool(body.get("alarm")))
@@ -185,11 +251,20 @@ async def run_station_async(cfg: StationConfig, source: BagSource | None = None)
         t0 = time.monotonic()
 
         async def lane_worker(lane: int) -> None:
-            while (k := next(counter)) < cfg.bags:
-                due = t0 + k / cfg.rate
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                data, content_type, name = await asyncio.to_thread(source, k)
-                await _send_bag(client, cfg, station, lane, f"{run_id}-{k:06d}-{name}"[:128], data, content_type, summary)
+            stream = _LaneStream(cfg.url, cfg.key, cfg.timeout_s) if cfg.stream else None
+            try:
+                while (k := next(counter)) < cfg.bags:
+                    due = t0 + k / cfg.rate
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    data, content_type, name = await asyncio.to_thread(source, k)
+                    bag_id = f"{run_id}-{k:06d}-{name}"[:128]
+                    fields = {"station": station, "lane": f"lane-{lane}", "bag_id": bag_id, "view": cfg.view}
+                    send = (stream.send_once(fields, data, content_type) if stream is not None
+                            else _post_once(client, fields, bag_id, data, content_type))
+                    await _send_bag(send, cfg, summary)
+            finally:
+                if stream is not None:
+                    await stream.close()
 
         workers = [asyncio.create_task(lane_worker(i + 1)) for i in range(cfg.lanes)]
         if cfg.live:

@@ -486,7 +486,8 @@ def test_webhook_is_delivered_from_the_outbox(tmp_path):
         server.server_close()
 
 
-def test_station_simulator_streams_a_folder(tmp_path):
+@pytest.mark.parametrize("stream", [False, True], ids=["post", "stream"])
+def test_station_simulator_streams_a_folder(tmp_path, stream):
     from edge.station import StationConfig, run_station
 
     folder = tmp_path / "scans"
@@ -496,10 +497,57 @@ def test_station_simulator_streams_a_folder(tmp_path):
     with served_service(tmp_path / "svc") as svc:
         start = time.monotonic()
         summary = run_station(StationConfig(url=svc.url, key=svc.keys["station"], lanes=2, rate=20.0,
-                                            source=str(folder), bags=6, live=False))
+                                            source=str(folder), bags=6, live=False, stream=stream))
         # 6 bags at 20 bags/s are offered over 0.25 s: the simulator paces, it does not burst.
         assert time.monotonic() - start >= 0.25
         assert summary.sent == 6 and summary.errors == 0
         assert summary.alarms == 6
         assert summary.latency_ms_p50 > 0
         assert svc.ctx.store.count_scans() == 6
+        lanes = {r.lane for r in svc.ctx.store.list_scans(limit=10)}
+        assert lanes == {"lane-1", "lane-2"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["post", "stream"])
+def test_station_simulator_waits_out_429_and_retries(tmp_path, stream):
+    from edge.station import StationConfig, run_station
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"s{i}.png").write_bytes(png_bytes(520 + i))
+    # One scan at once, five a second: four lanes sending together are refused with 429 and Retry-After.
+    with served_service(tmp_path / "svc", rate_limit_per_s=5.0, rate_limit_burst=1) as svc:
+        start = time.monotonic()
+        summary = run_station(StationConfig(url=svc.url, key=svc.keys["station"], lanes=4, rate=1000.0,
+                                            source=str(folder), bags=4, live=False, stream=stream))
+        assert summary.retries >= 1
+        assert time.monotonic() - start >= 1.0  # Retry-After is whole seconds: the lanes waited it out
+        assert (summary.sent, summary.errors) == (4, 0), summary.error_samples
+        assert svc.ctx.store.count_scans() == 4
+
+
+def test_station_stream_lane_counts_a_broken_stream_and_opens_a_new_one(tmp_path):
+    import asyncio
+
+    from edge.station import StationConfig, StationSummary, _LaneStream, _send_bag
+
+    cfg = StationConfig(url="", key="", live=False)
+    with served_service(tmp_path / "svc") as svc:
+
+        async def scenario() -> tuple[StationSummary, list[int]]:
+            lane, summary, streams = _LaneStream(svc.url, svc.keys["station"], 30.0), StationSummary(), []
+            for i in range(3):
+                fields = {"station": "st1", "lane": "lane-1", "bag_id": f"bag-broken-{i}", "view": "top"}
+                await _send_bag(lane.send_once(fields, png_bytes(540 + i), "image/png"), cfg, summary)
+                streams.append(id(lane.ws) if lane.ws is not None else 0)
+                if i == 0:
+                    await lane.ws.close()  # the stream breaks between bags
+            await lane.close()
+            return summary, streams
+
+        summary, streams = asyncio.run(scenario())
+        assert (summary.sent, summary.errors) == (2, 1)
+        assert "ConnectionClosed" in summary.error_samples[0]
+        assert streams[1] == 0 and streams[2] not in (0, streams[0])  # dropped, then a new stream
+        assert [r.bag_id for r in svc.ctx.store.list_scans(limit=10)] == ["bag-broken-2", "bag-broken-0"]

@@ -99,8 +99,9 @@ def run_lane(out: Path, console, *, bags: int = 16) -> bool:
         else:
             console.print(f"[red]the service did not become ready; see {lane / 'serve.log'}")
             return False
-        console.print(f"$ xscreen station --url {url} --key xs_st_… --lanes 2 --rate 4 --source synth --bags {bags}", style="cyan")
-        station = _xscreen("station", "--url", url, "--key", key, "--lanes", "2", "--rate", "4", "--source", "synth", "--bags", str(bags))
+        console.print(f"$ xscreen station --url {url} --key xs_st_… --lanes 2 --rate 4 --source synth --bags {bags} --stream", style="cyan")
+        station = _xscreen("station", "--url", url, "--key", key, "--lanes", "2", "--rate", "4", "--source", "synth", "--bags", str(bags),
+                           "--stream")
         console.print(f"review UI: {url}/login (create a supervisor with `xscreen admin add-user NAME --role supervisor --db {db}`)")
         return station.returncode == 0
     finally:
