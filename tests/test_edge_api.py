@@ -486,14 +486,19 @@ def test_webhook_is_delivered_from_the_outbox(tmp_path):
         server.server_close()
 
 
+def _scan_folder(tmp_path: Path, count: int, seed: int) -> Path:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"s{i}.png").write_bytes(png_bytes(seed + i))
+    return folder
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["post", "stream"])
 def test_station_simulator_streams_a_folder(tmp_path, stream):
     from edge.station import StationConfig, run_station
 
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    for i in range(3):
-        (folder / f"s{i}.png").write_bytes(png_bytes(500 + i))
+    folder = _scan_folder(tmp_path, 3, seed=500)
     with served_service(tmp_path / "svc") as svc:
         start = time.monotonic()
         summary = run_station(StationConfig(url=svc.url, key=svc.keys["station"], lanes=2, rate=20.0,
@@ -512,10 +517,7 @@ def test_station_simulator_streams_a_folder(tmp_path, stream):
 def test_station_simulator_waits_out_429_and_retries(tmp_path, stream):
     from edge.station import StationConfig, run_station
 
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    for i in range(4):
-        (folder / f"s{i}.png").write_bytes(png_bytes(520 + i))
+    folder = _scan_folder(tmp_path, 4, seed=520)
     # One scan at once, five a second: four lanes sending together are refused with 429 and Retry-After.
     with served_service(tmp_path / "svc", rate_limit_per_s=5.0, rate_limit_burst=1) as svc:
         start = time.monotonic()
