@@ -29,11 +29,14 @@ class EdgeMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "xscreen_http_requests", "HTTP requests and WebSocket sessions by route template, method and status.",
+            "xscreen_http_requests",
+            "HTTP requests, WebSocket sessions and scans sent over a stream (method SCAN, route /v1/stream) by "
+            "route template, method and status.",
             ["route", "method", "status"], registry=r,
         )
         self.request_latency = Histogram(
-            "xscreen_http_request_latency_seconds", "Request latency by route template and method.",
+            "xscreen_http_request_latency_seconds",
+            "Request latency (a stream's scans: each scan's, method SCAN) by route template and method.",
             ["route", "method"], buckets=_LATENCY_BUCKETS_S, registry=r,
         )
         # One bucket per possible size: the distribution of batch sizes is the point of micro-batching.

@@ -124,9 +124,13 @@ async def _screen_one(ctx: ServiceContext, principal: Principal, header: dict[st
         log_event(_access_log, "stream scan failed", logging.ERROR, error=repr(exc), station=principal.name)
         return {"type": "error", "seq": seq, "status": 500, "detail": "internal error while screening this scan"}
     finally:
+        # Each scan counts in the request metrics like a POST /v1/scans does (the session's own line comes
+        # when it closes, with its whole duration).
+        latency_s = time.perf_counter() - started
+        ctx.metrics.requests.labels(route="/v1/stream", method="SCAN", status=str(status)).inc()
+        ctx.metrics.request_latency.labels(route="/v1/stream", method="SCAN").observe(latency_s)
         log_event(_access_log, "stream scan", request_id=request_id, seq=seq, route="/v1/stream", status=status,
-                  station=principal.name,
-                  latency_ms=round((time.perf_counter() - started) * 1000.0, 2))
+                  station=principal.name, latency_ms=round(latency_s * 1000.0, 2))
 
 
 async def _send_in_order(ws: WebSocket, pending: asyncio.Queue[asyncio.Task[dict[str, Any]] | None]) -> None:

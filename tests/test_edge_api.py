@@ -391,6 +391,25 @@ def test_stream_answers_in_order(service):
     assert [a["bag_id"] for a in answers if a["type"] == "result"] == [f"bag-ws-{i}" for i in range(5)] + ["bag-ws-b64", "bag-ws-7"]
 
 
+def test_stream_scans_count_in_the_request_metrics(service):
+    def sample(name: str, **labels: str) -> float:
+        return service.ctx.metrics.registry.get_sample_value(name, {"route": "/v1/stream", "method": "SCAN", **labels}) or 0.0
+
+    keys = (("xscreen_http_requests_total", {"status": "200"}), ("xscreen_http_requests_total", {"status": "422"}),
+            ("xscreen_http_request_latency_seconds_count", {}), ("xscreen_http_request_latency_seconds_sum", {}))
+    before = [sample(name, **labels) for name, labels in keys]  # the service is shared with other tests
+    with service.client.websocket_connect("/v1/stream", headers=service.auth("station")) as ws:
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_text(json.dumps({**scan_fields("bag-ws-metrics-0"), "seq": 0}))
+        ws.send_bytes(png_bytes(210))
+        ws.send_text(json.dumps({**scan_fields("bag-ws-metrics-1"), "seq": 1}))
+        ws.send_bytes(b"not an image")
+        assert [ws.receive_json()["type"] for _ in range(2)] == ["result", "error"]
+    ok, refused, count, seconds = (sample(name, **labels) - b for (name, labels), b in zip(keys, before))
+    assert (ok, refused, count) == (1, 1, 2)
+    assert seconds > 0
+
+
 def test_stream_key_in_first_message_and_refusals(service):
     with service.client.websocket_connect("/v1/stream") as ws:
         ws.send_text(json.dumps({"key": service.keys["station"]}))
