@@ -228,7 +228,8 @@ async def _send_bag(send_once: SendOnce, cfg: StationConfig, summary: StationSum
 def _table(summary: StationSummary, cfg: StationConfig):  # -> rich.table.Table
     from rich.table import Table
 
-    table = Table(title=f"xscreen station → {cfg.url}  ({cfg.lanes} lanes, {cfg.rate:g} bags/s)")
+    table = Table(title=f"xscreen station → {cfg.url}  ({cfg.lanes} lanes, {cfg.rate:g} bags/s)",
+                  caption="streaming over WS /v1/stream" if cfg.stream else "posting to POST /v1/scans")
     for name in ("sent", "alarms", "errors", "retries", "p50 ms", "p95 ms", "bags/s"):
         table.add_column(name, justify="right")
     d = summary.as_dict()

@@ -102,6 +102,7 @@ def run_lane(out: Path, console, *, bags: int = 16) -> bool:
         console.print(f"$ xscreen station --url {url} --key xs_st_… --lanes 2 --rate 4 --source synth --bags {bags} --stream", style="cyan")
         station = _xscreen("station", "--url", url, "--key", key, "--lanes", "2", "--rate", "4", "--source", "synth", "--bags", str(bags),
                            "--stream")
+        console.print()  # the station's live table may leave the cursor on its last line
         console.print(f"review UI: {url}/login (create a supervisor with `xscreen admin add-user NAME --role supervisor --db {db}`)")
         return station.returncode == 0
     finally:
