@@ -418,32 +418,27 @@ class _Stream:
 
 class _StreamClient:
     """Stations streaming over `WS /v1/stream` (edge/routes_stream.py): one WebSocket per station, opened with
-    its key on the handshake, a JSON header and a binary frame per scan, answers matched to scans by `seq`.
-    permessage-deflate is not offered (the images are compressed already). Raw images only (no multipart).
+    its key on the handshake (`edge.station.open_stream`, as the station simulator opens it), a JSON header
+    and a binary frame per scan, answers matched to scans by `seq`. Raw images only (no multipart).
     A stream that broke is replaced on its station's next scan."""
 
     def __init__(self, url: str, *, max_connections: int) -> None:
         from websockets.exceptions import WebSocketException
 
-        self.url = "ws" + url.removeprefix("http") + "/v1/stream"
+        self.url = url
         self.streams: dict[str, _Stream] = {}
         self.opening: dict[str, asyncio.Lock] = {}
         self.seq = 0
         self.errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError, WebSocketException)
 
     async def _stream(self, key: str) -> _Stream:
-        from websockets.asyncio.client import connect
+        from edge.station import open_stream
 
         async with self.opening.setdefault(key, asyncio.Lock()):
             if key in self.streams and self.streams[key].reader.done():
                 await self.streams.pop(key).ws.close()
             if key not in self.streams:
-                ws = await connect(self.url, additional_headers={"Authorization": f"Bearer {key}"},
-                                   compression=None, max_size=None, ping_interval=None)
-                ready = json.loads(await ws.recv())
-                if ready.get("type") != "ready":
-                    await ws.close()
-                    raise ConnectionError(f"the stream refused the station: {ready}")
+                ws = await open_stream(self.url, key, timeout_s=REQUEST_TIMEOUT_S)
                 pending: dict[int, asyncio.Future] = {}
                 self.streams[key] = _Stream(ws, pending, asyncio.Lock(), asyncio.create_task(self._read(ws, pending)))
             return self.streams[key]

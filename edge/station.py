@@ -157,25 +157,30 @@ def _post_once(client: httpx.AsyncClient, fields: dict[str, str], bag_id: str, d
     return send
 
 
+async def open_stream(url: str, key: str, *, timeout_s: float) -> ClientConnection:
+    """A WebSocket to the service at `url` (http[s]://host:port) on `WS /v1/stream`, authenticated with the
+    station `key` on the handshake and past the service's `ready` message. No permessage-deflate: scans are
+    compressed already (the service refuses it anyway). ConnectionError if the stream refuses the key."""
+    ws = await connect("ws" + url.removeprefix("http") + "/v1/stream", additional_headers={"Authorization": f"Bearer {key}"},
+                       compression=None, max_size=None, open_timeout=timeout_s)
+    ready = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+    if ready.get("type") != "ready":
+        await ws.close()
+        raise ConnectionError(f"the stream refused the station: {ready}")
+    return ws
+
+
 class _LaneStream:
     """A lane's WebSocket to `WS /v1/stream`, opened on first use and again after it broke. One scan is in
     flight at a time, so each answer is the last scan's."""
 
     def __init__(self, url: str, key: str, timeout_s: float) -> None:
-        self.url = "ws" + url.removeprefix("http") + "/v1/stream"
-        self.key, self.timeout_s = key, timeout_s
+        self.url, self.key, self.timeout_s = url, key, timeout_s
         self.ws: ClientConnection | None = None
 
     async def _open(self) -> ClientConnection:
         if self.ws is None:
-            # No permessage-deflate: scans are compressed already (the service refuses it anyway).
-            ws = await connect(self.url, additional_headers={"Authorization": f"Bearer {self.key}"}, compression=None,
-                               max_size=None, open_timeout=self.timeout_s)
-            ready = json.loads(await asyncio.wait_for(ws.recv(), self.timeout_s))
-            if ready.get("type") != "ready":
-                await ws.close()
-                raise ConnectionError(f"the stream refused the station: {ready}")
-            self.ws = ws
+            self.ws = await open_stream(self.url, self.key, timeout_s=self.timeout_s)
         return self.ws
 
     def send_once(self, fields: dict[str, str], data: bytes, content_type: str) -> SendOnce:
