@@ -19,7 +19,10 @@
    images/s at batch --batch (the service's XSCREEN_BATCH_MAX_SIZE: the targets' reference), and batch-1
    latency p50/p95; for reference only, images/s at batches of 1, 2 and 4 as well (on this project's 2-core
    machine a batch of 8 mostly costs more per image than a small one, and under load the service's calls
-   take at most XSCREEN_BATCH_SHARE_MAX = 2 scans each).
+   take at most XSCREEN_BATCH_SHARE_MAX = 2 scans each). Also for reference: the service's per-scan work
+   without the service, --threads threads each looping over decode → prepare → a one-core model call of one
+   scan (`bench_pipeline`): what decoding alone leaves of the engine's throughput, before HTTP,
+   authentication, storage, records and scheduling take their share.
 4. Service: `xscreen serve` on 127.0.0.1 (a free port), SQLite and images in a temporary folder, with the
    same batch size and the service's own choice of model workers and threads (on 2 cores: two
    one-thread model calls in parallel; override with BENCH_XSCREEN_<SETTING>=value in the environment);
@@ -200,6 +203,47 @@ def bench_engine(model: Path, scans: list[bytes], *, threads: int, batch: int, s
     del engine
     gc.collect()
     return result
+
+
+def bench_pipeline(model: Path, scans: list[bytes], *, workers: int, seconds: float) -> dict:
+    """For reference: the service's per-scan work without the service. `workers` threads, each with its own
+    one-thread Engine call as the service's parallel calls are, loop over decode → prepare → detect_prepared
+    of one scan. Nothing else (HTTP, authentication, storage, records, scheduling) is done, so the images/s
+    against the engine's reference tell how much of a shortfall decoding explains and how much the rest."""
+    import threading
+
+    from inference.engine import Engine
+    from vision.decode import decode
+    from vision.preprocess import prepare
+
+    engine = Engine(model, threads=1, max_batch=1)
+
+    def one(i: int) -> None:
+        batch, params = prepare(decode(scans[i % len(scans)]).pixels, engine.spec)
+        engine.detect_prepared(batch[None], [params])
+
+    for i in range(2):
+        one(i)
+    done = [0] * workers
+    stop_at = time.perf_counter() + seconds
+
+    def loop(k: int) -> None:
+        i = k
+        while time.perf_counter() < stop_at:
+            one(i)
+            i += workers
+            done[k] += 1
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(workers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    del engine
+    gc.collect()
+    return {"workers": workers, "images_per_s": sum(done) / elapsed, "images": sum(done)}
 
 
 # ------------------------------------------------------------------------------------------- the service
@@ -648,6 +692,11 @@ def print_report(doc: dict) -> None:
         if "images_per_s_by_batch" in m:
             sizes = ", ".join(f"{k}: {v:.1f}" for k, v in m["images_per_s_by_batch"].items())
             print(f"  for reference, images/s by batch size: {sizes}")
+    if "pipeline" in doc:
+        p = doc["pipeline"]
+        print(f"for reference, the service's per-scan work without the service (decode, letterbox, model call of one "
+              f"scan; {p['workers']} threads of one core each): {p['images_per_s']:.1f} images/s "
+              f"({100 * p['images_per_s'] / e['batched_images_per_s']:.1f} % of the engine)")
     print(f"service, saturation: {sat['throughput_per_s']:.1f} scans/s ({100 * v['throughput_ratio']:.1f} % of the "
           f"engine), latency p50/p95/p99 {sat['latency_ms_p50']:.0f}/{sat['latency_ms_p95']:.0f}/"
           f"{sat['latency_ms_p99']:.0f} ms, errors {sat['errors']} {sat['errors_by_status'] or ''}")
@@ -713,6 +762,7 @@ def main() -> None:
         engine = bench_engine(model, scans, threads=args.threads, batch=args.batch, seconds=args.engine_seconds)
         print(f"engine measured: {engine['batched_images_per_s']:.1f} images/s at batch {args.batch}, batch-1 p50 "
               f"{engine['batch1_latency_ms_p50']:.1f} ms", flush=True)
+        pipeline = bench_pipeline(model, scans, workers=args.threads, seconds=args.engine_seconds)
         service = run_service_phases(args, model, scans, engine, work)
         # The Engine again, after the load: this machine's speed drifts by 10–20 % between minutes, and
         # the targets are judged against the Engine's better measurement (the stricter reading).
@@ -728,6 +778,7 @@ def main() -> None:
             "scan_format": args.format,
             "scan_bytes": [len(s) for s in scans],
             "engine": engine,
+            "pipeline": pipeline,
             "service": service,
         }
         doc["verdicts"] = verdicts(engine, service)
