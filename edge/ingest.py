@@ -28,7 +28,7 @@ from edge.context import ServiceContext
 from edge.formats import DicosError, UnsupportedMediaTypeError, Upload, decode_upload
 from edge.logs import log_event
 from edge.ratelimit import retry_after_header
-from edge.store import ScanRecord
+from edge.store import ScanRecord, Store
 from edge.tdr import write_tdr_file
 from vision.decide import BagDecision, decide, fuse_views
 from vision.decode import DecodeError, TooManyPixelsError
@@ -193,6 +193,11 @@ def decode_refusal(ctx: ServiceContext, exc: BaseException) -> IngestError | Non
     return None
 
 
+def _digest_and_views(store: Store, meta: ScanMeta, upload: Upload) -> tuple[str, list[ScanRecord]]:
+    """(the image's sha256, the bag's recorded views): what the re-send check needs, in one thread hop."""
+    return upload.sha256, store.bag_scans(meta.station, meta.bag_id)
+
+
 async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started: float) -> dict[str, Any]:
     """Screen one scan (see the module docstring); returns the `ScanResultOut` fields.
 
@@ -201,18 +206,18 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
     """
     engine, store, _auth, batcher = ctx.require()
     deadline = time.monotonic() + ctx.settings.request_deadline_s - (time.perf_counter() - started)
-    sha = upload.sha256
 
-    # A re-send of a scan already recorded gets the stored result and runs nothing. The check (a database
-    # read) runs beside decoding: re-sends are rare, and every other scan is answered that much sooner.
-    lookup = asyncio.ensure_future(asyncio.to_thread(store.bag_scans, meta.station, meta.bag_id))
+    # A re-send of a scan already recorded gets the stored result and runs nothing. The check (hashing the
+    # image, once for the check and the image store, and a database read) runs in a thread beside decoding:
+    # re-sends are rare, every other scan is answered that much sooner, and the event loop hashes nothing.
+    lookup = asyncio.ensure_future(asyncio.to_thread(_digest_and_views, store, meta, upload))
     decoding: asyncio.Future[tuple[dict[str, Any], np.ndarray, LetterboxParams]] | None = None
     t0 = time.perf_counter()
     if not batcher.full:  # no decode for a scan the queue cannot take
         decoding = asyncio.ensure_future(decode_scan(ctx, upload))
         # Left to finish in its decode slot when its result is not wanted (a re-send, a failed lookup).
         decoding.add_done_callback(lambda f: f.cancelled() or f.exception())
-    views = await lookup
+    sha, views = await lookup
     existing = [r for r in views if r.image_sha256 == sha]
     if existing:
         record = existing[0]
@@ -240,7 +245,7 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         raise IngestError(503, str(exc), {"Retry-After": "5"}) from None
     # The image is written while the scan waits for its batch (both take milliseconds; in parallel the
     # answer comes sooner). Only queued scans are written: an overloaded lane does no disk work for 503s.
-    put = asyncio.create_task(asyncio.to_thread(store.put_image, upload.data, suffix=upload.suffix))
+    put = asyncio.create_task(asyncio.to_thread(store.put_image, upload.data, suffix=upload.suffix, sha256=sha))
     try:
         batch = await batcher.wait(ticket)
     except DeadlineExceededError as exc:
@@ -251,9 +256,7 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
     finally:
         # The image write runs on even when screening failed: it must not be left half done, and the
         # file is content-addressed, so a later re-send finds it written.
-        stored_sha = await put
-    if stored_sha != sha:  # the store hashes what it wrote; a mismatch would break idempotency
-        raise RuntimeError(f"image store returned sha256 {stored_sha} for bytes hashing to {sha}")
+        await put
 
     decision = decide(batch.detections, engine.class_names, engine.policy)
     timings = {"decode_ms": decode_ms, "queue_ms": batch.queue_ms, "inference_ms": batch.inference_ms}

@@ -225,9 +225,10 @@ class Store:
 
     # -- images ------------------------------------------------------------------------------------------
 
-    def put_image(self, data: bytes, *, suffix: str) -> str:
-        """Store image bytes durably, content-addressed; return their sha256 hex (idempotent)."""
-        return self.images.put(data, suffix=suffix)
+    def put_image(self, data: bytes, *, suffix: str, sha256: str | None = None) -> str:
+        """Store image bytes durably, content-addressed; return their sha256 hex (idempotent). sha256: their
+        digest when the caller has it (`ImageFiles.put`)."""
+        return self.images.put(data, suffix=suffix, sha256=sha256)
 
     def read_image(self, sha256: str) -> tuple[bytes, str]:
         """(bytes, media type) of a stored image; KeyError if absent."""

@@ -199,6 +199,33 @@ def test_idempotent_resend_returns_the_same_record(service):
     assert other["id"] != first["id"] and other["duplicate"] is False
 
 
+def test_each_scan_is_hashed_once_and_not_on_the_event_loop(service, monkeypatch):
+    import asyncio
+    import hashlib
+
+    data = png_bytes(seed=24)
+    calls: list[bool] = []  # per hash of the scan's bytes: was it on the event loop?
+    real_sha256 = hashlib.sha256
+
+    def counting_sha256(value=b"", *args, **kwargs):
+        if bytes(value) == data:
+            try:
+                asyncio.get_running_loop()
+                calls.append(True)
+            except RuntimeError:
+                calls.append(False)
+        return real_sha256(value, *args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting_sha256)
+    r = post_png(service, data, "bag-hash-once")
+    assert r.status_code == 200, r.text
+    assert calls == [False]
+    rec = service.client.get(f"/v1/scans/{r.json()['id']}", headers=service.auth("supervisor")).json()
+    assert rec["image_sha256"] == real_sha256(data).hexdigest()
+    image = service.client.get(f"/v1/scans/{r.json()['id']}/image", headers=service.auth("supervisor"))
+    assert image.status_code == 200 and image.content == data
+
+
 def test_a_resend_is_answered_from_the_store_while_the_queue_is_full(service, monkeypatch):
     from edge.batcher import MicroBatcher
 

@@ -101,6 +101,19 @@ def test_read_image_missing_or_malformed_is_keyerror_and_bad_suffix_is_refused(t
     store.close()
 
 
+def test_put_image_with_the_callers_digest_stores_under_it_and_refuses_a_malformed_one(tmp_path: Path):
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "data")
+    data = b"scan bytes hashed by the caller"
+    sha = hashlib.sha256(data).hexdigest()
+    assert store.put_image(data, suffix="png", sha256=sha) == sha
+    assert store.read_image(sha) == (data, "image/png")
+    for bad in ("../" + sha[3:], sha.upper(), sha[:-1], ""):
+        with pytest.raises(ValueError, match="sha256"):
+            store.put_image(b"other", suffix="png", sha256=bad)
+    assert not list((tmp_path / "data" / "images").rglob("*.tmp"))
+    store.close()
+
+
 # -- migrations ----------------------------------------------------------------------------------------
 
 
