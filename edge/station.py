@@ -6,12 +6,11 @@ Each lane posts its bags to `POST /v1/scans`, or with `--stream` keeps one WebSo
 sends them over it (a JSON header and the image as a binary frame; the key on the handshake, once; lighter
 for the lane box: docs/lane_bench.md). Bags come from the physics synthesiser (`--source synth`, needs the
 `synth` extra: xraydb, spekpy; it is imported only then) or from a folder of scans (PNG, JPEG, TIFF, DICOS
-.dcs), cycled. Bag k is due at
-t0 + k/R whatever lane sends it, so the offered load is R bags/s as long as the service keeps up; a lane
-that is refused with 429/503 waits the Retry-After and tries again (at most `max_retries` times), as a
-real station would. A bag whose request fails in transport (connection refused or dropped, timeout) counts
-as an error; a lane whose stream broke opens a new one for its next bag. Prints a live summary (rich) and
-returns the final one.
+.dcs), cycled. Bag k is due at t0 + k/R whatever lane sends it, so the offered load is R bags/s as long as
+the service keeps up; a lane that is refused with 429/503 waits the Retry-After and tries again (at most
+`max_retries` times), as a real station would. A bag whose request fails in transport (connection refused
+or dropped, timeout) counts as an error; a lane whose stream broke opens a new one for its next bag.
+Prints a live summary (rich) and returns the final one.
 """
 
 from __future__ import annotations
