@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge.batcher import MicroBatcher
 from edge.context import ServiceContext
+from edge.ingest import scan_preparer
 from edge.limits import BodySizeLimitMiddleware
 from edge.logs import configure_logging, log_event
 from edge.metrics import EdgeMetrics, RequestMetricsMiddleware
@@ -117,7 +118,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                                max_wait_ms=settings.batch_max_wait_ms, queue_max=settings.queue_max,
                                workers=settings.model_workers, metrics=ctx.metrics,
                                share_from=settings.batch_share_from, share_max=settings.batch_share_max,
-                               run_batch_alone=engine_alone.detect_prepared if engine_alone is not None else None)
+                               run_batch_alone=engine_alone.detect_prepared if engine_alone is not None else None,
+                               prepare=scan_preparer(engine, max_pixels=settings.max_pixels))
         await batcher.start()
         stack.push_async_callback(batcher.stop)
         ctx.engine, ctx.store, ctx.auth, ctx.batcher = engine, store, auth, batcher

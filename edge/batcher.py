@@ -1,9 +1,14 @@
 """The micro-batcher: scans from every lane share model calls.
 
-A scan, already decoded and letterboxed by the request (C×H×W at the model's input size, plus its
-`LetterboxParams`), waits in one bounded queue. A worker takes the first waiting scan and the scans queued
-behind it, up to `max_batch`, and runs them as one batch in a worker thread (ONNX Runtime releases the GIL,
-so the event loop keeps accepting requests meanwhile). With several workers sharing the CPU cores, the
+A scan waits in one bounded queue, either prepared (C×H×W at the model's input size, plus its
+`LetterboxParams`: `enqueue`) or as it came (`enqueue_scan`), to be decoded and letterboxed by the
+batcher's `prepare` in the model call's own thread, just before the call. A worker takes the first waiting
+scan and the scans queued behind it, up to `max_batch`, and runs them as one batch in a worker thread (ONNX
+Runtime releases the GIL, so the event loop keeps accepting requests meanwhile). Preparing a scan in the
+thread of its model call, rather than in a thread of its own beforehand, spares each scan a hand-off
+between threads and the model calls the preemptions by decoding threads: PNG stations streaming at
+saturation, 2.8 points more of the engine's throughput (docs/lane_bench.md). A scan that cannot be
+prepared fails alone; the rest of its call runs. With several workers sharing the CPU cores, the
 service gives each model call a share of them (`run_batch`, e.g. one thread) and has a second call on
 every core for a batch that has the machine to itself (`run_batch_alone`). Which runs, and when:
 - on idle cores with nothing else waiting, a batch runs alone at once (idle cores would only stay idle,
@@ -50,6 +55,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -86,22 +92,42 @@ class BatcherStoppedError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A scan ready for the model: its C×H×W input, its letterbox parameters, and whatever else the
+    caller wants back with the result (`info`, e.g. the scan's size)."""
+
+    tensor: np.ndarray
+    params: LetterboxParams
+    info: Any = None
+
+
+#: Prepares one scan queued with `enqueue_scan`, in the model call's thread: the scan → `Prepared`. What it
+#: raises fails that scan alone (its `wait` raises it).
+Prepare = Callable[[Any], Prepared]
+
+
+@dataclass(frozen=True)
 class BatchResult:
-    """One scan's detections and how long it waited and ran."""
+    """One scan's detections, how long it waited, was prepared and ran, and the `info` of its `Prepared`."""
 
     detections: Detections
     queue_ms: float
     inference_ms: float
     batch_size: int
+    prepare_ms: float = 0.0
+    info: Any = None
 
 
 @dataclass(eq=False)
 class _Item:
-    tensor: np.ndarray
-    params: LetterboxParams
+    scan: Any  # a `Prepared`, or what `prepare` takes
     deadline: float  # time.monotonic()
     enqueued: float
     future: asyncio.Future[BatchResult] = field(repr=False)
+    # Resolves True once the scan is prepared and its model call starts, False if preparing it failed.
+    prepared: asyncio.Future[bool] = field(repr=False)
+    result: Prepared | BaseException | None = field(default=None, repr=False)  # set in the call's thread
+    prepare_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +140,12 @@ class _Call:
     expected_end: float
 
 
+def _signal_prepared(items: list[_Item]) -> None:
+    for it in items:
+        if not it.prepared.done():
+            it.prepared.set_result(isinstance(it.result, Prepared))
+
+
 def _moving_average(average: float | None, value: float) -> float:
     return value if average is None else 0.8 * average + 0.2 * value
 
@@ -123,6 +155,17 @@ class Ticket:
     """A queued scan, to `wait` for."""
 
     item: _Item
+
+    @property
+    def prepared(self) -> asyncio.Future[bool]:
+        """Resolves True once the scan is prepared and its model call starts, False if preparing it failed;
+        never, if the scan is not run (deadline passed, service stopping): wait for it beside `wait`."""
+        return self.item.prepared
+
+    def cancel(self) -> None:
+        """Withdraw the scan (its answer is no longer wanted): it is not run if its call has not started."""
+        self.item.future.cancel()
+        self.item.prepared.cancel()
 
 
 class MicroBatcher:
@@ -140,6 +183,7 @@ class MicroBatcher:
         run_batch_alone: RunBatch | None = None,
         share_from: int = SHARE_FROM,
         share_max: int | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         if max_batch < 1 or queue_max < 1 or workers < 1:
             raise ValueError("max_batch, queue_max and workers must be ≥ 1")
@@ -158,12 +202,14 @@ class MicroBatcher:
         #: With several workers sharing the cores, each call gets a share of them; a batch that has the
         #: machine to itself, as at light load, is answered sooner by a call that uses all of it.
         self.run_batch_alone = run_batch_alone
+        #: Prepares scans queued with `enqueue_scan` (None: only prepared scans are taken).
+        self.prepare = prepare
         self._running: dict[int, _Call] = {}  # the model calls now running, by worker
         self._held = 0  # scans that workers took from the queue and hold while they wait
         self._batch_ended = asyncio.Event()  # set (and replaced) whenever a model call ends
         self._arrived = asyncio.Event()  # set (and replaced) whenever a scan is queued
         self._turn_taken = asyncio.Event()  # set (and replaced) whenever a worker stops holding a scan
-        # Moving averages of the model time per scan in a call alone and in a call sharing the cores.
+        # Moving averages of a call's time per scan (preparing included) alone and sharing the cores.
         self._scan_s_alone: float | None = None
         self._scan_s_shared: float | None = None
         self.max_batch = max_batch
@@ -227,22 +273,28 @@ class MicroBatcher:
         among parallel calls), else `max_batch`."""
         return self.share_max if waiting >= self.share_from else self.max_batch
 
-    @property
-    def full(self) -> bool:
-        """The queue is full right now (a cheap check before decoding; `enqueue` decides)."""
-        return self._queue is not None and self._queue.full()
-
     def enqueue(self, tensor: np.ndarray, params: LetterboxParams, *, deadline: float) -> Ticket:
         """Queue one prepared scan (C×H×W at the model's input size) without waiting.
 
         deadline: `time.monotonic()` by which the answer is needed. Raises `QueueFullError` at once when
         the queue is full, `BatcherStoppedError` when the workers are not running.
         """
+        return self._put(Prepared(tensor, params), deadline)
+
+    def enqueue_scan(self, scan: Any, *, deadline: float) -> Ticket:
+        """Queue a scan as it came, to be prepared by `prepare` in its model call's thread; otherwise as
+        `enqueue`. What `prepare` raises, `wait` raises."""
+        if self.prepare is None:
+            raise TypeError("this batcher has no prepare function: queue prepared scans with enqueue")
+        return self._put(scan, deadline)
+
+    def _put(self, scan: Any, deadline: float) -> Ticket:
         if self._queue is None or not self.running:
             raise BatcherStoppedError("the screening worker is not running")
         now = time.monotonic()
-        item = _Item(tensor=tensor, params=params, deadline=deadline, enqueued=now,
-                     future=asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Item(scan=scan, deadline=deadline, enqueued=now, future=loop.create_future(),
+                     prepared=loop.create_future())
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -357,6 +409,40 @@ class MicroBatcher:
             return 0.0
         return max(0.0, self._scan_s_shared - self._scan_s_alone)
 
+    def _prepare_and_run(
+        self, loop: asyncio.AbstractEventLoop, run: RunBatch, items: list[_Item]
+    ) -> tuple[list[_Item], list[Detections], float]:
+        """In the model call's thread: prepare the call's scans (one that fails is left out, its error kept
+        in its `result`), tell the loop which are prepared, then run the model on them. Returns the scans
+        run, their detections and the model's seconds."""
+        ran: list[_Item] = []
+        for it in items:
+            if it.future.done():  # withdrawn meanwhile (a re-send answered from the store)
+                continue
+            if isinstance(it.scan, Prepared):
+                it.result = it.scan
+            else:
+                assert self.prepare is not None
+                t0 = time.perf_counter()
+                try:
+                    it.result = self.prepare(it.scan)
+                except Exception as exc:  # noqa: BLE001 - the scan's own refusal, raised by its wait
+                    it.result = exc
+                it.prepare_s = time.perf_counter() - t0
+            if isinstance(it.result, Prepared):
+                ran.append(it)
+        try:
+            loop.call_soon_threadsafe(_signal_prepared, items)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+        if not ran:
+            return ran, [], 0.0
+        t0 = time.perf_counter()
+        tensors = [it.result.tensor for it in ran if isinstance(it.result, Prepared)]
+        batch = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)
+        dets = run(batch, [it.result.params for it in ran if isinstance(it.result, Prepared)])
+        return ran, dets, time.perf_counter() - t0
+
     async def _worker(self, index: int) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -368,8 +454,6 @@ class MicroBatcher:
                     it.future.set_exception(DeadlineExceededError("the request deadline passed while the scan was queued"))
             if not live:
                 continue
-            batch = np.stack([it.tensor for it in live])
-            params = [it.params for it in live]
             start = time.monotonic()
             # The whole machine only for a batch that starts on idle cores with nothing queued behind it
             # (anything queued would start beside it at once and share the cores).
@@ -380,9 +464,9 @@ class MicroBatcher:
             self._running[index] = _Call(alone=alone, full=len(live) >= self.max_batch,
                                          expected_end=start + len(live) * (per_scan_s or 0.0))
             try:
-                dets = await loop.run_in_executor(executor, run, batch, params)
-                if len(dets) != len(live):
-                    raise RuntimeError(f"the model returned {len(dets)} results for {len(live)} scans")
+                ran, dets, model_s = await loop.run_in_executor(executor, self._prepare_and_run, loop, run, live)
+                if len(dets) != len(ran):
+                    raise RuntimeError(f"the model returned {len(dets)} results for {len(ran)} scans")
             except asyncio.CancelledError:
                 for it in live:
                     if not it.future.done():
@@ -405,16 +489,24 @@ class MicroBatcher:
                 self._scan_s_alone = _moving_average(self._scan_s_alone, run_s / len(live))
             else:
                 self._scan_s_shared = _moving_average(self._scan_s_shared, run_s / len(live))
+            for it in live:  # scans that could not be prepared fail alone
+                if isinstance(it.result, BaseException) and not it.future.done():
+                    it.future.set_exception(it.result)
+            if not ran:
+                continue
             if self.metrics is not None:
-                self.metrics.batch_size.observe(len(live))
-                self.metrics.inference_latency.observe(run_s)
-            for it, d in zip(live, dets):
+                self.metrics.batch_size.observe(len(ran))
+                self.metrics.inference_latency.observe(model_s)
+            for it, d in zip(ran, dets):
                 if not it.future.done():
+                    assert isinstance(it.result, Prepared)
                     it.future.set_result(
                         BatchResult(
                             detections=d,
                             queue_ms=(start - it.enqueued) * 1000.0,
-                            inference_ms=run_s * 1000.0,
-                            batch_size=len(live),
+                            inference_ms=model_s * 1000.0,
+                            batch_size=len(ran),
+                            prepare_ms=it.prepare_s * 1000.0,
+                            info=it.result.info,
                         )
                     )

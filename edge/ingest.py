@@ -1,9 +1,9 @@
 """Screening one scan, shared by `POST /v1/scans` and `WS /v1/stream`.
 
-    [duplicate (same station, bag, image sha256)? answer the stored result] ∥ decode + letterbox (thread,
-    bounded) → store image ∥ micro-batcher (model) → vision.decide → store.record_scan (durable)
-    (and read the bag's views, one transaction) → webhook outbox item, TDR file (alarms) → fuse the views
-    → answer
+    [duplicate (same station, bag, image sha256)? answer the stored result] ∥ micro-batcher: queued as
+    it came, decoded + letterboxed in its model call's thread → (once decoded) store image ∥ model →
+    vision.decide → store.record_scan (durable) (and read the bag's views, one transaction) → webhook
+    outbox item, TDR file (alarms) → fuse the views → answer
 
 The answer is sent only after `put_image` and `record_scan` returned, i.e. after the image file and the
 record are on disk: a station that got an answer can forget the scan; one that did not re-sends it, and
@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.batcher import BatcherStoppedError, DeadlineExceededError, QueueFullError
+from edge.batcher import (
+    BatchResult,
+    BatcherStoppedError,
+    DeadlineExceededError,
+    MicroBatcher,
+    Prepare,
+    Prepared,
+    QueueFullError,
+    Ticket,
+)
 from edge.context import ServiceContext
 from edge.formats import DicosError, UnsupportedMediaTypeError, Upload, decode_upload
 from edge.logs import log_event
@@ -32,7 +41,6 @@ from edge.store import ScanRecord, Store
 from edge.tdr import write_tdr_file
 from vision.decide import BagDecision, decide, fuse_views
 from vision.decode import DecodeError, TooManyPixelsError
-from vision.letterbox import LetterboxParams
 from vision.postprocess import Detections
 from vision.preprocess import IncompatibleScanError, prepare
 
@@ -158,20 +166,19 @@ def fuse_bag(views: list[ScanRecord]) -> BagDecision:
 # -- the pipeline ---------------------------------------------------------------------------------------
 
 
-def _decode_and_prepare(upload: Upload, ctx: ServiceContext) -> tuple[dict[str, Any], np.ndarray, LetterboxParams]:
-    engine, *_ = ctx.require()
-    scan = decode_upload(upload, max_pixels=ctx.settings.max_pixels)
-    tensor, params = prepare(scan.pixels, engine.spec)
-    info = {"width": scan.width, "height": scan.height, "layout": scan.layout, "bit_depth": scan.bit_depth,
-            "format": scan.format}
-    return info, tensor, params
+def scan_preparer(engine: Engine, *, max_pixels: int) -> Prepare:
+    """The micro-batcher's `prepare` for uploads (run in the model call's thread): decode, letterbox to the
+    model's input; `info` holds the scan's size, layout, depth and format. Refusals raise as the decoders
+    raise them; `decode_refusal` maps one to HTTP where it becomes the answer."""
 
+    def prepare_upload(upload: Upload) -> Prepared:
+        scan = decode_upload(upload, max_pixels=max_pixels)
+        tensor, params = prepare(scan.pixels, engine.spec)
+        info = {"width": scan.width, "height": scan.height, "layout": scan.layout, "bit_depth": scan.bit_depth,
+                "format": scan.format}
+        return Prepared(tensor, params, info)
 
-async def decode_scan(ctx: ServiceContext, upload: Upload) -> tuple[dict[str, Any], np.ndarray, LetterboxParams]:
-    """Decode and letterbox in a worker thread, at most `decode_workers` at once. Refusals raise as the
-    decoders raise them; `decode_refusal` maps one to HTTP where it becomes the answer."""
-    async with ctx.decode_slots:
-        return await asyncio.to_thread(_decode_and_prepare, upload, ctx)
+    return prepare_upload
 
 
 #: What decoding may refuse a scan with, and the HTTP status and rejection reason of each (first match).
@@ -208,58 +215,38 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
     deadline = time.monotonic() + ctx.settings.request_deadline_s - (time.perf_counter() - started)
 
     # A re-send of a scan already recorded gets the stored result and runs nothing. The check (hashing the
-    # image, once for the check and the image store, and a database read) runs in a thread beside decoding:
-    # re-sends are rare, every other scan is answered that much sooner, and the event loop hashes nothing.
+    # image, once for the check and the image store, and a database read) runs in a thread while the scan
+    # waits in the queue: re-sends are rare, every other scan is answered that much sooner, and the event
+    # loop hashes nothing. A re-send is answered even when the queue is full.
     lookup = asyncio.ensure_future(asyncio.to_thread(_digest_and_views, store, meta, upload))
-    decoding: asyncio.Future[tuple[dict[str, Any], np.ndarray, LetterboxParams]] | None = None
-    t0 = time.perf_counter()
-    if not batcher.full:  # no decode for a scan the queue cannot take
-        decoding = asyncio.ensure_future(decode_scan(ctx, upload))
-        # Left to finish in its decode slot when its result is not wanted (a re-send, a failed lookup).
-        decoding.add_done_callback(lambda f: f.cancelled() or f.exception())
-    sha, views = await lookup
+    ticket: Ticket | None = None
+    not_queued: QueueFullError | BatcherStoppedError | None = None
+    try:
+        ticket = batcher.enqueue_scan(upload, deadline=deadline)
+    except (QueueFullError, BatcherStoppedError) as exc:
+        not_queued = exc
+    try:
+        sha, views = await lookup
+    except BaseException:
+        if ticket is not None:
+            ticket.cancel()
+        raise
     existing = [r for r in views if r.image_sha256 == sha]
     if existing:
+        if ticket is not None:
+            ticket.cancel()
         record = existing[0]
         await _after_record(ctx, record)
         timings = {"decode_ms": 0.0, "queue_ms": 0.0, "inference_ms": 0.0}
         return _answer(record, views, timings, started=started, duplicate=True)
-    if decoding is None:
-        raise _queue_full(ctx, batcher.retry_after_s())
-    try:
-        scan_info, tensor, params = await decoding
-    except Exception as exc:
-        # Mapped (and counted) only here, where the refusal is the answer: a decode left unused beside a
-        # re-send refuses nobody.
-        refusal = decode_refusal(ctx, exc)
-        if refusal is None:
-            raise
-        raise refusal from None
-    decode_ms = (time.perf_counter() - t0) * 1000.0
-
-    try:
-        ticket = batcher.enqueue(tensor, params, deadline=deadline)
-    except QueueFullError as exc:
-        raise _queue_full(ctx, exc.retry_after_s) from None
-    except BatcherStoppedError as exc:
-        raise IngestError(503, str(exc), {"Retry-After": "5"}) from None
-    # The image is written while the scan waits for its batch (both take milliseconds; in parallel the
-    # answer comes sooner). Only queued scans are written: an overloaded lane does no disk work for 503s.
-    put = asyncio.create_task(asyncio.to_thread(store.put_image, upload.data, suffix=upload.suffix, sha256=sha))
-    try:
-        batch = await batcher.wait(ticket)
-    except DeadlineExceededError as exc:
-        ctx.metrics.rejections.labels(reason="deadline").inc()
-        raise IngestError(504, f"{exc} ({ctx.settings.request_deadline_s:g} s)") from None
-    except BatcherStoppedError as exc:
-        raise IngestError(503, str(exc), {"Retry-After": "5"}) from None
-    finally:
-        # The image write runs on even when screening failed: it must not be left half done, and the
-        # file is content-addressed, so a later re-send finds it written.
-        await put
-
+    if isinstance(not_queued, QueueFullError):
+        raise _queue_full(ctx, not_queued.retry_after_s)
+    if ticket is None:
+        raise IngestError(503, str(not_queued), {"Retry-After": "5"})
+    batch = await _screened(ctx, batcher, store, ticket, upload, sha)
     decision = decide(batch.detections, engine.class_names, engine.policy)
-    timings = {"decode_ms": decode_ms, "queue_ms": batch.queue_ms, "inference_ms": batch.inference_ms}
+    scan_info = batch.info
+    timings = {"decode_ms": batch.prepare_ms, "queue_ms": batch.queue_ms, "inference_ms": batch.inference_ms}
     model = {"name": engine.package.name, "version": engine.package.version, "sha256": engine.package.weights_sha256}
     result = result_document(
         batch.detections, decision, class_names=tuple(engine.class_names),
@@ -278,6 +265,40 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
             ctx.metrics.alarms.labels(class_name=name, lane=record.lane).inc()
     await _after_record(ctx, record)
     return _answer(record, views, timings, started=started, duplicate=not created)
+
+
+async def _screened(
+    ctx: ServiceContext, batcher: MicroBatcher, store: Store, ticket: Ticket, upload: Upload, sha: str
+) -> BatchResult:
+    """The queued scan's model result. Its image is written once it is decoded, while its model call runs
+    (both take milliseconds; in parallel the answer comes sooner); a scan that cannot be decoded is refused
+    and written nowhere, nor is one that never runs (deadline, shutdown)."""
+    result = asyncio.ensure_future(batcher.wait(ticket))
+    put: asyncio.Future[str] | None = None
+    try:
+        await asyncio.wait((ticket.prepared, result), return_when=asyncio.FIRST_COMPLETED)
+        if ticket.prepared.done() and not ticket.prepared.cancelled() and ticket.prepared.result():
+            put = asyncio.ensure_future(asyncio.to_thread(store.put_image, upload.data, suffix=upload.suffix,
+                                                          sha256=sha))
+        try:
+            return await result
+        except DeadlineExceededError as exc:
+            ctx.metrics.rejections.labels(reason="deadline").inc()
+            raise IngestError(504, f"{exc} ({ctx.settings.request_deadline_s:g} s)") from None
+        except BatcherStoppedError as exc:
+            raise IngestError(503, str(exc), {"Retry-After": "5"}) from None
+        except Exception as exc:
+            refusal = decode_refusal(ctx, exc)
+            if refusal is None:
+                raise
+            raise refusal from None
+    finally:
+        if not result.done():
+            result.cancel()
+        if put is not None:
+            # The image write runs on even when screening failed: it must not be left half done, and the
+            # file is content-addressed, so a later re-send finds it written.
+            await put
 
 
 def webhook_payload(record: ScanRecord) -> dict[str, Any]:

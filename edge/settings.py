@@ -95,7 +95,8 @@ class EdgeSettings(BaseSettings):
     )
     queue_max: int = Field(64, ge=1, description="Scans waiting for the model; beyond this a request gets 503.")
     decode_workers: int = Field(
-        2, ge=1, le=64, description="Scans decoded at once (bounds the memory held by decoded pixels)."
+        2, ge=1, le=64, description="Review previews rendered at once (bounds the memory their decoded pixels "
+                                    "hold; scans are decoded in their model calls' threads)."
     )
     request_deadline_s: float = Field(10.0, gt=0.0, description="A scan not answered by then gets 504.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")

@@ -227,11 +227,15 @@ def test_each_scan_is_hashed_once_and_not_on_the_event_loop(service, monkeypatch
 
 
 def test_a_resend_is_answered_from_the_store_while_the_queue_is_full(service, monkeypatch):
-    from edge.batcher import MicroBatcher
+    from edge.batcher import MicroBatcher, QueueFullError
 
     data = png_bytes(seed=22)
     first = post_png(service, data, "bag-full").json()
-    monkeypatch.setattr(MicroBatcher, "full", property(lambda self: True))
+
+    def full(self, scan, *, deadline):
+        raise QueueFullError(3.0)
+
+    monkeypatch.setattr(MicroBatcher, "enqueue_scan", full)
     again = post_png(service, data, "bag-full")
     assert again.status_code == 200 and again.json()["duplicate"] is True and again.json()["id"] == first["id"]
     refused = post_png(service, png_bytes(seed=23), "bag-full")  # a new image of the same bag needs the model
@@ -240,8 +244,9 @@ def test_a_resend_is_answered_from_the_store_while_the_queue_is_full(service, mo
     assert post_png(service, png_bytes(seed=23), "bag-full").json()["bag_views"] == 2
 
 
-def test_a_decode_refusal_counts_only_when_it_is_the_answer(service, monkeypatch):
-    import edge.ingest
+def test_a_decode_refusal_counts_only_when_it_is_the_answer_and_its_image_is_not_stored(service, monkeypatch):
+    import hashlib
+
     from vision.decode import DecodeError
 
     def undecodable() -> float:
@@ -251,17 +256,20 @@ def test_a_decode_refusal_counts_only_when_it_is_the_answer(service, monkeypatch
     first = post_png(service, data, "bag-refusal").json()
     before = undecodable()
 
-    def refuse(upload, ctx):
+    def refuse(upload):
         raise DecodeError("this decoder refuses everything")
 
-    monkeypatch.setattr(edge.ingest, "_decode_and_prepare", refuse)
-    # A re-send is answered from the store; the decode started beside the lookup refuses nobody.
+    monkeypatch.setattr(service.ctx.batcher, "prepare", refuse)
+    # A re-send is answered from the store; a decode that ran beside the lookup refuses nobody.
     again = post_png(service, data, "bag-refusal")
     assert again.status_code == 200 and again.json()["id"] == first["id"] and again.json()["duplicate"] is True
     assert undecodable() == before
-    refused = post_png(service, png_bytes(seed=25), "bag-refusal")
+    data = png_bytes(seed=25)
+    refused = post_png(service, data, "bag-refusal")
     assert refused.status_code == 422 and "refuses everything" in refused.json()["detail"]
     assert undecodable() == before + 1
+    with pytest.raises(KeyError):  # a refused scan leaves no image file behind
+        service.ctx.store.images.find(hashlib.sha256(data).hexdigest())
 
 
 def test_multi_view_fusion(service):

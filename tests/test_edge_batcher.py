@@ -4,12 +4,13 @@ body limit's streaming check."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from edge.batcher import SHARE_FROM, DeadlineExceededError, MicroBatcher, QueueFullError
+from edge.batcher import SHARE_FROM, DeadlineExceededError, MicroBatcher, Prepared, QueueFullError
 from edge.formats import (
     DUAL_ENERGY_MEDIA_TYPE,
     UnsupportedMediaTypeError,
@@ -331,6 +332,84 @@ def test_full_queue_refuses_at_once_and_expired_scans_are_not_run():
     assert not isinstance(first, Exception)
     assert isinstance(second, DeadlineExceededError)
     assert sizes == [1]  # the expired scan never reached the model
+
+
+def test_scans_are_prepared_in_their_model_calls_thread_and_one_that_fails_fails_alone():
+    """`enqueue_scan`: the batcher's `prepare` runs in the thread of the scan's model call, just before it;
+    a scan it refuses gets its error, the rest of the call runs; `prepared` says which were prepared."""
+    threads: dict[str, set[str]] = {"prepare": set(), "run": set()}
+    sizes: list[int] = []
+
+    def prepare(value: object) -> Prepared:
+        threads["prepare"].add(threading.current_thread().name)
+        if value == "bad":
+            raise ValueError("not a scan")
+        assert isinstance(value, int)
+        return Prepared(_tensor(value), PARAMS, info={"value": value})
+
+    record = _recording_run(sizes, delay_s=0.05)
+
+    def run(batch: np.ndarray, params) -> list[Detections]:
+        threads["run"].add(threading.current_thread().name)
+        return record(batch, params)
+
+    async def main():
+        b = MicroBatcher(run, max_batch=4, max_wait_ms=0.0, queue_max=16, prepare=prepare)
+        await b.start()
+        try:
+            deadline = time.monotonic() + 5
+            blocker = asyncio.create_task(b.submit(_tensor(9), PARAMS, deadline=deadline))  # prepared already
+            await asyncio.sleep(0.01)  # the worker runs it; the next three queue behind it and share a call
+            tickets = [b.enqueue_scan(v, deadline=deadline) for v in (3, "bad", 5)]
+            outcomes = await asyncio.gather(*(b.wait(t) for t in tickets), return_exceptions=True)
+            prepared = [t.prepared.result() for t in tickets]
+            await blocker
+            return outcomes, prepared
+        finally:
+            await b.stop()
+
+    (good, bad, other), prepared = asyncio.run(main())
+    assert isinstance(bad, ValueError) and "not a scan" in str(bad)
+    assert float(good.detections.scores[0]) == pytest.approx(3 / 255) and good.info == {"value": 3}
+    assert float(other.detections.scores[0]) == pytest.approx(5 / 255) and other.info == {"value": 5}
+    assert good.batch_size == other.batch_size == 2 and sizes == [1, 2]
+    assert prepared == [True, False, True]
+    assert threads["prepare"] <= threads["run"] and all(n.startswith("xscreen-infer") for n in threads["run"])
+
+
+def test_a_withdrawn_scan_is_neither_prepared_nor_run_and_scans_need_a_prepare_function():
+    prepared_values: list[object] = []
+    sizes: list[int] = []
+
+    def prepare(value: object) -> Prepared:
+        prepared_values.append(value)
+        return Prepared(_tensor(int(value)), PARAMS)
+
+    async def main():
+        b = MicroBatcher(_recording_run(sizes, delay_s=0.2), max_batch=4, max_wait_ms=0.0, queue_max=16,
+                         prepare=prepare)
+        plain = MicroBatcher(_recording_run([]), max_batch=4, max_wait_ms=0.0, queue_max=16)
+        await b.start()
+        await plain.start()
+        try:
+            deadline = time.monotonic() + 5
+            blocker = asyncio.create_task(b.submit(_tensor(9), PARAMS, deadline=deadline))
+            await asyncio.sleep(0.01)
+            withdrawn = b.enqueue_scan(1, deadline=deadline)
+            kept = b.enqueue_scan(2, deadline=deadline)
+            withdrawn.cancel()  # e.g. a re-send answered from the store
+            result = await b.wait(kept)
+            await blocker
+            with pytest.raises(TypeError, match="prepare"):
+                plain.enqueue_scan(1, deadline=deadline)
+            return result
+        finally:
+            await b.stop()
+            await plain.stop()
+
+    result = asyncio.run(main())
+    assert prepared_values == [2] and sizes == [1, 1]
+    assert float(result.detections.scores[0]) == pytest.approx(2 / 255)
 
 
 def test_token_bucket():
