@@ -32,7 +32,8 @@ class ServiceContext:
     store: Store | None = None
     auth: Auth | None = None
     batcher: MicroBatcher | None = None
-    #: Bounds how many scans are decoded at once, hence the memory held by decoded pixels.
+    #: Bounds how many review previews are rendered at once, hence the memory their decoded pixels hold
+    #: (scans being screened are decoded in their model calls' threads, bounded by the model workers).
     decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     ready: bool = False
     background: list[asyncio.Task[None]] = field(default_factory=list)
