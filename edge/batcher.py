@@ -474,9 +474,9 @@ class MicroBatcher:
                 raise
             except Exception as exc:  # one bad batch must not kill the worker; its scans get the error
                 log_event(_log, "batch failed", logging.ERROR, error=repr(exc), batch_size=len(live), worker=index)
-                for it in live:
+                for it in live:  # (a scan that could not be prepared keeps its own error)
                     if not it.future.done():
-                        it.future.set_exception(exc)
+                        it.future.set_exception(it.result if isinstance(it.result, BaseException) else exc)
                 continue
             finally:
                 del self._running[index]

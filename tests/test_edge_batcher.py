@@ -412,6 +412,33 @@ def test_a_withdrawn_scan_is_neither_prepared_nor_run_and_scans_need_a_prepare_f
     assert float(result.detections.scores[0]) == pytest.approx(2 / 255)
 
 
+def test_a_failed_model_call_fails_its_scans_and_a_refused_scan_keeps_its_own_error():
+    def prepare(value: object) -> Prepared:
+        if value == "bad":
+            raise ValueError("not a scan")
+        return Prepared(_tensor(int(value)), PARAMS)
+
+    def broken(batch: np.ndarray, params) -> list[Detections]:
+        time.sleep(0.05)
+        raise RuntimeError("the model failed")
+
+    async def main():
+        b = MicroBatcher(broken, max_batch=4, max_wait_ms=0.0, queue_max=16, prepare=prepare)
+        await b.start()
+        try:
+            deadline = time.monotonic() + 5
+            first = asyncio.create_task(b.submit(_tensor(9), PARAMS, deadline=deadline))
+            await asyncio.sleep(0.01)  # the next two share a call behind it
+            tickets = [b.enqueue_scan(v, deadline=deadline) for v in (1, "bad")]
+            return await asyncio.gather(first, *(b.wait(t) for t in tickets), return_exceptions=True)
+        finally:
+            await b.stop()
+
+    first, good, bad = asyncio.run(main())
+    assert isinstance(first, RuntimeError) and isinstance(good, RuntimeError)
+    assert isinstance(bad, ValueError) and "not a scan" in str(bad)
+
+
 def test_token_bucket():
     now = [0.0]
     limiter = RateLimiter(rate_per_s=2.0, burst=3, clock=lambda: now[0])
