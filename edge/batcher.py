@@ -7,8 +7,8 @@ scan and the scans queued behind it, up to `max_batch`, and runs them as one bat
 Runtime releases the GIL, so the event loop keeps accepting requests meanwhile). Preparing a scan in the
 thread of its model call, rather than in a thread of its own beforehand, spares each scan a hand-off
 between threads and the model calls the preemptions by decoding threads: PNG stations streaming at
-saturation, 2.8 points more of the engine's throughput (docs/lane_bench.md). A scan that cannot be
-prepared fails alone; the rest of its call runs. With several workers sharing the CPU cores, the
+saturation, about 2.5 points more of the engine's throughput, JPEG posted about one less
+(docs/lane_bench.md). A scan that cannot be prepared fails alone; the rest of its call runs. With several workers sharing the CPU cores, the
 service gives each model call a share of them (`run_batch`, e.g. one thread) and has a second call on
 every core for a batch that has the machine to itself (`run_batch_alone`). Which runs, and when:
 - on idle cores with nothing else waiting, a batch runs alone at once (idle cores would only stay idle,
