@@ -416,6 +416,7 @@ class MicroBatcher:
         in its `result`), tell the loop which are prepared, then run the model on them. Returns the scans
         run, their detections and the model's seconds."""
         ran: list[_Item] = []
+        ready: list[Prepared] = []  # their inputs, in the same order
         for it in items:
             if it.future.done():  # withdrawn meanwhile (a re-send answered from the store)
                 continue
@@ -431,6 +432,7 @@ class MicroBatcher:
                 it.prepare_s = time.perf_counter() - t0
             if isinstance(it.result, Prepared):
                 ran.append(it)
+                ready.append(it.result)
         try:
             loop.call_soon_threadsafe(_signal_prepared, items)
         except RuntimeError:  # the loop is closed: nobody waits any more
@@ -438,9 +440,8 @@ class MicroBatcher:
         if not ran:
             return ran, [], 0.0
         t0 = time.perf_counter()
-        tensors = [it.result.tensor for it in ran if isinstance(it.result, Prepared)]
-        batch = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)
-        dets = run(batch, [it.result.params for it in ran if isinstance(it.result, Prepared)])
+        batch = ready[0].tensor[None] if len(ready) == 1 else np.stack([p.tensor for p in ready])
+        dets = run(batch, [p.params for p in ready])
         return ran, dets, time.perf_counter() - t0
 
     async def _worker(self, index: int) -> None:
