@@ -9,9 +9,12 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from vision.decode import (
+    DecodeError,
     EmptyInputError,
     NotAnImageError,
     TooManyPixelsError,
@@ -129,3 +132,69 @@ def test_unsupported_depth_refused():
     Image.fromarray(np.zeros((4, 4), np.int32), mode="I").save(buf, format="TIFF")
     with pytest.raises(UnsupportedDepthError, match="int32"):
         decode(buf.getvalue())
+
+
+# -- damaged files: a station's network, disk or encoder can hand the service any bytes -----------------
+
+def _tiff(arr: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="TIFF", **options)
+    return buffer.getvalue()
+
+
+_RNG = np.random.default_rng(7)
+_RGB = (_RNG.random((40, 56, 3)) * 255).astype(np.uint8)
+_GREY16 = (_RNG.random((40, 56)) * 65535).astype(np.uint16)
+#: One small valid file per kind the lane service is sent.
+_VALID = {
+    "png-rgb": encode_png(_RGB),
+    "png-grey": encode_png(_RGB[..., 0]),
+    "png-16": _png(_GREY16),
+    "jpeg": encode_jpeg(_RGB),
+    "tiff-rgb": _tiff(_RGB),
+    "tiff-lzw": _tiff(_RGB, compression="tiff_lzw"),
+    "tiff-16": cv2.imencode(".tiff", _GREY16)[1].tobytes(),
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(sorted(_VALID)), edits=st.lists(
+    st.tuples(st.sampled_from(["set", "insert", "cut"]), st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=16)),
+    min_size=1, max_size=4))
+def test_damaged_files_decode_or_raise_a_decode_error(kind, edits):
+    """Bytes overwritten, inserted or cut anywhere in a valid file: `decode` returns a well-formed scan or
+    raises a DecodeError (the service's 4xx), never another exception, never an inconsistent scan."""
+    data = bytearray(_VALID[kind])
+    for op, where, chunk in edits:
+        at = int(where * len(data))
+        if op == "set":
+            data[at:at + len(chunk)] = chunk[: len(data) - at]
+        elif op == "insert":
+            data[at:at] = chunk
+        else:
+            del data[max(1, at):]
+    try:
+        scan = decode(bytes(data), max_pixels=10_000_000)
+    except DecodeError as exc:
+        assert str(exc)  # a message for the station
+        return
+    assert scan.pixels.dtype in (np.uint8, np.uint16) and scan.pixels.flags.c_contiguous
+    assert scan.pixels.shape[:2] == (scan.height, scan.width) and scan.width * scan.height <= 10_000_000
+    assert (scan.layout == "grey") == (scan.pixels.ndim == 2)
+    assert scan.bit_depth == (8 if scan.pixels.dtype == np.uint8 else 16)
+
+
+@pytest.mark.parametrize("kind", sorted(_VALID))
+def test_every_truncation_is_refused(kind):
+    """A file cut short anywhere (a dropped connection, a full disk) is refused, never decoded with rows
+    missing or zero-filled."""
+    data = _VALID[kind]
+    step = max(1, len(data) // 150)
+    decoded = []
+    for cut in range(1, len(data), step):
+        try:
+            decode(data[:cut])
+        except DecodeError:
+            continue
+        decoded.append(cut)
+    assert decoded == [], f"{kind}: decoded although cut to {decoded[:5]} of {len(data)} bytes"
