@@ -12,8 +12,12 @@
    the service's cost with next to no post-processing; pass a trained package (--model) for that too.
 2. Scans. --bags synthetic bags (datasets.synth.pipeline.make_bag, --scan-px wide, sixray palette), PNG
    (--format jpeg: JPEG) encoded, made once before anything is timed; every request sends one of them
-   (with a fresh bag id, so each is screened and stored, never answered as a duplicate), as the raw body
-   with the fields as query parameters (--multipart: as multipart/form-data, which costs both sides more CPU).
+   with a fresh bag id and a comment carrying it (a PNG tEXt chunk, a JPEG COM segment: the same pixels and
+   decoding work, other bytes), so each is screened and stored as a new image file, as a lane's scans are,
+   never answered as a duplicate nor written once for many; as the raw body with the fields as query
+   parameters (--multipart: as multipart/form-data, which costs both sides more CPU). The image store starts
+   with its directory tree made (`<root>/ab/cd/`, edge/images.py), as a store is after its first day;
+   --fresh-store leaves it empty, so that most scans make a directory and fsync its parent.
 3. Engine alone, in this process: `inference.Engine(threads=--threads, max_batch=--batch)`,
    `detect_prepared` (ONNX Runtime + post-processing, what the micro-batcher calls) on prepared inputs:
    images/s at batch --batch (the service's XSCREEN_BATCH_MAX_SIZE: the targets' reference), and batch-1
@@ -56,10 +60,12 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +141,20 @@ def make_scans(count: int, *, scan_px: int, seed: int = 0, fmt: str = "png") -> 
     encode = encode_png if fmt == "png" else encode_jpeg
     config = SynthConfig(bags=count, seed=seed, size_px=scan_px)
     return [encode(make_bag(config, i).image) for i in range(count)]
+
+
+def tagged(data: bytes, tag: str) -> bytes:
+    """The same PNG or JPEG with `tag` in a comment: a tEXt chunk before IEND, or a COM segment after SOI.
+    Decoders skip both, so the pixels and the decoding work are the same; the bytes, and so the sha256 under
+    which the service stores the image, are not."""
+    text = tag.encode("ascii")
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[-12:-8] == b"\x00\x00\x00\x00" and data[-8:-4] == b"IEND":
+        body = b"tEXt" + b"Comment\x00" + text
+        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+        return data[:-12] + chunk + data[-12:]
+    if data.startswith(b"\xff\xd8"):
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
+    raise ValueError("tagged() takes a PNG ending in IEND or a JPEG")
 
 
 def _timed(call, *, min_runs: int, max_runs: int, max_s: float) -> np.ndarray:
@@ -253,6 +273,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def make_image_tree(root: Path) -> None:
+    """The image store's 65,536 directories (`<root>/ab/cd/`, edge/images.py), made up front: a store
+    after its first day of scans, where each new image is a file in an existing directory."""
+    for a in range(256):
+        for b in range(256):
+            (root / f"{a:02x}" / f"{b:02x}").mkdir(parents=True, exist_ok=True)
+    os.sync()
 
 
 def add_stations(db_url: str, data_dir: Path, count: int) -> list[tuple[str, str]]:
@@ -550,8 +579,9 @@ class _Sender:
         name, key = self.stations[station_index]
         n = self.count
         self.count += 1
-        data = self.scans[n % len(self.scans)]
-        fields = {"station": name, "lane": "1", "bag_id": f"{self.prefix}-{n}", "view": "top"}
+        bag_id = f"{self.prefix}-{n}"
+        data = tagged(self.scans[n % len(self.scans)], bag_id)
+        fields = {"station": name, "lane": "1", "bag_id": bag_id, "view": "top"}
         t0 = time.monotonic()
         body = b""
         try:
@@ -637,6 +667,8 @@ def run_service_phases(args: argparse.Namespace, model: Path, scans: list[bytes]
     data_dir = work / "service-data"
     db_url = f"sqlite:///{work / 'service.db'}"
     stations = add_stations(db_url, data_dir, args.stations)
+    if not args.fresh_store:
+        make_image_tree(data_dir / "images")
     env = {
         "XSCREEN_BATCH_MAX_SIZE": str(args.batch),
         "XSCREEN_QUEUE_MAX": str(max(64, 4 * args.stations)),
@@ -738,6 +770,8 @@ def main() -> None:
                     help="How the stations send: h11 (POST /v1/scans as plain HTTP/1.1 on asyncio streams, the "
                          "lighter load generator), httpx (POST through an AsyncClient, as bench figures before "
                          "2026-11-30 were measured) or ws (streamed over WS /v1/stream, one socket per station).")
+    ap.add_argument("--fresh-store", action="store_true",
+                    help="Start with an empty image store (each new image then mostly makes a directory).")
     ap.add_argument("--scan-px", type=int, default=768, help="Long side of the synthetic scans.")
     ap.add_argument("--format", default="png", choices=sorted(FORMATS),
                     help="How the scans are encoded: png (as PIDray ships them) or jpeg (quality 95, as SIXray "
