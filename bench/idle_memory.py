@@ -43,6 +43,24 @@ def median_ms(call, *, pause_s: float, repeats: int) -> float:
     return float(np.median(times[3:]))
 
 
+def clear_scan_result() -> dict:
+    """What the service stores for a 768 × 576 PNG scan without detections, built as the service builds it."""
+    from datasets.synth.materials import CONTRABAND_CLASSES
+    from edge.ingest import result_document
+    from vision.decide import DecisionPolicy, decide
+    from vision.postprocess import Detections
+
+    policy = DecisionPolicy(class_names=CONTRABAND_CLASSES)
+    none = Detections.empty()
+    return result_document(
+        none, decide(none, CONTRABAND_CLASSES, policy), class_names=CONTRABAND_CLASSES,
+        thresholds=policy.threshold_array(),
+        scan_info={"width": 768, "height": 576, "layout": "rgb", "bit_depth": 8, "format": "png"},
+        timings={"decode_ms": 5.0, "queue_ms": 0.5, "inference_ms": 30.0},
+        model={"name": "bench", "version": "1", "sha256": "0" * 64},
+    )
+
+
 def huge_page_array(nbytes: int) -> np.ndarray:
     """A float64 array of `nbytes` on an anonymous mapping advised for huge pages, aligned to 2 MB, filled
     (so its pages exist) with random values (the array holds the mapping: it lives as long as the array)."""
@@ -72,24 +90,11 @@ def main() -> None:
     if args.repeats < 1:
         ap.error("--repeats must be positive")
 
-    from datasets.synth.materials import CONTRABAND_CLASSES
     from datasets.synth.pipeline import SynthConfig, make_bag
-    from edge.ingest import result_document
     from edge.store import Store
-    from vision.decide import DecisionPolicy, decide
     from vision.decode import decode, encode_png
-    from vision.postprocess import Detections
 
-    # What the service stores for a scan without detections, as it builds it.
-    policy = DecisionPolicy(class_names=CONTRABAND_CLASSES)
-    none = Detections.empty()
-    result = result_document(
-        none, decide(none, CONTRABAND_CLASSES, policy), class_names=CONTRABAND_CLASSES,
-        thresholds=policy.threshold_array(),
-        scan_info={"width": 768, "height": 576, "layout": "rgb", "bit_depth": 8, "format": "png"},
-        timings={"decode_ms": 5.0, "queue_ms": 0.5, "inference_ms": 30.0},
-        model={"name": "bench", "version": "1", "sha256": "0" * 64},
-    )
+    result = clear_scan_result()
 
     array = np.random.default_rng(0).random((1000, 1000))
     huge = huge_page_array(array.nbytes)
