@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -66,6 +67,7 @@ def main() -> None:
     result = clear_scan_result()
     base = os.urandom(args.kb * 1000)
     count = args.scans
+
     # A new image each call: the same bytes but for a counter in the last 8 (each step its own range).
     def image(step: int, i: int) -> bytes:
         return base[:-8] + (step * 10**9 + i).to_bytes(8, "little")
@@ -83,7 +85,10 @@ def main() -> None:
         young = ImageFiles(work / "young")  # an empty store: most writes make their directory
 
         def hashed(step: int) -> Callable[[int], tuple[bytes, str]]:
-            return lambda i: (image(step, i), hashlib.sha256(image(step, i)).hexdigest())
+            def make(i: int) -> tuple[bytes, str]:
+                data = image(step, i)
+                return data, hashlib.sha256(data).hexdigest()
+            return make
 
         figures["image, existing directory"] = timed(
             hashed(1), lambda pair: store.put_image(pair[0], suffix="png", sha256=pair[1]), count)
@@ -101,6 +106,8 @@ def main() -> None:
             count)
     finally:
         store.close()
+        if args.data_dir is None:
+            shutil.rmtree(parent, ignore_errors=True)
     steps = ("sha256", "re-send check", "image, existing directory", "record")
     total = {"cpu_ms_mean": sum(figures[k]["cpu_ms_mean"] for k in steps),
              "wall_ms_p50": sum(figures[k]["wall_ms_p50"] for k in steps)}
@@ -114,10 +121,6 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"scans": count, "kb": args.kb, "dialect": store.engine.dialect.name,
                                          "steps": figures, "new_scan_total": total}, indent=2))
-    if args.data_dir is None:
-        import shutil
-
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
