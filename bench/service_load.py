@@ -16,7 +16,7 @@
    decoding work, other bytes), so each is screened and stored as a new image file, as a lane's scans are,
    never answered as a duplicate nor written once for many; as the raw body with the fields as query
    parameters (--multipart: as multipart/form-data, which costs both sides more CPU). The image store starts
-   with its directory tree made (`<root>/ab/cd/`, edge/images.py), as a store is after its first day;
+   with its directory tree made (`ImageFiles.make_tree`), as a store is after its first day;
    --fresh-store leaves it empty, so that most scans make a directory and fsync its parent.
 3. Engine alone, in this process: `inference.Engine(threads=--threads, max_batch=--batch)`,
    `detect_prepared` (ONNX Runtime + post-processing, what the micro-batcher calls) on prepared inputs:
@@ -273,15 +273,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def make_image_tree(root: Path) -> None:
-    """The image store's 65,536 directories (`<root>/ab/cd/`, edge/images.py), made up front: a store
-    after its first day of scans, where each new image is a file in an existing directory."""
-    for a in range(256):
-        for b in range(256):
-            (root / f"{a:02x}" / f"{b:02x}").mkdir(parents=True, exist_ok=True)
-    os.sync()
 
 
 def add_stations(db_url: str, data_dir: Path, count: int) -> list[tuple[str, str]]:
@@ -668,7 +659,9 @@ def run_service_phases(args: argparse.Namespace, model: Path, scans: list[bytes]
     db_url = f"sqlite:///{work / 'service.db'}"
     stations = add_stations(db_url, data_dir, args.stations)
     if not args.fresh_store:
-        make_image_tree(data_dir / "images")
+        from edge.images import ImageFiles
+
+        ImageFiles(data_dir / "images").make_tree()
     env = {
         "XSCREEN_BATCH_MAX_SIZE": str(args.batch),
         "XSCREEN_QUEUE_MAX": str(max(64, 4 * args.stations)),

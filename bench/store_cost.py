@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from idle_memory import clear_scan_result
-from service_load import make_image_tree
 
 
 def timed(prepare: Callable[[int], object], call: Callable[[object], object], count: int, warmup: int = 3) -> dict:
@@ -81,7 +80,7 @@ def main() -> None:
         figures["sha256"] = timed(lambda i: image(0, i), lambda data: hashlib.sha256(data).hexdigest(), count)
         figures["re-send check"] = timed(lambda i: f"{work.name}-check-{i}", lambda bag: store.bag_scans("bench", bag), count)
         # Existing directories: the whole tree made first, as bench/service_load.py does.
-        make_image_tree(work / "data" / "images")
+        store.images.make_tree()
         young = ImageFiles(work / "young")  # an empty store: most writes make their directory
 
         def hashed(step: int) -> Callable[[int], tuple[bytes, str]]:

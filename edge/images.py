@@ -76,6 +76,19 @@ class ImageFiles:
     def _dir(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4]
 
+    def make_tree(self) -> None:
+        """Make every directory an image can go to (65,536), as a store has them after its first day of
+        scans; durable (each parent fsynced once its entries are made). Until then most new images also
+        make their directory and fsync its parent (`bench/store_cost.py` measures both)."""
+        _makedirs_durable(self.root)
+        for a in range(256):
+            top = self._dir(f"{a:02x}00").parent
+            top.mkdir(exist_ok=True)
+            for b in range(256):
+                self._dir(f"{a:02x}{b:02x}").mkdir(exist_ok=True)
+            _fsync_dir(top)
+        _fsync_dir(self.root)
+
     def put(self, data: bytes, *, suffix: str, sha256: str | None = None) -> str:
         """Store `data` durably; return its sha256 hex. Storing the same bytes again writes nothing.
 

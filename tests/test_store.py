@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from edge import images as images_module
+from edge.images import ImageFiles
 from edge.migrations import current_revision, head_revision
 from edge.store import OUTBOX_MAX_BACKOFF_S, Store
 from pg_fixtures import db_url, pg_server  # noqa: F401 - fixtures
@@ -85,6 +87,26 @@ def test_put_image_is_content_addressed_durable_and_idempotent(tmp_path: Path, m
     other = store.put_image(b"other bytes", suffix="jpg")
     assert other != sha and store.read_image(other) == (b"other bytes", "image/jpeg")
     store.close()
+
+
+def test_make_tree_makes_every_image_directory_durably_so_a_put_makes_none(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "data" / "images"
+    fsynced: list[str] = []
+    real_fsync_dir = images_module._fsync_dir
+    monkeypatch.setattr(images_module, "_fsync_dir", lambda path: (fsynced.append(str(path)), real_fsync_dir(path))[1])
+    files = ImageFiles(root)
+    files.make_tree()
+    tops = [p for p in root.iterdir() if p.is_dir()]
+    assert len(tops) == 256 and all(len(list(t.iterdir())) == 256 for t in tops[:8])
+    assert {str(t) for t in tops} <= set(fsynced) and str(root) in fsynced  # each new entry's parent
+    files.make_tree()  # again: nothing to do, nothing fails
+
+    fsynced.clear()
+    data = b"a scan after the tree was made"
+    sha = files.put(data, suffix="png")
+    assert (root / sha[:2] / sha[2:4] / f"{sha}.png").read_bytes() == data
+    assert fsynced == [str(root / sha[:2] / sha[2:4])]  # its own directory only: no directory made
 
 
 def test_read_image_missing_or_malformed_is_keyerror_and_bad_suffix_is_refused(tmp_path: Path):
