@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -126,3 +128,80 @@ def test_box_conversions_round_trip():
     np.testing.assert_allclose(xywh_to_xyxy(xyxy_to_xywh(xyxy)), xyxy, atol=1e-9)
     np.testing.assert_allclose(cxcywh_to_xyxy(xyxy_to_cxcywh(xyxy)), xyxy, atol=1e-9)
     assert np.allclose(xyxy_to_xywh([[10, 20, 30, 60]]), [[10, 20, 20, 40]])
+
+
+# -- the letterbox's resampling: INTER_AREA's box mean at a fraction of its cost ----------------------------
+
+# Scan sizes as the public datasets ship them (PIDray 640 × 480, the bench's 768 × 576, OPIXray 1224 × 918)
+# and sides that are no multiple of their shrink factor (the affine path), into a 512-px input.
+SHRINK_SIZES = [(480, 640), (576, 768), (918, 1224), (1001, 1999), (767, 1535), (1836, 2448)]
+
+
+def _content(out, params):
+    return out[params.pad_y : params.pad_y + params.dst_height, params.pad_x : params.pad_x + params.dst_width]
+
+
+@pytest.mark.parametrize("hw", SHRINK_SIZES)
+def test_shrinking_never_loses_a_thin_wire(hw):
+    # A 1-px wire at any column must still show: plain bilinear sampling under a factor of 1/2 steps over
+    # whole columns (the wire's peak drops to 0 at some offsets); a box mean keeps about scale × 255.
+    h, w = hw
+    spec = LetterboxSpec(height=512, width=512, pad_value=0)
+    peaks = []
+    for x0 in range(w // 2, w // 2 + 12):
+        image = np.zeros((h, w), np.uint8)
+        image[:, x0] = 255
+        out, params = letterbox(image, spec)
+        peaks.append(int(_content(out, params)[params.dst_height // 2].max()))
+    assert min(peaks) >= 0.35 * 255 * params.scale, peaks
+
+
+@pytest.mark.parametrize("hw", SHRINK_SIZES)
+def test_shrinking_agrees_with_inter_area(hw):
+    # Smooth content (X-ray scans are mostly low-frequency) within a grey level of OpenCV's INTER_AREA.
+    h, w = hw
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = np.stack([127 + 120 * np.sin(xx / 37.0 + c) * np.cos(yy / 23.0 - c) for c in (0.0, 1.0, 2.0)], -1)
+    image = image.round().astype(np.uint8)
+    out, params = letterbox(image, LetterboxSpec(height=512, width=512))
+    area = cv2.resize(image, (params.dst_width, params.dst_height), interpolation=cv2.INTER_AREA)
+    diff = np.abs(_content(out, params).astype(np.int16) - area.astype(np.int16))
+    # The last row and column may differ more where a side is no multiple of its shrink factor: the block
+    # means leave its last pixels out, and the edge is replicated in their place.
+    assert diff.mean() < 1.0 and diff[:-1, :-1].max() <= 4, (diff.mean(), diff[:-1, :-1].max())
+
+
+def test_shrinking_by_a_whole_factor_is_inter_area():
+    image = np.random.default_rng(3).integers(0, 256, (1024, 2048, 3), dtype=np.uint8)
+    out, params = letterbox(image, LetterboxSpec(height=512, width=512))
+    assert (params.dst_width, params.dst_height) == (512, 256)
+    np.testing.assert_array_equal(_content(out, params),
+                                  cv2.resize(image, (512, 256), interpolation=cv2.INTER_AREA))
+
+
+@pytest.mark.parametrize("hw", SHRINK_SIZES)
+def test_shrunk_content_lands_where_unletterbox_maps_it(hw):
+    # A bright square's centroid in the model's input, mapped back by `unletterbox`, is where the square is
+    # in the scan: within 0.1 of a model pixel (the resampling's own jitter) inside the scan, 0.25 by the
+    # right and bottom edges, whose last pixels a whole-factor block mean may leave out (edge replicated).
+    h, w = hw
+    spec = LetterboxSpec(height=512, width=512, pad_value=0)
+    for x0, y0, tolerance in [(5, 7, 0.1), (w // 2 + 1, h // 3, 0.1), (w - 9, h - 9, 0.25)]:
+        image = np.zeros((h, w), np.uint16)
+        image[y0 : y0 + 8, x0 : x0 + 8] = 60000
+        out, params = letterbox(image, spec)
+        weights = out.astype(np.float64)
+        ys, xs = np.mgrid[0 : out.shape[0], 0 : out.shape[1]]
+        cx, cy = (weights * xs).sum() / weights.sum(), (weights * ys).sum() / weights.sum()
+        # pixel centres are at +0.5 in the edge coordinates boxes use
+        back = unletterbox(np.array([[cx + 0.5, cy + 0.5, cx + 0.5, cy + 0.5]]), params)[0]
+        error = np.abs(back[:2] - (x0 + 4, y0 + 4)) * params.scale
+        assert error.max() <= tolerance, (x0, y0, error)
+
+
+@pytest.mark.parametrize("shape,dtype", [((901, 1203, 2), np.uint16), ((901, 1203, 1), np.uint8), ((901, 1203), np.uint16)])
+def test_shrinking_keeps_channels_and_depth(shape, dtype):
+    image = np.full(shape, 200, dtype)
+    out, params = letterbox(image, LetterboxSpec(height=256, width=256, pad_value=0))
+    assert out.dtype == dtype and out.shape == (256, 256) + shape[2:]
+    assert (_content(out, params) == 200).all()
