@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
@@ -37,7 +36,7 @@ from training.config import ModelConfig, SourceConfig
 from training.sampler import WeightedSourceSampler, source_shares
 from vision.colour import RAW_AIR_LEVEL
 from vision.decode import decode, decode_dual_energy
-from vision.letterbox import letterbox_boxes
+from vision.letterbox import letterbox_boxes, resample
 from vision.preprocess import PreprocessSpec, prepare
 
 #: Boxes narrower or shorter than this in model-input pixels are dropped: below the detector's finest
@@ -317,7 +316,7 @@ def _shrink(pixels: np.ndarray, boxes_xyxy: np.ndarray, max_side: int) -> tuple[
     if scale >= 1.0:
         return pixels, boxes_xyxy
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    out = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    out = resample(pixels, *size)  # as the letterbox shrinks, at its cost
     if pixels.ndim == 3 and out.ndim == 2:
         out = out[:, :, None]
     sx, sy = size[0] / w, size[1] / h

@@ -55,7 +55,7 @@ def letterbox(image: np.ndarray, spec: LetterboxSpec) -> tuple[np.ndarray, Lette
     pad_x = (spec.width - new_w) // 2
     pad_y = (spec.height - new_h) // 2
     if (new_w, new_h) != (src_w, src_h):
-        resized = _resample(image, new_w, new_h)
+        resized = resample(image, new_w, new_h)
         if image.ndim == 3 and resized.ndim == 2:
             resized = resized[:, :, None]
     else:
@@ -71,7 +71,7 @@ def letterbox(image: np.ndarray, spec: LetterboxSpec) -> tuple[np.ndarray, Lette
     return out, params
 
 
-def _resample(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+def resample(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
     """`image` resampled to new_w × new_h: each axis shrunk first by the largest whole factor k ≤ src/new
     (the mean of each k × k block, OpenCV's integer INTER_AREA path), then bilinear for the rest, whose
     factor is then over 1/2, so every source pixel still weighs in (a 1-px wire never falls between two
