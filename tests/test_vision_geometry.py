@@ -17,7 +17,7 @@ from vision.boxes import (
     xyxy_to_cxcywh,
     xyxy_to_xywh,
 )
-from vision.letterbox import LetterboxSpec, letterbox, letterbox_boxes, unletterbox
+from vision.letterbox import LetterboxSpec, letterbox, letterbox_boxes, resample, unletterbox
 
 SPEC = LetterboxSpec(height=64, width=96, pad_value=114)
 
@@ -205,3 +205,13 @@ def test_shrinking_keeps_channels_and_depth(shape, dtype):
     out, params = letterbox(image, LetterboxSpec(height=256, width=256, pad_value=0))
     assert out.dtype == dtype and out.shape == (256, 256) + shape[2:]
     assert (_content(out, params) == 200).all()
+
+
+def test_resample_keeps_the_layout_enlarges_bilinearly_and_refuses_empty_sizes():
+    single = np.full((90, 70, 1), 9, np.uint8)
+    assert resample(single, 20, 30).shape == (30, 20, 1) and resample(single, 200, 300).shape == (300, 200, 1)
+    assert resample(single[:, :, 0], 23, 31).shape == (31, 23)
+    small = np.random.default_rng(5).integers(0, 65535, (13, 17, 2), dtype=np.uint16)
+    np.testing.assert_array_equal(resample(small, 40, 30), cv2.resize(small, (40, 30), interpolation=cv2.INTER_LINEAR))
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        resample(single, 0, 5)

@@ -317,8 +317,6 @@ def _shrink(pixels: np.ndarray, boxes_xyxy: np.ndarray, max_side: int) -> tuple[
         return pixels, boxes_xyxy
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     out = resample(pixels, *size)  # as the letterbox shrinks, at its cost
-    if pixels.ndim == 3 and out.ndim == 2:
-        out = out[:, :, None]
     sx, sy = size[0] / w, size[1] / h
     return out, (boxes_xyxy * np.array([sx, sy, sx, sy], np.float32)).astype(np.float32)
 

@@ -56,8 +56,6 @@ def letterbox(image: np.ndarray, spec: LetterboxSpec) -> tuple[np.ndarray, Lette
     pad_y = (spec.height - new_h) // 2
     if (new_w, new_h) != (src_w, src_h):
         resized = resample(image, new_w, new_h)
-        if image.ndim == 3 and resized.ndim == 2:
-            resized = resized[:, :, None]
     else:
         resized = image
     shape = (spec.height, spec.width) + tuple(image.shape[2:])
@@ -72,32 +70,37 @@ def letterbox(image: np.ndarray, spec: LetterboxSpec) -> tuple[np.ndarray, Lette
 
 
 def resample(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
-    """`image` resampled to new_w × new_h: each axis shrunk first by the largest whole factor k ≤ src/new
-    (the mean of each k × k block, OpenCV's integer INTER_AREA path), then bilinear for the rest, whose
-    factor is then over 1/2, so every source pixel still weighs in (a 1-px wire never falls between two
-    samples) and nothing aliases as plain bilinear sampling does below 1/2. Close to INTER_AREA's box mean
-    (within a grey level on smooth content) at a fraction of its cost: a whole `letterbox` of a 768 × 576 RGB
-    scan into 512 px takes 0.26 ms of a core against 1.12 for INTER_AREA's resampling alone, 0.43 against
-    3.11 for a 1224 × 918 scan (`python bench/letterbox_cost.py`). The lane service does this for every scan.
+    """`image` (H×W or H×W×C, any depth) resampled to new_w × new_h, its layout kept. Shrinking: each axis
+    first by the largest whole factor k ≤ src/new (the mean of each k × k block, OpenCV's integer INTER_AREA
+    path), then bilinear for the rest, whose factor is then over 1/2, so every source pixel still weighs in (a
+    1-px wire never falls between two samples) and nothing aliases as plain bilinear sampling does below 1/2.
+    Close to INTER_AREA's box mean (within a grey level on smooth content) at a fraction of its cost: a whole
+    `letterbox` of a 768 × 576 RGB scan into 512 px takes 0.26 ms of a core against 1.12 for INTER_AREA's
+    resampling alone, 0.43 against 3.11 for a 1224 × 918 scan (`python bench/letterbox_cost.py`). The lane
+    service does this for every scan. Enlarging is bilinear.
 
     Pixel centres map as in `cv2.resize`: x_dst + 0.5 = (x_src + 0.5) · new_w / src_w, which `unletterbox`
     inverts. When a side is not a multiple of its k, the block means cover all but its last (< k) pixels and
     the bilinear step maps the full side exactly (an affine warp, edge pixels replicated)."""
+    if new_w < 1 or new_h < 1:
+        raise ValueError(f"cannot resample to {new_w}×{new_h}: both sides must be at least 1 pixel")
     src_h, src_w = image.shape[:2]
     kx, ky = max(1, src_w // new_w), max(1, src_h // new_h)
     if kx == 1 and ky == 1:
-        return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    red_w, red_h = src_w // kx, src_h // ky
-    reduced = cv2.resize(image[: red_h * ky, : red_w * kx], (red_w, red_h), interpolation=cv2.INTER_AREA)
-    if reduced.ndim < image.ndim:
-        reduced = reduced[:, :, None]
-    if red_w * kx == src_w and red_h * ky == src_h:
-        return cv2.resize(reduced, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    # x_reduced = (x_dst + 0.5) · src_w / (new_w · kx) − 0.5, and likewise for y.
-    fx, fy = src_w / (new_w * kx), src_h / (new_h * ky)
-    inverse = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])
-    return cv2.warpAffine(reduced, inverse, (new_w, new_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+        out = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    else:
+        red_w, red_h = src_w // kx, src_h // ky
+        reduced = cv2.resize(image[: red_h * ky, : red_w * kx], (red_w, red_h), interpolation=cv2.INTER_AREA)
+        if red_w * kx == src_w and red_h * ky == src_h:
+            out = cv2.resize(reduced, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        else:
+            # x_reduced = (x_dst + 0.5) · src_w / (new_w · kx) − 0.5, and likewise for y.
+            fx, fy = src_w / (new_w * kx), src_h / (new_h * ky)
+            inverse = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])
+            out = cv2.warpAffine(reduced, inverse, (new_w, new_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REPLICATE)
+    # OpenCV returns a single channel as H×W.
+    return out[:, :, None] if image.ndim == 3 and out.ndim == 2 else out
 
 
 def unletterbox(boxes_xyxy: np.ndarray, params: LetterboxParams) -> np.ndarray:
