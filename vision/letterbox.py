@@ -75,8 +75,8 @@ def resample(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
     path), then bilinear for the rest, whose factor is then over 1/2, so every source pixel still weighs in (a
     1-px wire never falls between two samples) and nothing aliases as plain bilinear sampling does below 1/2.
     Close to INTER_AREA's box mean (within a grey level on smooth content) at a fraction of its cost: a whole
-    `letterbox` of a 768 × 576 RGB scan into 512 px takes 0.26 ms of a core against 1.12 for INTER_AREA's
-    resampling alone, 0.43 against 3.11 for a 1224 × 918 scan (`python bench/letterbox_cost.py`). The lane
+    `letterbox` of a 768 × 576 RGB scan into 512 px takes 0.24 ms of a core against 1.07 for INTER_AREA's
+    resampling alone, 0.41 against 2.94 for a 1224 × 918 scan (`python bench/letterbox_cost.py`). The lane
     service does this for every scan. Enlarging is bilinear.
 
     Pixel centres map as in `cv2.resize`: x_dst + 0.5 = (x_src + 0.5) · new_w / src_w, which `unletterbox`
