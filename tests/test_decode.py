@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tests.damage import EDITS, assert_well_formed, damaged, decoded_truncations
 from vision.decode import (
     DecodeError,
     EmptyInputError,
@@ -158,28 +159,16 @@ _VALID = {
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(sorted(_VALID)), edits=st.lists(
-    st.tuples(st.sampled_from(["set", "insert", "cut"]), st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=16)),
-    min_size=1, max_size=4))
+@given(kind=st.sampled_from(sorted(_VALID)), edits=EDITS)
 def test_damaged_files_decode_or_raise_a_decode_error(kind, edits):
     """Bytes overwritten, inserted or cut anywhere in a valid file: `decode` returns a well-formed scan or
     raises a DecodeError (the service's 4xx), never another exception, never an inconsistent scan."""
-    data = bytearray(_VALID[kind])
-    for op, where, chunk in edits:
-        at = int(where * len(data))
-        if op == "set":
-            data[at:at + len(chunk)] = chunk[: len(data) - at]
-        elif op == "insert":
-            data[at:at] = chunk
-        else:
-            del data[max(1, at):]
     try:
-        scan = decode(bytes(data), max_pixels=10_000_000)
+        scan = decode(damaged(_VALID[kind], edits), max_pixels=10_000_000)
     except DecodeError as exc:
         assert str(exc)  # a message for the station
         return
-    assert scan.pixels.dtype in (np.uint8, np.uint16) and scan.pixels.flags.c_contiguous
-    assert scan.pixels.shape[:2] == (scan.height, scan.width) and scan.width * scan.height <= 10_000_000
+    assert_well_formed(scan, max_pixels=10_000_000)
     assert (scan.layout == "grey") == (scan.pixels.ndim == 2)
     assert scan.bit_depth == (8 if scan.pixels.dtype == np.uint8 else 16)
 
@@ -189,12 +178,5 @@ def test_every_truncation_is_refused(kind):
     """A file cut short anywhere (a dropped connection, a full disk) is refused, never decoded with rows
     missing or zero-filled."""
     data = _VALID[kind]
-    step = max(1, len(data) // 150)
-    decoded = []
-    for cut in range(1, len(data), step):
-        try:
-            decode(data[:cut])
-        except DecodeError:
-            continue
-        decoded.append(cut)
+    decoded = decoded_truncations(data, decode)
     assert decoded == [], f"{kind}: decoded although cut to {decoded[:5]} of {len(data)} bytes"

@@ -23,6 +23,7 @@ from edge.formats import (
     pack_dual_energy,
     write_dicos_dx,
 )
+from tests.damage import EDITS, assert_well_formed, damaged, decoded_truncations
 from vision.decode import DecodeError, encode_png
 
 _RNG = np.random.default_rng(11)
@@ -40,54 +41,26 @@ def valid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Upload]:
     }
 
 
-def _damaged(data: bytes, edits: list[tuple[str, float, bytes]], *, keep: int) -> bytes:
-    """`data` with each edit applied past its first `keep` bytes (the DICOS preamble and marker are kept, so
-    the damage reaches the toolkit instead of the marker check)."""
-    out = bytearray(data)
-    for op, where, chunk in edits:
-        at = keep + int(where * (len(out) - keep))
-        if op == "set":
-            out[at:at + len(chunk)] = chunk[: len(out) - at]
-        elif op == "insert":
-            out[at:at] = chunk
-        else:
-            del out[max(keep + 1, at):]
-    return bytes(out)
-
-
-_EDITS = st.lists(
-    st.tuples(st.sampled_from(["set", "insert", "cut"]), st.floats(0, 1, exclude_max=True),
-              st.binary(min_size=1, max_size=8) | st.sampled_from([b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff"])),
-    min_size=1, max_size=4)
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["dicos", "dual-energy"]), edits=_EDITS)
+@given(kind=st.sampled_from(["dicos", "dual-energy"]), edits=EDITS)
 def test_damaged_service_inputs_decode_or_raise_a_decode_error(valid, kind, edits):
     upload = valid[kind]
     keep = 132 if kind == "dicos" else 0
-    damaged = Upload(data=_damaged(upload.data, edits, keep=keep), media_type=upload.media_type,
-                     suffix=upload.suffix)
+    broken = Upload(data=damaged(upload.data, edits, keep=keep), media_type=upload.media_type,
+                    suffix=upload.suffix)
     try:
-        scan = decode_upload(damaged, max_pixels=10_000_000)
+        scan = decode_upload(broken, max_pixels=10_000_000)
     except DecodeError as exc:
         assert str(exc)
         return
-    assert scan.pixels.dtype in (np.uint8, np.uint16) and scan.pixels.flags.c_contiguous
-    assert scan.pixels.shape[:2] == (scan.height, scan.width) and scan.width * scan.height <= 10_000_000
+    assert_well_formed(scan, max_pixels=10_000_000)
 
 
 @pytest.mark.parametrize("kind", ["dicos", "dual-energy"])
 def test_every_truncation_of_a_service_input_is_refused(valid, kind):
     upload = valid[kind]
     assert decode_upload(upload, max_pixels=10_000_000).pixels.shape[:2] == _GREY16.shape
-    accepted = []
-    for cut in range(1, len(upload.data), max(1, len(upload.data) // 200)):
-        try:
-            decode_upload(Upload(data=upload.data[:cut], media_type=upload.media_type, suffix=upload.suffix),
-                          max_pixels=10_000_000)
-        except DecodeError:
-            continue
-        accepted.append(cut)
+    accepted = decoded_truncations(upload.data, lambda data: decode_upload(
+        Upload(data=data, media_type=upload.media_type, suffix=upload.suffix), max_pixels=10_000_000), cuts=200)
     assert accepted == [], f"{kind}: decoded although cut to {accepted[:5]} of {len(upload.data)} bytes"
