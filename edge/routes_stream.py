@@ -3,10 +3,16 @@
 Protocol (all JSON text frames except the image bytes):
 1. Authenticate: an `Authorization: Bearer <station key>` header on the handshake, or, without it, a first
    message `{"key": "<station key>"}`. The server answers `{"type": "ready", "station": name}`, or an
-   error message and close code 1008 (policy violation).
+   error message and close code 1008 (policy violation). The key is looked up again before a scan once
+   the last check is over `KEY_RECHECK_S` (1 s) old, not before every scan: a station streams up to ~60
+   scans/s and a lookup per scan would be a database query each. So a station disabled, or whose key is
+   rotated, while its stream is open has its scans screened for up to about a second longer (HTTP refuses
+   the key at once); then its next scan is answered with a 401 error and the socket is closed with 1008.
 2. For each scan, a header `{"station", "lane", "bag_id", "view", "seq"?, "content_type"?}` followed by
    exactly one binary frame holding the image file (PNG, JPEG, TIFF or DICOS DX). Instead of the binary
    frame the header may carry the file as base64 in `"image_b64"`. `seq` is echoed back (any JSON value).
+   A header that is not a JSON object is answered with a 400 error; a binary frame right after it is taken
+   as that refused scan's image and dropped, so each scan gets exactly one answer.
 3. Each scan is answered, in the order the scans were sent, with `{"type": "result", "seq", ...}` (the
    fields of `POST /v1/scans`'s answer) or `{"type": "error", "seq", "status", "detail"}` (the status an
    HTTP request would have got; 429/503 carry `retry_after_s`).
@@ -20,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import time
@@ -30,7 +35,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from edge.auth import Principal
+from edge.auth import Auth, Principal
 from edge.context import ServiceContext
 from edge.deps import bearer_key
 from edge.formats import UnsupportedMediaTypeError, upload_from_bytes
@@ -44,12 +49,42 @@ router = APIRouter(tags=["stream"])
 MAX_IN_FLIGHT = 8
 #: How long a connection may take to send its key message.
 AUTH_TIMEOUT_S = 10.0
+#: How old a connection's last key check may be before a scan makes it look the key up again.
+KEY_RECHECK_S = 1.0
 _POLICY_VIOLATION = 1008
 _access_log = logging.getLogger(ACCESS_LOGGER)
 
 
-async def _authenticate(ws: WebSocket, ctx: ServiceContext) -> Principal | None:
-    """The station behind this socket, or None after refusing it (the socket is then closed)."""
+class _UnreadableHeader(IngestError):
+    """A header frame that is not a JSON object: a binary frame after it is the same scan's image."""
+
+
+async def _station_for_key(auth: Auth, key: str) -> Principal | None:
+    """The enabled station whose key this is (looked up in a thread: it queries the database), else None."""
+    principal = await run_in_threadpool(auth.principal_for_key, key)
+    return principal if principal is not None and principal.role == "station" else None
+
+
+class _KeyCheck:
+    """A connection's key, looked up again when the last successful check is over `KEY_RECHECK_S` old."""
+
+    def __init__(self, auth: Auth, key: str) -> None:
+        self._auth = auth
+        self._key = key
+        self._checked_at = time.monotonic()
+
+    async def still_valid(self) -> bool:
+        if time.monotonic() - self._checked_at < KEY_RECHECK_S:
+            return True
+        if await _station_for_key(self._auth, self._key) is None:
+            return False
+        self._checked_at = time.monotonic()
+        return True
+
+
+async def _authenticate(ws: WebSocket, ctx: ServiceContext) -> tuple[Principal, _KeyCheck] | None:
+    """The station behind this socket and its key's check, or None after refusing it (the socket is then
+    closed)."""
     try:
         _engine, _store, auth, _batcher = ctx.require()
     except RuntimeError:
@@ -61,8 +96,8 @@ async def _authenticate(ws: WebSocket, ctx: ServiceContext) -> Principal | None:
         await ws.close(code=_POLICY_VIOLATION, reason="malformed Authorization header")
         return None
     if key is not None:
-        principal = await run_in_threadpool(auth.principal_for_key, key)
-        if principal is None or principal.role != "station":
+        principal = await _station_for_key(auth, key)
+        if principal is None:
             # Refuse the handshake itself (HTTP 403) when the header is wrong.
             await ws.close(code=_POLICY_VIOLATION, reason="invalid key or not a station key")
             return None
@@ -72,10 +107,10 @@ async def _authenticate(ws: WebSocket, ctx: ServiceContext) -> Principal | None:
         try:
             message = await asyncio.wait_for(ws.receive_text(), timeout=AUTH_TIMEOUT_S)
             key = json.loads(message).get("key")
-        except (TimeoutError, ValueError, AttributeError, KeyError, WebSocketDisconnect):
-            key = None
-        principal = await run_in_threadpool(auth.principal_for_key, key) if isinstance(key, str) else None
-        if principal is None or principal.role != "station":
+        except (TimeoutError, ValueError, AttributeError, KeyError, RecursionError, WebSocketDisconnect):
+            key = None  # RecursionError: json.loads on a deeply nested message
+        principal = await _station_for_key(auth, key) if isinstance(key, str) else None
+        if principal is None:
             await _send_error(ws, None, 401, "authenticate first: send {\"key\": \"<station key>\"} or an "
                                              "Authorization: Bearer header; the key must be a valid station key")
             await ws.close(code=_POLICY_VIOLATION)
@@ -83,7 +118,7 @@ async def _authenticate(ws: WebSocket, ctx: ServiceContext) -> Principal | None:
     ws.state.principal = f"{principal.kind}:{principal.name}"
     ws.state.station = principal.name
     await ws.send_json({"type": "ready", "station": principal.name})
-    return principal
+    return principal, _KeyCheck(auth, key)
 
 
 async def _send_error(ws: WebSocket, seq: Any, status: int, detail: str, retry_after_s: float | None = None) -> None:
@@ -106,8 +141,11 @@ async def _screen_one(ctx: ServiceContext, principal: Principal, header: dict[st
         if len(data) > ctx.settings.max_body_bytes:
             raise IngestError(413, f"image is larger than the limit of {ctx.settings.max_body_bytes:,} bytes")
         check_rate(ctx, principal.name)
+        content_type = header.get("content_type")
+        if content_type is not None and not isinstance(content_type, str):
+            raise IngestError(422, "content_type must be a string")
         try:
-            upload = upload_from_bytes(data, header.get("content_type"))
+            upload = upload_from_bytes(data, content_type)
         except UnsupportedMediaTypeError as exc:
             raise IngestError(415, str(exc)) from None
         meta = validate_meta(header, station_name=principal.name)
@@ -142,9 +180,17 @@ async def _send_in_order(ws: WebSocket, pending: asyncio.Queue[asyncio.Task[dict
         await ws.send_json(answer)
 
 
-async def _next_scan(ws: WebSocket) -> tuple[dict[str, Any], bytes | None, IngestError | None] | None:
-    """Read one header (and its binary frame); None when the client closed the socket."""
+async def _next_scan(ws: WebSocket, *, after_unreadable_header: bool
+                     ) -> tuple[dict[str, Any], bytes | None, IngestError | None] | None:
+    """Read one header (and its binary frame); None when the client closed the socket.
+
+    after_unreadable_header: the previous header was answered with an `_UnreadableHeader` error, so a
+    binary frame now is that scan's image and is dropped (answering it too would shift every later answer
+    by one for a client that pairs answers with scans by order); a text frame is the next header.
+    """
     message = await ws.receive()
+    if after_unreadable_header and message.get("bytes") is not None:
+        message = await ws.receive()
     if message["type"] == "websocket.disconnect":
         return None
     if message.get("text") is None:
@@ -153,12 +199,12 @@ async def _next_scan(ws: WebSocket) -> tuple[dict[str, Any], bytes | None, Inges
         header = json.loads(message["text"])
         if not isinstance(header, dict):
             raise ValueError("not an object")
-    except ValueError:
-        return {}, None, IngestError(400, "the header frame is not a JSON object")
+    except (ValueError, RecursionError):  # RecursionError: json.loads on deep nesting
+        return {}, None, _UnreadableHeader(400, "the header frame is not a JSON object")
     if "image_b64" in header:
         try:
             return header, base64.b64decode(header.pop("image_b64"), validate=True), None
-        except (binascii.Error, TypeError):
+        except (ValueError, TypeError):  # ValueError: binascii.Error, or a non-ASCII str
             return header, None, IngestError(400, "image_b64 is not valid base64")
     frame = await ws.receive()
     if frame["type"] == "websocket.disconnect":
@@ -172,19 +218,27 @@ async def _next_scan(ws: WebSocket) -> tuple[dict[str, Any], bytes | None, Inges
 async def stream(websocket: WebSocket) -> None:
     """Stream scans; see the module docstring for the protocol. Role: station."""
     ctx: ServiceContext = websocket.app.state.ctx
-    principal = await _authenticate(websocket, ctx)
-    if principal is None:
+    authenticated = await _authenticate(websocket, ctx)
+    if authenticated is None:
         return
+    principal, key_check = authenticated
     request_id = websocket.scope.get("state", {}).get("request_id")
     pending: asyncio.Queue[asyncio.Task[dict[str, Any]] | None] = asyncio.Queue(maxsize=MAX_IN_FLIGHT)
     sender = asyncio.create_task(_send_in_order(websocket, pending))
     tasks: list[asyncio.Task[dict[str, Any]]] = []
+    after_unreadable_header = False
+    close_code, close_reason = 1000, None
     try:
         while not sender.done():
-            item = await _next_scan(websocket)
+            item = await _next_scan(websocket, after_unreadable_header=after_unreadable_header)
             if item is None:
                 break
             header, data, error = item
+            after_unreadable_header = isinstance(error, _UnreadableHeader)
+            revoked = not await key_check.still_valid()
+            if revoked:
+                error = IngestError(401, "this station's key no longer authenticates it (the station was disabled "
+                                         "or its key rotated): reconnect with a valid station key")
             task = asyncio.create_task(_screen_one(ctx, principal, header, data, error, request_id))
             tasks = [t for t in tasks if not t.done()] + [task]
             # Wait for room among the in-flight answers, unless the sender died (client gone).
@@ -193,20 +247,24 @@ async def stream(websocket: WebSocket) -> None:
             if not put.done():
                 put.cancel()
                 break
+            if revoked:
+                close_code, close_reason = _POLICY_VIOLATION, "station key no longer valid"
+                break
     except WebSocketDisconnect:
         pass
     finally:
         if not sender.done():
-            # Let the sender answer everything queued, then stop it; if the client is gone the sends fail.
-            try:
-                pending.put_nowait(None)
-            except asyncio.QueueFull:
-                sender.cancel()
+            # Let the sender answer everything queued (the 401 of a revoked key included, so wait for room
+            # rather than drop the queue when it is full), then stop it; if the client is gone the sends
+            # fail and it stops sooner.
+            end = asyncio.create_task(pending.put(None))
+            await asyncio.wait({end, sender}, return_when=asyncio.FIRST_COMPLETED)
+            end.cancel()
         await asyncio.gather(sender, return_exceptions=True)
         # Scans already accepted finish (their records are written) even if nobody reads the answers.
         await asyncio.gather(*tasks, return_exceptions=True)
         if websocket.client_state == WebSocketState.CONNECTED:
             try:
-                await websocket.close()
+                await websocket.close(code=close_code, reason=close_reason)
             except Exception:  # the peer may already be gone
                 pass
