@@ -67,8 +67,10 @@ def _principal(row: Any) -> Principal:
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > 128 or name != name.strip():
-        raise ValueError(f"bad name {name!r}: 1-128 characters, no leading or trailing spaces")
+    # NUL: PostgreSQL text cannot hold it (psycopg refuses the query), so no principal may be named with it.
+    if (not isinstance(name, str) or not name.strip() or len(name) > 128 or name != name.strip()
+            or "\x00" in name):
+        raise ValueError(f"bad name {name!r}: 1-128 characters, no leading or trailing spaces, no NUL")
 
 
 def _check_password(password: str) -> None:
@@ -134,11 +136,14 @@ class Auth:
         return row
 
     def set_password(self, name: str, password: str) -> None:
-        """Set (or replace) a user's password. KeyError if there is no such user."""
+        """Set (or replace) a user's password and end their sessions: a password is reset because it may
+        be known to someone else, who may be logged in with it. KeyError if there is no such user."""
         _check_password(password)
         password_hash = self._hasher.hash(password)
         with self.store.transaction(write=True) as session:
-            self._row(session, name, "user").password_hash = password_hash
+            row = self._row(session, name, "user")
+            row.password_hash = password_hash
+            session.execute(delete(AuthSession).where(AuthSession.principal_id == row.id))
 
     def rotate_key(self, name: str, *, kind: PrincipalKind) -> str:
         """Replace a principal's API key (the old one stops working at once); return the new key."""
@@ -183,11 +188,15 @@ class Auth:
         """The enabled user `name` if `password` is theirs, else None (same work either way)."""
         if not isinstance(password, str) or len(password) > _MAX_PASSWORD_LENGTH:
             return None
-        with self.store.transaction(write=False) as session:
-            row = session.execute(
-                select(PrincipalRow).where(PrincipalRow.kind == "user", PrincipalRow.name == name)
-            ).scalar_one_or_none()
-            stored = row.password_hash if row is not None and row.password_hash else None
+        row = None
+        # A name with NUL (refused by _check_name, so nobody's) would make PostgreSQL refuse the query: it is
+        # looked up as no one, and verified against the dummy hash like any unknown name.
+        if isinstance(name, str) and "\x00" not in name:
+            with self.store.transaction(write=False) as session:
+                row = session.execute(
+                    select(PrincipalRow).where(PrincipalRow.kind == "user", PrincipalRow.name == name)
+                ).scalar_one_or_none()
+        stored = row.password_hash if row is not None and row.password_hash else None
         try:
             self._hasher.verify(stored or self._dummy_hash, password)
         except (VerificationError, InvalidHashError):

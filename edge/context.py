@@ -28,6 +28,10 @@ class ServiceContext:
     limiter: RateLimiter
     #: Password attempts per user name on the login form (argon2 makes each slow; this caps how many).
     login_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=0.2, burst=10))
+    #: Password attempts per client address, checked first: a flood of made-up names, each with a fresh
+    #: per-name bucket, is held to one guess a second. The burst leaves room for several supervisors
+    #: behind one address (an office NAT) mistyping at once.
+    login_address_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=1.0, burst=60))
     engine: Engine | None = None
     store: Store | None = None
     auth: Auth | None = None

@@ -2,19 +2,28 @@
 
 A declared `Content-Length` over the limit is refused before a byte is read; a chunked body is counted as
 it arrives and refused as soon as it passes the limit, so no handler ever buffers more than the limit.
+The chunked refusal is raised from the app's own body read, so it must be an HTTPException: FastAPI
+turns any other exception from its body parsing into a 400 "error parsing the body", and re-raises only
+HTTPExceptions, which the app's handler then answers with this 413.
 """
 
 from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.metrics import EdgeMetrics
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _too_large_detail(max_body_bytes: int) -> str:
+    return f"request body is larger than the limit of {max_body_bytes:,} bytes"
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(413, detail=_too_large_detail(max_body_bytes), headers={"Connection": "close"})
 
 
 class BodySizeLimitMiddleware:
@@ -31,6 +40,7 @@ class BodySizeLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
+            self._count()
             await self._refuse(send)
             return
         received = 0
@@ -42,7 +52,8 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge()
+                    self._count()  # here: the app usually answers this itself, and the except below never sees it
+                    raise _BodyTooLarge(self.max_body_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -53,17 +64,17 @@ class BodySizeLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
+        except _BodyTooLarge:  # raised outside any route's exception handling (counted when raised)
             if started:  # the app answered before reading everything; nothing more to say
                 return
             await self._refuse(send)
 
-    async def _refuse(self, send: Send) -> None:
+    def _count(self) -> None:
         if self.metrics is not None:
             self.metrics.rejections.labels(reason="body_too_large").inc()
-        body = json.dumps(
-            {"detail": f"request body is larger than the limit of {self.max_body_bytes:,} bytes"}
-        ).encode()
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": _too_large_detail(self.max_body_bytes)}).encode()
         await send({
             "type": "http.response.start",
             "status": 413,

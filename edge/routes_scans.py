@@ -12,10 +12,12 @@ from starlette.datastructures import UploadFile
 
 from edge.auth import Principal
 from edge.deps import AnyRoleDep, CtxDep, ReviewerDep, StationDep
-from edge.formats import RAW_MEDIA_TYPES, Upload, normalise_media_type, upload_from_bytes, upload_from_pair
+from edge.formats import (RAW_MEDIA_TYPES, UnsupportedMediaTypeError, Upload, normalise_media_type, upload_from_bytes,
+                          upload_from_pair)
 from edge.ingest import IngestError, check_rate, package_thresholds, screen, validate_meta
 from edge.preview import render_preview
-from edge.schemas import ErrorOut, ReviewIn, ReviewOut, ScanListOut, ScanRecordOut, ScanResultOut
+from edge.schemas import (DB_INT_MAX, ErrorOut, ReviewIn, ReviewOut, ScanIdPath, ScanListOut, ScanRecordOut,
+                          ScanResultOut)
 from edge.store import ScanRecord
 from edge.tdr import TDR_MEDIA_TYPE, TdrError, build_tdr
 
@@ -62,6 +64,14 @@ def _error(exc: IngestError) -> HTTPException:
     return HTTPException(exc.status, detail=exc.detail, headers=exc.headers or None)
 
 
+def _upload(data: bytes, content_type: str | None) -> Upload:
+    """`upload_from_bytes`, with a type it does not take (a raw body's or the form's 'image' part's) as 415."""
+    try:
+        return upload_from_bytes(data, content_type)
+    except UnsupportedMediaTypeError as exc:
+        raise IngestError(415, str(exc)) from None
+
+
 async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
     """The scan bytes and any form fields, from a multipart form or a raw body (see _INGEST_BODY)."""
     content_type = normalise_media_type(request.headers.get("content-type"))
@@ -77,7 +87,7 @@ async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
                 if "low" in files or "high" in files:
                     raise IngestError(422, "send either 'image' or 'low' and 'high', not both")
                 f = files["image"]
-                return upload_from_bytes(await f.read(), f.content_type), fields
+                return _upload(await f.read(), f.content_type), fields
             if "low" in files and "high" in files:
                 return upload_from_pair(await files["low"].read(), await files["high"].read()), fields
             if "low" in files or "high" in files:
@@ -85,10 +95,7 @@ async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
             raise IngestError(422, "no scan in the form: add file field 'image' (or 'low' and 'high')")
         finally:
             await form.close()
-    try:
-        return upload_from_bytes(await request.body(), content_type), {}
-    except ValueError as exc:  # UnsupportedMediaTypeError
-        raise IngestError(415, str(exc)) from None
+    return _upload(await request.body(), content_type), {}
 
 
 @router.post(
@@ -168,7 +175,7 @@ async def list_scans(
     alarm: Annotated[bool | None, Query()] = None,
     reviewed: Annotated[bool | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
 ) -> dict[str, Any]:
     _engine, store, _auth, _batcher = ctx.require()
     records = await asyncio.to_thread(store.list_scans, alarm=alarm, reviewed=reviewed, limit=limit, offset=offset)
@@ -184,7 +191,7 @@ async def list_scans(
     description="Role: supervisor, admin; a station may read only its own scans (without review fields).",
     responses={**_ERRORS, **_NOT_FOUND},
 )
-async def get_scan(scan_id: int, principal: AnyRoleDep, ctx: CtxDep) -> dict[str, Any]:
+async def get_scan(scan_id: ScanIdPath, principal: AnyRoleDep, ctx: CtxDep) -> dict[str, Any]:
     record = await _get_record(ctx, scan_id)
     if principal.role == "station" and record.station != principal.name:
         # 404, not 403: a station learns nothing about other stations' scan ids.
@@ -200,7 +207,7 @@ async def get_scan(scan_id: int, principal: AnyRoleDep, ctx: CtxDep) -> dict[str
     responses={**_ERRORS, **_NOT_FOUND, 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {},
                                                           "application/dicom": {}}}},
 )
-async def get_image(scan_id: int, principal: ReviewerDep, ctx: CtxDep) -> Response:
+async def get_image(scan_id: ScanIdPath, principal: ReviewerDep, ctx: CtxDep) -> Response:
     _engine, store, _auth, _batcher = ctx.require()
     record = await _get_record(ctx, scan_id)
     try:
@@ -219,7 +226,7 @@ async def get_image(scan_id: int, principal: ReviewerDep, ctx: CtxDep) -> Respon
     responses={**_ERRORS, **_NOT_FOUND, 200: {"content": {"image/png": {}}}},
 )
 async def get_preview(
-    scan_id: int,
+    scan_id: ScanIdPath,
     principal: ReviewerDep,
     ctx: CtxDep,
     boxes: Annotated[bool, Query(description="Draw the detections that alarmed.")] = True,
@@ -244,7 +251,7 @@ async def get_preview(
     description="Role: supervisor, admin.",
     responses={**_ERRORS, **_NOT_FOUND},
 )
-async def get_reviews(scan_id: int, principal: ReviewerDep, ctx: CtxDep) -> list[Any]:
+async def get_reviews(scan_id: ScanIdPath, principal: ReviewerDep, ctx: CtxDep) -> list[Any]:
     _engine, store, _auth, _batcher = ctx.require()
     await _get_record(ctx, scan_id)
     return await asyncio.to_thread(store.reviews, scan_id)
@@ -259,7 +266,7 @@ async def get_reviews(scan_id: int, principal: ReviewerDep, ctx: CtxDep) -> list
                 "supervisor, admin (with a session cookie, the CSRF token is required).",
     responses={**_ERRORS, **_NOT_FOUND},
 )
-async def post_review(scan_id: int, body: ReviewIn, principal: ReviewerDep, ctx: CtxDep) -> Any:
+async def post_review(scan_id: ScanIdPath, body: ReviewIn, principal: ReviewerDep, ctx: CtxDep) -> Any:
     _engine, store, _auth, _batcher = ctx.require()
     await _get_record(ctx, scan_id)
     return await asyncio.to_thread(store.add_review, scan_id, user=principal.name, verdict=body.verdict, note=body.note)
@@ -274,7 +281,7 @@ async def post_review(scan_id: int, body: ReviewIn, principal: ReviewerDep, ctx:
     responses={**_ERRORS, **_NOT_FOUND, 409: {"model": ErrorOut, "description": "The scan did not alarm."},
                200: {"content": {TDR_MEDIA_TYPE: {}}}},
 )
-async def get_tdr(scan_id: int, principal: ReviewerDep, ctx: CtxDep) -> Response:
+async def get_tdr(scan_id: ScanIdPath, principal: ReviewerDep, ctx: CtxDep) -> Response:
     engine, _store, _auth, _batcher = ctx.require()
     record = await _get_record(ctx, scan_id)
     if not record.alarm:

@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+#: Largest id or offset the database can take: SQLite INTEGER and PostgreSQL BIGINT are signed 64-bit, and
+#: a larger one fails as the query is sent (a 500), so routes bound them and answer 422 instead.
+DB_INT_MAX = 2**63 - 1
+
+#: A scan record id in a route's path.
+ScanIdPath = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="Scan record id.")]
+
+
+def _refuse_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain the NUL character (\\x00)")
+    return text
+
+
+#: Free text that is stored as sent: PostgreSQL text cannot hold NUL, so it is refused here (422) rather
+#: than by the database (a 500).
+StoredText = Annotated[str, AfterValidator(_refuse_nul)]
 
 
 class _Out(BaseModel):
@@ -96,7 +115,7 @@ class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     verdict: Literal["confirmed", "cleared"]
-    note: str = Field("", max_length=2000)
+    note: StoredText = Field("", max_length=2000)
 
 
 class ReviewOut(_Out):

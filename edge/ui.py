@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from edge.auth import Principal
 from edge.context import ServiceContext
 from edge.deps import CtxDep, csrf_ok
+from edge.schemas import ScanIdPath, StoredText
 from edge.seizures import collect_seizures
 from edge.store import ScanRecord
 
@@ -128,7 +129,9 @@ async def login(
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not cookie or not hmac.compare_digest(cookie.encode(), csrf_token.encode()):
         return _login_page(ctx, "The login form expired; please try again.", status.HTTP_403_FORBIDDEN)
-    if ctx.login_limiter.acquire(username) > 0:
+    # The address first: refused there, the made-up name gets no bucket of its own.
+    address = request.client.host if request.client is not None else ""
+    if ctx.login_address_limiter.acquire(address) > 0 or ctx.login_limiter.acquire(username) > 0:
         return _login_page(ctx, "Too many attempts; wait a minute and try again.", status.HTTP_429_TOO_MANY_REQUESTS)
     principal = await run_in_threadpool(auth.verify_password, username, password)
     if principal is None or principal.role not in ("supervisor", "admin"):
@@ -219,7 +222,7 @@ async def _bag_views(ctx: ServiceContext, scan_id: int) -> tuple[ScanRecord, lis
 
 
 @router.get("/ui/bags/{scan_id}", response_class=HTMLResponse, summary="A bag: its views, detections, verdicts")
-async def bag_page(scan_id: int, session: SessionDep, ctx: CtxDep) -> HTMLResponse:
+async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTMLResponse:
     _engine, store, _auth, _batcher = ctx.require()
     record, views = await _bag_views(ctx, scan_id)
     parts = []
@@ -244,11 +247,11 @@ async def bag_page(scan_id: int, session: SessionDep, ctx: CtxDep) -> HTMLRespon
 @router.post("/ui/bags/{scan_id}/review", summary="Confirm or clear a bag (CSRF-protected form)",
              responses={303: {"description": "Recorded: back to the queue."}})
 async def review_bag(
-    scan_id: int,
+    scan_id: ScanIdPath,
     session: SessionDep,
     ctx: CtxDep,
     verdict: Annotated[str, Form(pattern="^(confirmed|cleared)$")],
-    note: Annotated[str, Form(max_length=2000)] = "",
+    note: Annotated[StoredText, Form(max_length=2000)] = "",
     csrf_token: Annotated[str, Form(max_length=128)] = "",  # checked by ui_session; declared for the form schema
 ) -> Response:
     _engine, store, _auth, _batcher = ctx.require()

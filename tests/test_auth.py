@@ -149,6 +149,30 @@ def test_sessions_expire_and_end(auth: Auth, store: Store, clock: Clock):
     assert auth.session_principal("") is None
 
 
+def test_set_password_ends_the_users_sessions(auth: Auth):
+    # A password is reset because someone else may know it, and may be logged in with it.
+    auth.add_user("sam", "supervisor", password=PASSWORD)
+    auth.add_user("kim", "supervisor", password=PASSWORD)
+    sam, kim = auth.verify_password("sam", PASSWORD), auth.verify_password("kim", PASSWORD)
+    stolen, _ = auth.create_session(sam)
+    others, _ = auth.create_session(kim)
+    auth.set_password("sam", "a new long password")
+    assert auth.session_principal(stolen) is None
+    assert auth.session_principal(others) is not None
+    assert auth.session_principal(auth.create_session(sam)[0]) is not None
+
+
+def test_names_with_nul_are_refused_and_match_no_one(auth: Auth):
+    # PostgreSQL text cannot hold NUL: a query with one fails in the driver instead of finding no one.
+    auth.add_user("sam", "supervisor", password=PASSWORD)
+    assert auth.verify_password("sam\x00", PASSWORD) is None
+    assert auth.verify_password("\x00", PASSWORD) is None
+    with pytest.raises(ValueError, match="NUL"):
+        auth.add_user("kim\x00", "supervisor", password=PASSWORD)
+    with pytest.raises(ValueError, match="NUL"):
+        auth.add_station("lane\x001")
+
+
 def test_disabled_principals_and_rotated_keys_stop_working(auth: Auth):
     key = auth.add_user("sam", "supervisor", password=PASSWORD)
     sam = auth.principal_for_key(key)
