@@ -10,31 +10,25 @@ idempotency key of a scan) with their media type:
   holds one image and PNG cannot hold two channels. The container is deterministic: the same pair always
   gives the same bytes, so a re-sent pair is recognised as a duplicate.
 
-DICOS: pydicos (Stratovan's toolkit) reads only from files, so the bytes go through a private temporary
-file. Its reader allocates the whole pixel array, so the request body limit is what bounds its memory;
-the pixel budget is checked before the pixels are copied out.
+DICOS DX is read by vision.dicos (the reader `xscreen predict` uses too, so both give the same answer
+for the same bytes); `DicosError`, `is_dicos`, `read_dicos_dx` and `write_dicos_dx` are re-exported here.
+pydicos's reader allocates the whole pixel array, so the request body limit is what bounds its memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-import tempfile
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
+from vision.decode import NotAnImageError, Scan, decode, decode_dual_energy, sniff_format
+from vision.dicos import DicosError, is_dicos, read_dicos_dx, write_dicos_dx
 
-from vision.decode import (
-    DecodeError,
-    NotAnImageError,
-    Scan,
-    TooManyPixelsError,
-    decode,
-    decode_dual_energy,
-    sniff_format,
-)
+__all__ = [
+    "DICOM_MEDIA_TYPE", "DUAL_ENERGY_MEDIA_TYPE", "RAW_MEDIA_TYPES", "DicosError", "UnsupportedMediaTypeError",
+    "Upload", "decode_upload", "is_dicos", "normalise_media_type", "pack_dual_energy", "read_dicos_dx",
+    "unpack_dual_energy", "upload_from_bytes", "upload_from_pair", "write_dicos_dx",
+]
 
 DICOM_MEDIA_TYPE = "application/dicom"
 DUAL_ENERGY_MEDIA_TYPE = "application/x-xscreen-dual-energy"
@@ -43,16 +37,9 @@ RAW_MEDIA_TYPES: dict[str, str] = {"image/png": "png", "image/jpeg": "jpg", "ima
 _FORMAT_MEDIA = {"PNG": ("image/png", "png"), "JPEG": ("image/jpeg", "jpg"), "TIFF": ("image/tiff", "tiff")}
 _DE_MAGIC = b"XSCREEN-DE1\n"
 
-# The Stratovan toolkit behind pydicos is not documented as thread-safe; one DICOS call at a time.
-_DICOS_LOCK = threading.Lock()
-
 
 class UnsupportedMediaTypeError(ValueError):
     """The declared or sniffed type is not one the service takes (HTTP 415)."""
-
-
-class DicosError(DecodeError):
-    """A DICOS file pydicos cannot read as a DX image (HTTP 422)."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +53,6 @@ class Upload:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
-
-
-def is_dicos(data: bytes) -> bool:
-    """DICOS files use the DICOM layout: a 128-byte preamble, then the magic 'DICM'."""
-    return len(data) >= 132 and data[128:132] == b"DICM"
 
 
 def normalise_media_type(content_type: str | None) -> str | None:
@@ -133,62 +115,6 @@ def upload_from_pair(low: bytes, high: bytes) -> Upload:
     return Upload(data=pack_dual_energy(low, high), media_type=DUAL_ENERGY_MEDIA_TYPE, suffix="xde")
 
 
-def read_dicos_dx(data: bytes, *, max_pixels: int) -> Scan:
-    """Decode a DICOS DX file into a grey `Scan` (uint16, or uint8 for 8-bit DX data).
-
-    Raises `DicosError` if pydicos cannot read it as DX, `TooManyPixelsError` over the pixel budget.
-    """
-    if not data:
-        raise DicosError("empty DICOS file")
-    if not is_dicos(data):
-        raise DicosError("not a DICOS file: the 'DICM' marker at byte 128 is missing")
-    try:
-        from pydicos import DXLoader
-    except ImportError as exc:  # pragma: no cover - pydicos is an `edge` dependency
-        raise DicosError(f"DICOS input needs pydicos, which is not installed here ({exc})") from exc
-    with _DICOS_LOCK, tempfile.TemporaryDirectory(prefix="xscreen-dicos-") as tmp:
-        path = Path(tmp) / "scan.dcs"
-        path.write_bytes(data)
-        dx = DXLoader()
-        try:
-            dx.read(path)
-        except Exception as exc:  # pydicos raises RuntimeError with the toolkit's error log
-            raise DicosError(f"not a readable DICOS DX image ({_toolkit_reason(exc)})") from None
-        xray = dx.GetXRayData()
-        width, height = int(xray.GetWidth()), int(xray.GetHeight())
-        if width <= 0 or height <= 0:
-            raise DicosError(f"DICOS DX declares an empty image ({width}×{height})")
-        if width * height > max_pixels:
-            raise TooManyPixelsError(
-                f"DICOS DX declares {width}×{height} = {width * height:,} pixels, over the budget of {max_pixels:,}"
-            )
-        pixels = _dx_pixels(xray)
-    if pixels.ndim != 2 or pixels.size == 0:
-        raise DicosError(f"DICOS DX pixel data has shape {pixels.shape}; expected one 2-D image")
-    depth = 8 if pixels.dtype == np.uint8 else 16
-    return Scan(pixels=np.ascontiguousarray(pixels), bit_depth=depth, layout="grey", format="DICOS")
-
-
-def _toolkit_reason(exc: Exception) -> str:
-    """The toolkit's first specific error line, without our temporary file's path."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip().startswith("Error:")]
-    reason = lines[-1] if lines else type(exc).__name__
-    return reason.removeprefix("Error:").strip()[:200]
-
-
-def _dx_pixels(xray: object) -> np.ndarray:
-    """Copy the DX pixel array out of the toolkit (H×W, as pydicos's DXLoader.get_data lays it out)."""
-    from pyDICOS import Volume
-
-    kind = xray.GetImageDataType()  # type: ignore[attr-defined]
-    types = Volume.IMAGE_DATA_TYPE
-    if kind == types.enumUnsigned16Bit:
-        return np.array(xray.GetUnsigned16(), copy=True)  # type: ignore[attr-defined]
-    if kind == types.enumUnsigned8Bit:
-        return np.array(xray.GetUnsigned8(), copy=True)  # type: ignore[attr-defined]
-    raise DicosError(f"DICOS DX pixel type {kind} is not supported (unsigned 8 or 16 bit only)")
-
-
 def decode_upload(upload: Upload, *, max_pixels: int) -> Scan:
     """Decode stored or received bytes by their media type (see the module docstring)."""
     if upload.media_type == DICOM_MEDIA_TYPE:
@@ -197,24 +123,3 @@ def decode_upload(upload: Upload, *, max_pixels: int) -> Scan:
         low, high = unpack_dual_energy(upload.data)
         return decode_dual_energy(low, high, max_pixels=max_pixels)
     return decode(upload.data, max_pixels=max_pixels)
-
-
-def write_dicos_dx(pixels: np.ndarray, path: Path, *, kvp: float = 140.0, tube_current_ma: float = 1.0) -> None:
-    """Write an H×W uint16 grey image as a DICOS DX file (for stations and tests that produce DICOS).
-
-    pydicos's `set_data` copies pixel by pixel in Python: fine for test images, slow for full scans.
-    """
-    import pyDICOS
-    from pydicos import DXLoader
-
-    if pixels.ndim != 2 or pixels.dtype != np.uint16:
-        raise ValueError(f"DICOS DX needs an H×W uint16 image, got {pixels.shape} {pixels.dtype}")
-    with _DICOS_LOCK:
-        dx = DXLoader()
-        if not dx.Initialize(pyDICOS.OBJECT_OF_INSPECTION_TYPE.enumTypeBaggage,
-                             pyDICOS.DX.PRESENTATION_INTENT_TYPE.enumProcessing):
-            raise RuntimeError("pydicos could not initialise a DX object")
-        dx.set_data(np.ascontiguousarray(pixels))
-        dx.SetKVP(float(kvp))
-        dx.SetXRayTubeCurrent(float(tube_current_ma))
-        dx.write(Path(path).with_suffix(".dcs"))

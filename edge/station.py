@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,11 @@ from websockets.exceptions import WebSocketException
 
 _SUFFIX_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".tif": "image/tiff",
                  ".tiff": "image/tiff", ".dcs": "application/dicom"}
+
+
+#: What the service takes in a bag id (edge.ingest: letters, digits and . _ : -, at most 128 characters).
+_BAG_ID_MAX = 128
+_NOT_BAG_ID_CHARS = re.compile(r"[^A-Za-z0-9._:\-]")
 
 
 class StationError(RuntimeError):
@@ -125,6 +131,13 @@ def synth_source(*, seed: int, size_px: int) -> BagSource:
         return encode_png(bag.image), "image/png", bag.stem
 
     return get
+
+
+def bag_id_for(run_id: str, k: int, name: str) -> str:
+    """The bag id of bag k of a run: `<run_id>-<k:06d>-<name>`, the name's characters outside the service's
+    id rule (a space, a bracket, a non-ASCII letter: "scan (2)é" → "scan__2__") replaced by "_", cut to
+    128 characters. The run id and k keep it unique and start it with a letter or digit."""
+    return _NOT_BAG_ID_CHARS.sub("_", f"{run_id}-{k:06d}-{name}")[:_BAG_ID_MAX]
 
 
 async def _who_am_i(client: httpx.AsyncClient) -> str:
@@ -263,7 +276,7 @@ async def run_station_async(cfg: StationConfig, source: BagSource | None = None)
                     due = t0 + k / cfg.rate
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
                     data, content_type, name = await asyncio.to_thread(source, k)
-                    bag_id = f"{run_id}-{k:06d}-{name}"[:128]
+                    bag_id = bag_id_for(run_id, k, name)
                     fields = {"station": station, "lane": f"lane-{lane}", "bag_id": bag_id, "view": cfg.view}
                     send = (stream.send_once(fields, data, content_type) if stream is not None
                             else _post_once(client, fields, bag_id, data, content_type))

@@ -3,8 +3,10 @@
     inputs = collect_inputs([Path("scans/")], dual_energy=engine.spec.input_kind == "dual_energy")
     records = predict_inputs(engine, inputs, overlays_dir=Path("overlays/"))
 
-Each input is decoded with vision.decode (a dual-energy model takes `<stem>_low.png` + `<stem>_high.png`
-pairs as one scan), run through `Engine.predict` (the lane path) and reported as one JSON-able record:
+Each input is decoded by its content as the lane service decodes it: a DICOS DX file (DICOM preamble, any
+suffix; `.dcs` in a folder) with vision.dicos, any other file with vision.decode (a dual-energy model takes
+`<stem>_low.png` + `<stem>_high.png` pairs as one scan), so the answer for a file equals the service's for
+the same bytes. Each is run through `Engine.predict` (the lane path) and reported as one JSON-able record:
 
     {"image": "scans/bag_1.png", "alarm": true, "alarm_classes": ["cash_bundle"],
      "detections": [{"class": "cash_bundle", "score": 0.91, "box_xyxy": [x1, y1, x2, y2]}, ...]}
@@ -23,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from inference.engine import Engine, Prediction
-from vision.decode import DecodeError, decode, decode_dual_energy, encode_png
+from vision.decode import DEFAULT_MAX_PIXELS, DecodeError, decode, decode_dual_energy, encode_png
+from vision.dicos import is_dicos, read_dicos_dx
 from vision.draw import draw_boxes, to_display_rgb
 from vision.preprocess import IncompatibleScanError, to_layout
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: What a folder is listed for; a file named on its own is read whatever its suffix (decoded by content).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcs")
 _LOW, _HIGH = "_low", "_high"
 
 
@@ -88,11 +92,18 @@ def collect_inputs(items: Sequence[Path], *, dual_energy: bool) -> list[ScanInpu
 
 
 def load_scan(scan: ScanInput) -> np.ndarray:
-    """Decoded pixels of a scan (vision.decode); `DecodeError`/`OSError` when it cannot be read."""
+    """Decoded pixels of a scan; `DecodeError`/`OSError` when it cannot be read.
+
+    One file is dispatched on its content, as the service's `upload_from_bytes` sniffs a scan: the DICOM
+    preamble → vision.dicos (DICOS DX), anything else → vision.decode.
+    """
     if len(scan.paths) == 2:
         low, high = scan.paths
         return decode_dual_energy(low.read_bytes(), high.read_bytes()).pixels
-    return decode(scan.paths[0].read_bytes()).pixels
+    data = scan.paths[0].read_bytes()
+    if is_dicos(data):
+        return read_dicos_dx(data, max_pixels=DEFAULT_MAX_PIXELS).pixels
+    return decode(data).pixels
 
 
 def prediction_record(name: str, prediction: Prediction, class_names: Sequence[str]) -> dict[str, Any]:

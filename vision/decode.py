@@ -1,4 +1,5 @@
-"""Decoding scanner output into a `Scan`: JPEG, PNG (8/16 bit, grey or colour), TIFF (8/16 bit).
+"""Decoding scanner output into a `Scan`: JPEG, PNG (8/16 bit, grey or colour), TIFF (8/16 bit); DICOS DX
+files are read by vision.dicos into the same `Scan`.
 
 The header is read first (Pillow reads only the header on `open`), so a decompression bomb is refused
 before a single pixel is decoded; the pixels are then decoded by OpenCV, which keeps 16-bit data intact.
