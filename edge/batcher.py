@@ -242,14 +242,19 @@ class MicroBatcher:
         self._tasks = [asyncio.create_task(self._worker(i), name=f"batcher-{i}") for i in range(self.workers)]
 
     async def stop(self) -> None:
-        """Cancel the workers; scans still queued fail with `BatcherStoppedError`."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        """Cancel the workers; scans still queued, or taken by a worker and not yet answered, fail with
+        `BatcherStoppedError`."""
+        tasks, pending = self._tasks, list(self._tasks)
+        while pending:
+            # Cancelled again until it ends: a cancellation that lands just as an awaited `wait_for`
+            # completes is lost (Python 3.11's wait_for then returns the result), and the worker would go on.
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=0.05)
+            pending = [t for t in pending if not t.done()]
+        for t in tasks:
+            if not t.cancelled() and t.exception() is not None:
+                log_event(_log, "batch worker failed", logging.ERROR, error=repr(t.exception()))
         self._tasks = []
         if self._queue is not None:
             while not self._queue.empty():
@@ -360,19 +365,25 @@ class MicroBatcher:
         while len(items) < share and not self._queue.empty():  # (scans held by others are not queued)
             items.append(self._queue.get_nowait())
         # Heavy load: company comes soon, for a call that will run beside the full one (and so shares).
-        while len(items) < self.share_max and self._running_full:
-            try:
-                items.append(self._queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            left = until - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                items.append(await asyncio.wait_for(self._queue.get(), timeout=left))
-            except TimeoutError:
-                break
+        try:
+            while len(items) < self.share_max and self._running_full:
+                try:
+                    items.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self._queue.get(), timeout=left))
+                except TimeoutError:
+                    break
+        except asyncio.CancelledError:  # stopped while gathering: the scans taken are in no queue any more
+            for it in items:
+                if not it.future.done():
+                    it.future.set_exception(BatcherStoppedError("the service is shutting down"))
+            raise
         self._update_depth()
         return items
 

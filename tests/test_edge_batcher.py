@@ -293,6 +293,39 @@ def test_a_full_batch_runs_beside_a_running_one():
     assert took < 0.55  # beside the first: ≈ 0.4 s
 
 
+def test_stop_fails_every_scan_queued_held_or_running_with_batcher_stopped():
+    """A scan a worker holds while it gathers company beside a full call is in no queue: `stop` must still
+    fail it (503 to its station), not leave it to time out (504)."""
+    from edge.batcher import BatcherStoppedError
+
+    async def main() -> list[str]:
+        b = MicroBatcher(_recording_run([], delay_s=0.5), max_batch=2, max_wait_ms=5000.0, queue_max=16, workers=2)
+        await b.start()
+        deadline = time.monotonic() + 30
+        tickets = [b.enqueue(_tensor(i), PARAMS, deadline=deadline) for i in range(2)]  # one full call
+        await asyncio.sleep(0.1)
+        tickets.append(b.enqueue(_tensor(3), PARAMS, deadline=deadline))  # held, waiting for company
+        await asyncio.sleep(0.1)
+        tickets.append(b.enqueue(_tensor(4), PARAMS, deadline=deadline))  # queued behind it
+        # At once: the held worker's wait for company has just been given scan 4, and a cancellation landing
+        # then is lost in Python 3.11's wait_for; stop must end the workers even so.
+        await asyncio.wait_for(b.stop(), timeout=5.0)
+        outcomes = []
+        for ticket in tickets:
+            try:
+                await asyncio.wait_for(b.wait(ticket), timeout=1.0)
+                outcomes.append("answered")
+            except BatcherStoppedError:
+                outcomes.append("stopped")
+            except DeadlineExceededError:
+                outcomes.append("left pending")
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert outcomes[2] == "stopped"
+    assert all(o in ("answered", "stopped") for o in outcomes), outcomes
+
+
 @pytest.mark.parametrize("max_wait_ms", [30.0, 400.0])
 def test_a_lone_scan_on_idle_cores_does_not_wait_for_company(max_wait_ms: float):
     async def main() -> float:
