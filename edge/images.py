@@ -29,9 +29,9 @@ MEDIA_TYPES: dict[str, str] = {
     "dcm": "application/dicom",
     "dcs": "application/dicom",
 }
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Suffixes become part of a path: letters and digits only, so nothing like "../x" can get in.
-_SUFFIX_RE = re.compile(r"^[a-z0-9]{1,10}$")
+_SUFFIX_RE = re.compile(r"[a-z0-9]{1,10}")
 
 
 def media_type_for_suffix(suffix: str) -> str:
@@ -41,7 +41,7 @@ def media_type_for_suffix(suffix: str) -> str:
 
 def is_sha256_hex(value: object) -> bool:
     """True for a lowercase 64-digit hex string (what `ImageFiles.put` returns)."""
-    return isinstance(value, str) and _SHA256_RE.match(value) is not None
+    return isinstance(value, str) and _SHA256_RE.fullmatch(value) is not None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -99,7 +99,7 @@ class ImageFiles:
         if not data:
             raise ValueError("empty image")
         suffix = suffix.lower().lstrip(".")
-        if not _SUFFIX_RE.match(suffix):
+        if not _SUFFIX_RE.fullmatch(suffix):
             raise ValueError(f"bad image suffix {suffix!r}: letters and digits only, at most 10")
         if sha256 is None:
             sha256 = hashlib.sha256(data).hexdigest()

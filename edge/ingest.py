@@ -37,7 +37,7 @@ from edge.context import ServiceContext
 from edge.formats import DicosError, UnsupportedMediaTypeError, Upload, decode_upload
 from edge.logs import log_event
 from edge.ratelimit import retry_after_header
-from edge.store import ScanRecord, Store
+from edge.store import OutboxEntry, ScanRecord, Store
 from edge.tdr import write_tdr_file
 from vision.decide import BagDecision, decide, fuse_views
 from vision.decode import DecodeError, TooManyPixelsError
@@ -49,8 +49,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("xscreen.edge.ingest")
 
-# Identifiers end up in file names, logs and a UI: printable, no separators that need escaping.
-_FIELD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+# Identifiers end up in file names, logs and a UI: printable, no separators that need escaping. Matched
+# whole (`fullmatch`: with `match`, "$" would let a final newline through).
+_FIELD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")
 _FIELD_MAX = {"station": 128, "lane": 128, "bag_id": 128, "view": 64}
 
 
@@ -86,7 +87,7 @@ def validate_meta(fields: dict[str, Any], *, station_name: str) -> ScanMeta:
             else:
                 raise IngestError(422, f"field '{name}' is required (form field or query parameter)")
         value = str(raw)
-        if len(value) > _FIELD_MAX[name] or not _FIELD_RE.match(value):
+        if len(value) > _FIELD_MAX[name] or not _FIELD_RE.fullmatch(value):
             raise IngestError(
                 422, f"field '{name}' must be 1–{_FIELD_MAX[name]} characters of letters, digits and . _ : - "
                      f"(starting with a letter or digit)"
@@ -129,6 +130,8 @@ def result_document(
             "alarm": decision.alarm,
             "alarm_classes": list(decision.alarm_classes),
             "max_score_per_class": dict(decision.max_score_per_class),
+            # The class order, kept apart: PostgreSQL's JSONB does not keep an object's key order.
+            "class_names": list(decision.max_score_per_class),
             "suspicion": float(decision.suspicion),
         },
         "scan": scan_info,
@@ -146,21 +149,21 @@ def decision_from_result(result: dict[str, Any]) -> BagDecision:
         np.array([x["score"] for x in alarmed], np.float32),
         np.array([x["class_id"] for x in alarmed], np.int64),
     )
+    scores = d["max_score_per_class"]
+    order = d.get("class_names", list(scores))  # records stored before the order was kept: their key order
     return BagDecision(
         alarm=bool(d["alarm"]),
         alarm_classes=tuple(d["alarm_classes"]),
         alarm_detections=(dets,),
-        max_score_per_class={k: float(v) for k, v in d["max_score_per_class"].items()},
+        max_score_per_class={k: float(scores[k]) for k in order},
         suspicion=float(d["suspicion"]),
     )
 
 
 def fuse_bag(views: list[ScanRecord]) -> BagDecision:
-    """The bag decision over all stored views of one bag (views of another class map are skipped)."""
-    decisions = [decision_from_result(v.result) for v in views]
-    names = list(decisions[-1].max_score_per_class)
-    same_map = [d for d in decisions if list(d.max_score_per_class) == names]
-    return fuse_views(same_map)
+    """The bag decision over all stored views of one bag, newest first for the class order (views screened
+    under another class map fuse by class name: `fuse_views`)."""
+    return fuse_views([decision_from_result(v.result) for v in reversed(views)])
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------
@@ -226,17 +229,23 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
     except (QueueFullError, BatcherStoppedError) as exc:
         not_queued = exc
     try:
-        sha, views = await lookup
-    except BaseException:
+        # Within the request's deadline, as the model's answer is: a stalled database read must not hold a
+        # station past it (the read itself runs on, shielded; it writes nothing).
+        sha, views = await asyncio.wait_for(asyncio.shield(lookup), timeout=max(0.0, deadline - time.monotonic()))
+    except BaseException as exc:
         if ticket is not None:
             ticket.cancel()
+        if isinstance(exc, TimeoutError):
+            ctx.metrics.rejections.labels(reason="deadline").inc()
+            raise IngestError(504, f"the scan was not screened before the request deadline "
+                                   f"({ctx.settings.request_deadline_s:g} s)") from None
         raise
     existing = [r for r in views if r.image_sha256 == sha]
     if existing:
         if ticket is not None:
             ticket.cancel()
         record = existing[0]
-        await _after_record(ctx, record)
+        await _after_record(ctx, record, enqueued=False)
         timings = {"decode_ms": 0.0, "queue_ms": 0.0, "inference_ms": 0.0}
         return _answer(record, views, timings, started=started, duplicate=True)
     if isinstance(not_queued, QueueFullError):
@@ -257,13 +266,13 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         station=meta.station, lane=meta.lane, bag_id=meta.bag_id, view=meta.view, image_sha256=sha,
         media_type=upload.media_type, width=scan_info["width"], height=scan_info["height"], result=result,
         model_name=engine.package.name, model_version=engine.package.version, alarm=decision.alarm,
-        alarm_classes=list(decision.alarm_classes),
+        alarm_classes=list(decision.alarm_classes), outbox=webhook_entry if ctx.settings.webhook_url else None,
     )
     if created:
         ctx.metrics.scans.labels(lane=record.lane, alarm=str(record.alarm).lower()).inc()
         for name in record.alarm_classes:
             ctx.metrics.alarms.labels(class_name=name, lane=record.lane).inc()
-    await _after_record(ctx, record)
+    await _after_record(ctx, record, enqueued=created)
     return _answer(record, views, timings, started=started, duplicate=not created)
 
 
@@ -319,6 +328,13 @@ def webhook_payload(record: ScanRecord) -> dict[str, Any]:
     }
 
 
+def webhook_entry(record: ScanRecord) -> OutboxEntry | None:
+    """The webhook outbox item of a newly recorded scan: one per alarm, none for a clear scan."""
+    if not record.alarm:
+        return None
+    return OutboxEntry("webhook", webhook_payload(record), dedupe_key=f"webhook:{record.id}")
+
+
 def _queue_full(ctx: ServiceContext, retry_after_s: float) -> IngestError:
     ctx.metrics.rejections.labels(reason="queue_full").inc()
     return IngestError(503, f"the screening queue is full; retry in about {retry_after_s:.0f} s",
@@ -334,14 +350,16 @@ def package_thresholds(engine: Engine, record: ScanRecord) -> dict[str, float] |
     return dict(pkg.thresholds)
 
 
-async def _after_record(ctx: ServiceContext, record: ScanRecord) -> None:
-    """Durable side effects of an alarm: the webhook outbox item (before the answer, so an acknowledged
-    alarm is never without its notification) and, if configured, the TDR file."""
+async def _after_record(ctx: ServiceContext, record: ScanRecord, *, enqueued: bool) -> None:
+    """Durable side effects of an alarm: the webhook outbox item, unless the record's own transaction added
+    it (`enqueued`: a scan recorded just now; a re-send of a scan recorded before the webhook was
+    configured still gets one, before the answer), and, if configured, the TDR file."""
     if not record.alarm:
         return
     engine, store, _auth, _batcher = ctx.require()
-    if ctx.settings.webhook_url:
-        await asyncio.to_thread(store.enqueue, "webhook", webhook_payload(record), dedupe_key=f"webhook:{record.id}")
+    entry = webhook_entry(record) if ctx.settings.webhook_url and not enqueued else None
+    if entry is not None:
+        await asyncio.to_thread(store.enqueue, entry.kind, entry.payload, dedupe_key=entry.dedupe_key)
     if ctx.settings.tdr_dir is not None:
         try:
             await asyncio.to_thread(write_tdr_file, record, ctx.settings.tdr_dir,

@@ -5,6 +5,13 @@ same item at once), POSTs each payload as JSON to the configured URL with a time
 a 2xx answer or failed otherwise; the store schedules retries with exponential backoff and gives up
 after a fixed number of attempts (`edge.store`). The `Idempotency-Key` header (`webhook:<scan id>`) lets
 the receiver drop the duplicates that at-least-once delivery implies.
+
+A round's items are delivered one after another, each POST cut off after the timeout as a whole (httpx's
+timeout bounds each phase of a request, not the request), and the round's lease covers them all
+(`lease_s`). An item whose lease no longer leaves a delivery's time (the database or the host stalled) is
+not sent: it falls due again when its lease runs out, so no other process can be sending it meanwhile. A
+failure reported after the lease ran out is dropped (`Store.outbox_failed(claim=...)`), so it cannot cut
+short the lease of the worker that holds the item by then.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+from datetime import timedelta
 
 import httpx
 
@@ -22,7 +30,8 @@ from edge.store import OutboxItem, Store
 
 _log = logging.getLogger("xscreen.edge.outbox")
 
-#: Items claimed per round, and how long a claim is held before another worker may take the item.
+#: Items claimed per round, and how long a claim is held beyond the deliveries' own time (`lease_s`)
+#: before another worker may take the item.
 CLAIM_LIMIT = 10
 LEASE_S = 60.0
 
@@ -45,19 +54,29 @@ class WebhookSender:
         self.worker = worker_name()
         self._client = client
 
+    @property
+    def lease_s(self) -> float:
+        """How long a round's claim is held: every item's delivery at its longest, and `LEASE_S` to spare."""
+        return LEASE_S + CLAIM_LIMIT * self.timeout_s
+
     async def deliver(self, client: httpx.AsyncClient, item: OutboxItem) -> None:
-        """POST one item and record the outcome in the store."""
+        """POST one item (at most `timeout_s` in all) and record the outcome in the store."""
         try:
-            response = await client.post(self.url, json=item.payload, headers={"Idempotency-Key": item.dedupe_key,
-                                                                               "X-Xscreen-Attempt": str(item.attempts + 1)})
+            response = await asyncio.wait_for(
+                client.post(self.url, json=item.payload, headers={"Idempotency-Key": item.dedupe_key,
+                                                                  "X-Xscreen-Attempt": str(item.attempts + 1)}),
+                self.timeout_s,
+            )
             ok = 200 <= response.status_code < 300
             error = None if ok else f"HTTP {response.status_code}: {response.text[:500]}"
-        except httpx.HTTPError as exc:
+        except asyncio.TimeoutError:
+            ok, error = False, f"no answer within {self.timeout_s:g} s"
+        except Exception as exc:  # transport errors, and any other (a malformed URL): a failed attempt, retried later
             ok, error = False, f"{type(exc).__name__}: {exc}"
         if ok:
             await asyncio.to_thread(self.store.outbox_done, item.id)
         else:
-            await asyncio.to_thread(self.store.outbox_failed, item.id, error or "failed")
+            await asyncio.to_thread(self.store.outbox_failed, item.id, error or "failed", claim=item)
             log_event(_log, "webhook delivery failed", logging.WARNING, outbox_id=item.id, attempt=item.attempts + 1,
                       error=error)
         if self.metrics is not None:
@@ -65,11 +84,19 @@ class WebhookSender:
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Claim and deliver one round of due webhook items; returns how many were claimed."""
-        items = await asyncio.to_thread(self.store.claim_outbox, worker=self.worker, limit=CLAIM_LIMIT, lease_s=LEASE_S)
+        items = await asyncio.to_thread(self.store.claim_outbox, worker=self.worker, limit=CLAIM_LIMIT,
+                                        lease_s=self.lease_s)
         for item in items:
             if item.kind != "webhook":
                 # Not ours: give it back at once (counts as an attempt, so a stray kind cannot loop forever).
-                await asyncio.to_thread(self.store.outbox_failed, item.id, f"no sender for kind {item.kind!r}")
+                await asyncio.to_thread(self.store.outbox_failed, item.id, f"no sender for kind {item.kind!r}",
+                                        claim=item)
+                continue
+            # Send only while the lease outlasts a whole delivery (with a second to record it); otherwise
+            # leave the item to fall due again, rather than risk sending it beside its next holder.
+            if self.store.now() + timedelta(seconds=self.timeout_s + 1.0) > item.next_attempt_at:
+                log_event(_log, "webhook delivery left for a later round", logging.WARNING, outbox_id=item.id,
+                          reason="lease nearly over")
                 continue
             await self.deliver(client, item)
         return len(items)

@@ -8,6 +8,9 @@ Several service processes may share one PostgreSQL database and one data directo
 - ids come from database sequences;
 - `record_scan` and `enqueue` are idempotent through unique constraints (`INSERT ... ON CONFLICT DO
   NOTHING`, then read the row that won), so a re-send or a race never makes a second row;
+- `record_scan_in_bag` takes a transaction-scoped advisory lock on the bag (PostgreSQL), so views of one
+  bag recorded at once by two processes see each other: the second waits for the first to commit (on
+  SQLite, `BEGIN IMMEDIATE` serialises every write anyway);
 - `claim_outbox` leases rows with `FOR UPDATE SKIP LOCKED` (PostgreSQL) or inside `BEGIN IMMEDIATE`
   (SQLite), so two workers never hold the same item.
 The outbox delivers at least once: a worker that dies after delivering but before `outbox_done` leaves the
@@ -34,7 +37,8 @@ from edge.db import OutboxRow, Review, Scan, make_engine, make_sessionmaker, wri
 from edge.images import ImageFiles, is_sha256_hex
 
 __all__ = [
-    "OUTBOX_MAX_ATTEMPTS", "OUTBOX_MAX_BACKOFF_S", "OutboxItem", "ReviewRecord", "ScanRecord", "Store", "Verdict",
+    "OUTBOX_MAX_ATTEMPTS", "OUTBOX_MAX_BACKOFF_S", "OutboxEntry", "OutboxItem", "ReviewRecord", "ScanRecord", "Store",
+    "Verdict",
 ]
 
 Verdict = Literal["confirmed", "cleared"]
@@ -92,6 +96,15 @@ class ReviewRecord:
 
 
 @dataclass(frozen=True)
+class OutboxEntry:
+    """An outbox item to add: what it is (`kind`), what to send, and the key that makes adding it idempotent."""
+
+    kind: str
+    payload: dict[str, Any]
+    dedupe_key: str
+
+
+@dataclass(frozen=True)
 class OutboxItem:
     """One outbox entry. While leased, `next_attempt_at` is the lease's end and `leased_by` the worker."""
 
@@ -146,6 +159,9 @@ _HAS_REVIEW = exists().where(Review.scan_id == Scan.id)
 #: once per request, and Core rows are the cheaper way).
 _SCAN_ROWS = select(*Scan.__table__.columns, _LATEST_VERDICT)
 _BAG_SCANS = _SCAN_ROWS.where(Scan.station == bindparam("station"), Scan.bag_id == bindparam("bag_id")).order_by(Scan.id)
+#: PostgreSQL: a lock on one bag (station, bag id) until the transaction ends. The key is hashed to the
+#: 64-bit lock space; a collision only makes two bags wait for each other.
+_BAG_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:bag, 0))")
 
 
 def _scan_record(row: Any) -> ScanRecord:
@@ -258,10 +274,14 @@ class Store:
     def record_scan_in_bag(
         self, *, station: str, lane: str, bag_id: str, view: str, image_sha256: str, media_type: str,
         width: int, height: int, result: dict, model_name: str, model_version: str, alarm: bool,
-        alarm_classes: list[str],
+        alarm_classes: list[str], outbox: Callable[[ScanRecord], OutboxEntry | None] | None = None,
     ) -> tuple[ScanRecord, bool, list[ScanRecord]]:
         """`record_scan`, and in the same transaction every scan of the bag (its views, oldest first, this
         one included): (record, created, views) — what the service needs to answer a station.
+
+        outbox: called with the new record when this call creates it; the outbox item it returns (if any)
+        is added in the same transaction (as `enqueue`: nothing if its dedupe key exists), so a recorded
+        scan never lacks its notification, whatever fails after the commit.
 
         Core statements built once (`__init__`), no ORM objects: this runs once per scan, and the lean path
         takes about half the time of the ORM one (`python bench/idle_memory.py`, docs/lane_bench.md)."""
@@ -280,9 +300,14 @@ class Store:
         # ON CONFLICT DO NOTHING rather than catching IntegrityError: on PostgreSQL a failed INSERT aborts
         # the transaction, and a concurrent insert of the same key is waited for, then skipped.
         with self._write_engine.begin() as connection:
+            if self.engine.dialect.name == "postgresql":
+                connection.execute(_BAG_LOCK, {"bag": f"{len(station)}:{station}:{bag_id}"})
             created = connection.execute(self._insert_scan, values).scalar_one_or_none() is not None
             views = [_scan_record(row) for row in connection.execute(_BAG_SCANS, {"station": station, "bag_id": bag_id})]
-        record = next(v for v in views if v.image_sha256 == image_sha256)
+            record = next(v for v in views if v.image_sha256 == image_sha256)
+            entry = outbox(record) if created and outbox is not None else None
+            if entry is not None:
+                connection.execute(self._outbox_insert(entry))
         return record, created, views
 
     def get_scan(self, scan_id: int) -> ScanRecord | None:
@@ -339,18 +364,22 @@ class Store:
 
     # -- outbox ------------------------------------------------------------------------------------------
 
-    def enqueue(self, kind: str, payload: dict, *, dedupe_key: str) -> bool:
-        """Add a durable outbox item, due now. Returns False (and adds nothing) if an item with this
-        `dedupe_key` already exists, whatever its state."""
-        _check_text(kind=kind, dedupe_key=dedupe_key)
+    def _outbox_insert(self, entry: OutboxEntry) -> Any:
+        """The statement adding `entry`, due now, unless its dedupe key exists (returns its id if added)."""
+        _check_text(kind=entry.kind, dedupe_key=entry.dedupe_key)
         now = self.now()
-        statement = (
+        return (
             self._insert(OutboxRow)
-            .values(kind=kind, payload=_json_roundtrip(payload), dedupe_key=dedupe_key, status="pending",
-                    attempts=0, next_attempt_at=now, created_at=now)
+            .values(kind=entry.kind, payload=_json_roundtrip(entry.payload), dedupe_key=entry.dedupe_key,
+                    status="pending", attempts=0, next_attempt_at=now, created_at=now)
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
             .returning(OutboxRow.id)
         )
+
+    def enqueue(self, kind: str, payload: dict, *, dedupe_key: str) -> bool:
+        """Add a durable outbox item, due now. Returns False (and adds nothing) if an item with this
+        `dedupe_key` already exists, whatever its state."""
+        statement = self._outbox_insert(OutboxEntry(kind, payload, dedupe_key))
         with self.transaction(write=True) as session:
             return session.execute(statement).scalar_one_or_none() is not None
 
@@ -395,10 +424,14 @@ class Store:
             if session.execute(statement).scalar_one_or_none() is None:
                 raise KeyError(item_id)
 
-    def outbox_failed(self, item_id: int, error: str) -> None:
+    def outbox_failed(self, item_id: int, error: str, *, claim: OutboxItem | None = None) -> bool:
         """Record a failed delivery: attempts += 1, retry after min(2**attempts, 300) s (less up to 20 %
-        jitter), or mark the item dead after `outbox_max_attempts` failures. Ignored for an item that is
-        no longer pending (e.g. a slower worker reporting after another one delivered it).
+        jitter), or mark the item dead after `outbox_max_attempts` failures. Returns whether it was recorded.
+
+        Ignored (False) for an item that is no longer pending (e.g. a slower worker reporting after another
+        one delivered it) and, given the `claim` (the item as `claim_outbox` returned it), for an item whose
+        lease is no longer that claim's: the lease ran out and another worker (or this one, in a later
+        round) holds the item now, and a late report must not cut that lease short.
         KeyError if there is no such item."""
         with self.transaction(write=True) as session:
             query = select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()
@@ -406,7 +439,9 @@ class Store:
             if row is None:
                 raise KeyError(item_id)
             if row.status != "pending":
-                return
+                return False
+            if claim is not None and (row.leased_by, row.next_attempt_at) != (claim.leased_by, claim.next_attempt_at):
+                return False
             row.attempts += 1
             row.last_error = str(error)[:_MAX_ERROR_CHARS]
             row.leased_by = None
@@ -415,6 +450,7 @@ class Store:
             else:
                 delay_s = min(2.0**row.attempts, OUTBOX_MAX_BACKOFF_S) * (1 - _BACKOFF_JITTER * random.random())
                 row.next_attempt_at = self.now() + timedelta(seconds=delay_s)
+            return True
 
     def outbox_items(self, *, status: OutboxStatus | None = None) -> list[OutboxItem]:
         """All outbox items (or those with `status`), by id; for tests and inspection."""

@@ -81,6 +81,20 @@ def test_fuse_views_any_alarm_and_per_class_max():
         fuse_views([])
 
 
+def test_views_of_different_class_maps_fuse_by_class_name():
+    """A bag whose top view was screened by an older model (another class map) and its side view by the
+    new one: the old view's alarm stands, scores fuse per name, unknown classes count 0."""
+    old_names = ("drug_package", "ivory")
+    old_policy = DecisionPolicy(class_names=old_names, thresholds={"drug_package": 0.4, "ivory": 0.8})
+    top = decide(_det([0.9], [1]), old_names, old_policy)  # ivory alarm under the old map
+    side = decide(_det([0.2], [1]), NAMES, POLICY)  # clear under the new one
+    fused = fuse_views([top, side])
+    assert fused.alarm and fused.alarm_classes == ("ivory",)
+    assert list(fused.max_score_per_class) == ["drug_package", "ivory", "cash_bundle"]
+    assert fused.max_score_per_class == pytest.approx({"drug_package": 0.0, "ivory": 0.9, "cash_bundle": 0.2})
+    assert not fuse_views([side]).alarm
+
+
 def test_fused_alarm_classes_union_in_class_order():
     a = decide(_det([0.9], [2]), NAMES, POLICY)
     b = decide(_det([0.5], [0]), NAMES, POLICY)

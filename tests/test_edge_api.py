@@ -346,6 +346,12 @@ def test_missing_fields_and_station_mismatch(service):
     r = service.client.post("/v1/scans", files={"other": ("a.png", png_bytes(1), "image/png")},
                             data=scan_fields("bag-x"), headers=service.auth("station"))
     assert r.status_code == 422 and "image" in r.json()["detail"]
+    # Identifiers are matched whole: a final newline (which "$" alone lets through) is refused in every field.
+    for name, value in (("bag_id", "bag-x\n"), ("lane", "1\n"), ("view", "top\n")):
+        fields = {**scan_fields("bag-x"), "view": "top", name: value}
+        r = service.client.post("/v1/scans", params=fields, content=png_bytes(1),
+                                headers={**service.auth("station"), "Content-Type": "image/png"})
+        assert r.status_code == 422 and name in r.json()["detail"], (name, r.text)
 
 
 def test_body_size_limit(tmp_path):
@@ -393,6 +399,23 @@ def test_deadline_gives_504(tmp_path):
         r = post_png(svc, png_bytes(1), "bag-late")
         assert r.status_code == 504 and "deadline" in r.json()["detail"]
         # Nothing was recorded for the abandoned scan.
+        assert svc.ctx.store.count_scans() == 0
+        svc.ctx.batcher.run_batch = run
+        # The deadline holds before the model too: a re-send check held up in a slow database read.
+        store = svc.ctx.store
+        read = store.bag_scans
+
+        def slow_read(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            time.sleep(1.0)
+            return read(*args, **kwargs)
+
+        store.bag_scans = slow_read
+        t0 = time.monotonic()
+        r = post_png(svc, png_bytes(2), "bag-slow-read")
+        assert r.status_code == 504 and "deadline" in r.json()["detail"]
+        assert time.monotonic() - t0 < 0.9
+        store.bag_scans = read
+        time.sleep(1.0)  # the shielded read finishes
         assert svc.ctx.store.count_scans() == 0
 
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import CheckConstraint, inspect, text
 
 from edge import images as images_module
 from edge.images import ImageFiles
@@ -115,7 +115,7 @@ def test_read_image_missing_or_malformed_is_keyerror_and_bad_suffix_is_refused(t
         store.read_image("0" * 64)
     with pytest.raises(KeyError):
         store.read_image("../../etc/passwd")
-    for suffix in ("../x", "p/ng", ""):
+    for suffix in ("../x", "p/ng", "", "png\n"):
         with pytest.raises(ValueError):
             store.put_image(b"x", suffix=suffix)
     with pytest.raises(ValueError):
@@ -129,7 +129,7 @@ def test_put_image_with_the_callers_digest_stores_under_it_and_refuses_a_malform
     sha = hashlib.sha256(data).hexdigest()
     assert store.put_image(data, suffix="png", sha256=sha) == sha
     assert store.read_image(sha) == (data, "image/png")
-    for bad in ("../" + sha[3:], sha.upper(), sha[:-1], ""):
+    for bad in ("../" + sha[3:], sha.upper(), sha[:-1], "", sha + "\n"):
         with pytest.raises(ValueError, match="sha256"):
             store.put_image(b"other", suffix="png", sha256=bad)
     assert not list((tmp_path / "data" / "images").rglob("*.tmp"))
@@ -151,7 +151,13 @@ def test_migrate_twice_is_a_noop_and_schema_matches_models(store: Store):
     assert store.get_scan(record.id) == record
     with store.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+        # Autogenerate does not compare CHECK constraints: their names, as the models' convention makes them.
+        inspector = inspect(connection)
+        checks = {(t, c["name"]) for t in Base.metadata.tables for c in inspector.get_check_constraints(t)}
     assert diff == []
+    expected = {(t.name, c.name) for t in Base.metadata.sorted_tables for c in t.constraints
+                if isinstance(c, CheckConstraint)}
+    assert checks == expected and len(expected) == 3
 
 
 def test_sqlite_connection_settings(tmp_path: Path):
@@ -253,6 +259,106 @@ def test_record_scan_in_bag_returns_the_bags_views_from_the_same_transaction(sto
     assert views == [other]
 
 
+def _screened(bag_id: str, view: str, sha: str, names: tuple[str, ...], scores: list[float], class_ids: list[int],
+              version: str) -> dict:
+    """`record_scan` arguments for a view screened by a model with class map `names` (its result as the
+    service stores it)."""
+    import numpy as np
+
+    from edge.ingest import result_document
+    from vision.decide import DecisionPolicy, decide
+    from vision.postprocess import Detections
+
+    policy = DecisionPolicy(class_names=names, default_threshold=0.5)
+    dets = Detections.from_arrays(np.tile(np.array([[1, 2, 30, 40]], np.float32), (len(scores), 1)),
+                                  np.array(scores, np.float32), np.array(class_ids, np.int64))
+    decision = decide(dets, names, policy)
+    result = result_document(dets, decision, class_names=names, thresholds=policy.threshold_array(), scan_info={},
+                             timings={}, model={"name": "xs", "version": version})
+    return scan_kwargs(bag_id=bag_id, view=view, image_sha256=sha, result=result, model_version=version,
+                       alarm=decision.alarm, alarm_classes=list(decision.alarm_classes))
+
+
+def test_a_bags_fused_decision_keeps_class_order_and_every_alarmed_view(store: Store):
+    """On both backends (PostgreSQL's JSONB does not keep key order): the fused alarm classes come in the
+    model's class order; and a view screened under another class map (a model update between views) still
+    alarms the bag, re-sent or not."""
+    from edge.ingest import fuse_bag
+
+    names = ("drug_package", "cannabis", "cash_bundle", "tobacco", "medicine_pills", "ivory", "pangolin_scales")
+    store.record_scan(**_screened("b1", "top", "c" * 64, names, [0.9, 0.8], [5, 0], "1"))
+    bag = fuse_bag(store.bag_scans("lane-1", "b1"))
+    assert bag.alarm_classes == ("drug_package", "ivory") and list(bag.max_score_per_class) == list(names)
+
+    old = names[:3]
+    store.record_scan(**_screened("b2", "top", "d" * 64, old, [0.9], [2], "1"))  # cash alarm, old model
+    _, _, views = store.record_scan_in_bag(**_screened("b2", "side", "e" * 64, names, [0.2], [0], "2"))  # clear
+    assert len(views) == 2
+    bag = fuse_bag(views)
+    assert bag.alarm and bag.alarm_classes == ("cash_bundle",)
+    assert bag.max_score_per_class["cash_bundle"] == pytest.approx(0.9)
+
+
+def test_views_of_one_bag_recorded_at_once_see_each_other(store: Store):
+    """Two views of one bag recorded by two threads at the same moment: the one recorded second sees both
+    (PostgreSQL: the bag's advisory lock; SQLite: BEGIN IMMEDIATE). Without the lock, on PostgreSQL both
+    would insert, then each read only its own view (READ COMMITTED), and the clear view's answer would
+    clear a bag that alarmed. The barrier holds each transaction after its INSERT until the other has
+    inserted too, or for a second when the other cannot (it waits for the lock)."""
+    import threading
+
+    from sqlalchemy import event
+
+    barrier = threading.Barrier(2, timeout=1.0)
+
+    @event.listens_for(store.engine, "after_cursor_execute")
+    def _after_insert(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+        if statement.lstrip().upper().startswith("INSERT INTO SCANS"):
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+
+    answers: dict[str, list] = {}
+
+    def record(view: str, sha: str, alarm: bool) -> None:
+        _record, _created, answers[view] = store.record_scan_in_bag(
+            **scan_kwargs(view=view, image_sha256=sha, alarm=alarm, alarm_classes=["ivory"] if alarm else []))
+
+    threads = [threading.Thread(target=record, args=("top", "a" * 64, True)),
+               threading.Thread(target=record, args=("side", "b" * 64, False))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    event.remove(store.engine, "after_cursor_execute", _after_insert)
+    assert sorted(len(views) for views in answers.values()) == [1, 2]
+
+
+def test_an_outbox_item_is_added_in_the_transaction_that_records_its_scan(store: Store):
+    """`record_scan_in_bag(outbox=...)`: the item is added with the new scan, atomically (if adding it
+    fails, the scan is not recorded either), and not again for a re-send."""
+    from edge.store import OutboxEntry
+
+    def entry(record):  # noqa: ANN001, ANN202
+        return OutboxEntry("webhook", {"scan_id": record.id}, dedupe_key=f"webhook:{record.id}")
+
+    def failing(record):  # noqa: ANN001, ANN202
+        raise RuntimeError("the outbox could not be written")
+
+    with pytest.raises(RuntimeError):
+        store.record_scan_in_bag(**scan_kwargs(), outbox=failing)
+    assert store.count_scans() == 0 and store.outbox_items() == []
+    record, created, _ = store.record_scan_in_bag(**scan_kwargs(), outbox=entry)
+    assert created
+    assert [(i.dedupe_key, i.payload) for i in store.outbox_items()] == [(f"webhook:{record.id}", {"scan_id": record.id})]
+    _, created, _ = store.record_scan_in_bag(**scan_kwargs(), outbox=failing)  # a re-send: not called
+    assert not created and len(store.outbox_items()) == 1
+    _, _, _ = store.record_scan_in_bag(**scan_kwargs(image_sha256="f" * 64, alarm=False, alarm_classes=[]),
+                                       outbox=lambda record: None)
+    assert store.count_scans() == 2 and len(store.outbox_items()) == 1
+
+
 def test_record_scan_validates_fields_the_same_on_both_backends(store: Store):
     with pytest.raises(ValueError):
         store.record_scan(**scan_kwargs(station=""))
@@ -338,6 +444,28 @@ def test_outbox_backoff_and_dead_letter(db_url: str, tmp_path: Path, clock: Cloc
     store.outbox_failed(item.id, "late report")  # not pending any more: ignored
     assert store.outbox_items()[0].attempts == 4
     store.close()
+
+
+def test_a_failure_reported_after_the_lease_ran_out_leaves_the_new_holders_lease(store: Store, clock: Clock):
+    """Worker A's lease runs out, B claims the item; A's late failure report (given its claim) is dropped,
+    so the item stays B's until B's lease ends and no third worker gets it meanwhile."""
+    store.enqueue("webhook", {"scan_id": 1}, dedupe_key="webhook:1")
+    (a,) = store.claim_outbox(worker="A", lease_s=30)
+    clock.advance(31)
+    (b,) = store.claim_outbox(worker="B", lease_s=30)
+    assert b.id == a.id
+    assert store.outbox_failed(a.id, "A: read timeout", claim=a) is False
+    (item,) = store.outbox_items()
+    assert (item.attempts, item.leased_by, item.next_attempt_at) == (0, "B", b.next_attempt_at)
+    clock.advance(5)
+    assert store.claim_outbox(worker="C", lease_s=30) == []
+    # The same worker's report of an earlier round is stale too, once it has claimed the item again.
+    clock.advance(26)
+    (a2,) = store.claim_outbox(worker="A", lease_s=30)
+    assert store.outbox_failed(a.id, "A: the first round's late report", claim=a) is False
+    assert store.outbox_failed(a2.id, "HTTP 503", claim=a2) is True
+    (item,) = store.outbox_items()
+    assert item.attempts == 1 and item.leased_by is None and item.last_error == "HTTP 503"
 
 
 def test_outbox_backoff_is_capped(db_url: str, tmp_path: Path, clock: Clock):  # noqa: F811

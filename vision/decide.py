@@ -116,18 +116,21 @@ def decide(detections: Detections, class_names: Sequence[str], policy: DecisionP
 
 def fuse_views(decisions: Sequence[BagDecision]) -> BagDecision:
     """Combine the decisions of several views of one bag: alarm if any view alarms; alarm classes are the
-    union (in class order); per-class max scores and suspicion are maxima; alarm detections are kept per
-    view, in the order given. All decisions must come from the same class map."""
+    union; per-class max scores and suspicion are maxima; alarm detections are kept per view, in the order
+    given (their class ids are each view's own).
+
+    Classes are matched by name, so views screened under different class maps (a bag scanned across a
+    model update, or by two service processes mid-rollout) fuse too: an alarm in any view is never lost.
+    Class order is the first decision's, then the classes only later ones have, in their order; a class a
+    view does not know counts 0.0 there."""
     if not decisions:
         raise ValueError("fuse_views needs at least one decision")
-    names = list(decisions[0].max_score_per_class)
-    if any(list(d.max_score_per_class) != names for d in decisions):
-        raise ValueError("decisions come from different class maps")
+    names = list(dict.fromkeys(n for d in decisions for n in d.max_score_per_class))
     alarm_set = {c for d in decisions for c in d.alarm_classes}
     return BagDecision(
         alarm=any(d.alarm for d in decisions),
         alarm_classes=tuple(n for n in names if n in alarm_set),
         alarm_detections=tuple(det for d in decisions for det in d.alarm_detections),
-        max_score_per_class={n: max(d.max_score_per_class[n] for d in decisions) for n in names},
+        max_score_per_class={n: max(d.max_score_per_class.get(n, 0.0) for d in decisions) for n in names},
         suspicion=max(d.suspicion for d in decisions),
     )

@@ -60,7 +60,7 @@ def upgrade() -> None:
         sa.Column("note", sa.Text(), nullable=False, server_default=""),
         sa.PrimaryKeyConstraint("id", name="pk_reviews"),
         sa.ForeignKeyConstraint(["scan_id"], ["scans.id"], name="fk_reviews_scan_id_scans", ondelete="CASCADE"),
-        sa.CheckConstraint("verdict IN ('confirmed', 'cleared')", name="ck_reviews_verdict"),
+        sa.CheckConstraint("verdict IN ('confirmed', 'cleared')", name=op.f("ck_reviews_verdict")),
     )
     op.create_index("ix_reviews_scan_id_id", "reviews", ["scan_id", "id"])
 
@@ -79,7 +79,7 @@ def upgrade() -> None:
         sa.Column("done_at", UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_outbox"),
         sa.UniqueConstraint("dedupe_key", name="uq_outbox_dedupe_key"),
-        sa.CheckConstraint("status IN ('pending', 'done', 'dead')", name="ck_outbox_status"),
+        sa.CheckConstraint("status IN ('pending', 'done', 'dead')", name=op.f("ck_outbox_status")),
     )
     op.create_index("ix_outbox_status_next_attempt_at", "outbox", ["status", "next_attempt_at"])
 
@@ -98,7 +98,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("key_hash", name="uq_principals_key_hash"),
         sa.CheckConstraint(
             "(kind = 'station' AND role = 'station') OR (kind = 'user' AND role IN ('supervisor', 'admin'))",
-            name="ck_principals_kind_role",
+            name=op.f("ck_principals_kind_role"),
         ),
     )
 

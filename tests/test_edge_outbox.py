@@ -1,0 +1,106 @@
+"""The webhook sender (edge.outbox) against a mock receiver: a round's lease covers its slowest deliveries,
+each delivery is cut off at the timeout as a whole, and any error of a delivery is a failed attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.outbox import CLAIM_LIMIT, WebhookSender
+from edge.store import Store
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock):
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}", tmp_path, clock=clock)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def _run_round(store: Store, handler, *, timeout_s: float, url: str = "http://receiver/hook") -> int:
+    async def main() -> int:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            sender = WebhookSender(store, url, timeout_s=timeout_s, poll_s=1.0, client=client)
+            return await sender.run_once(client)
+
+    return asyncio.run(main())
+
+
+def test_a_round_of_slow_deliveries_keeps_its_items_from_other_workers(store: Store, clock: Clock):
+    for i in range(CLAIM_LIMIT):
+        store.enqueue("webhook", {"scan_id": i}, dedupe_key=f"webhook:{i}")
+    taken_elsewhere: list[int] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        clock.now += timedelta(seconds=9)  # each answer takes 9 s of the 10 s timeout
+        taken_elsewhere.extend(i.payload["scan_id"] for i in store.claim_outbox(worker="other:1", lease_s=60))
+        return httpx.Response(200)
+
+    assert _run_round(store, receiver, timeout_s=10.0) == CLAIM_LIMIT
+    assert taken_elsewhere == []
+    assert len(store.outbox_items(status="done")) == CLAIM_LIMIT
+
+
+def test_an_item_whose_lease_would_end_mid_delivery_is_left_for_a_later_round(store: Store, clock: Clock):
+    store.enqueue("webhook", {"scan_id": 1}, dedupe_key="webhook:1")
+    store.enqueue("webhook", {"scan_id": 2}, dedupe_key="webhook:2")
+    sent: list[int] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        sent.append(int(request.headers["Idempotency-Key"].split(":")[1]))
+        clock.now += timedelta(hours=1)  # the host stalled: both leases are over when this answers
+        return httpx.Response(200)
+
+    assert _run_round(store, receiver, timeout_s=5.0) == 2
+    assert sent == [1]
+    (done,) = store.outbox_items(status="done")
+    (left,) = store.outbox_items(status="pending")
+    assert (done.dedupe_key, left.dedupe_key, left.attempts) == ("webhook:1", "webhook:2", 0)
+    assert [i.dedupe_key for i in store.claim_outbox(worker="other:1")] == ["webhook:2"]  # due again
+
+
+def test_a_delivery_is_cut_off_at_the_timeout_as_a_whole(store: Store):
+    store.enqueue("webhook", {"scan_id": 1}, dedupe_key="webhook:1")
+
+    async def trickling_receiver(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5.0)  # no single phase times out in a mock; the whole request must
+        return httpx.Response(200)
+
+    t0 = time.monotonic()
+    _run_round(store, trickling_receiver, timeout_s=0.2)
+    assert time.monotonic() - t0 < 3.0
+    (item,) = store.outbox_items()
+    assert item.status == "pending" and item.attempts == 1 and "within 0.2 s" in (item.last_error or "")
+
+
+def test_any_delivery_error_is_a_failed_attempt_not_a_stuck_item(store: Store):
+    store.enqueue("webhook", {"scan_id": 1}, dedupe_key="webhook:1")
+
+    async def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("the receiver's library blew up")
+
+    _run_round(store, broken, timeout_s=1.0)
+    (item,) = store.outbox_items()
+    assert item.status == "pending" and item.attempts == 1 and "RuntimeError" in (item.last_error or "")
+    assert item.leased_by is None
