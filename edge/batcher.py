@@ -40,9 +40,11 @@ alone did once load had started every thread of the pool, doubled their tail at 
 phase, then half load: the model call's p95 31–34 ms against 16–17, the service's 43–47 against 21–22;
 docs/lane_bench.md), most likely because each call then found its thread's memory gone cold.
 
-Back-pressure and memory: the queue holds at most `queue_max` prepared inputs (each C×H×W, e.g. 768 KB
-at 3×512×512), so a full queue refuses new scans at once (`QueueFullError` → 503 with Retry-After) instead
-of letting latency and memory grow. A scan whose request deadline has passed by the time its batch forms
+Back-pressure and memory: the queue holds at most `queue_max` scans, so a full queue refuses new scans
+at once (`QueueFullError` → 503 with Retry-After) instead of letting latency and memory grow. What it
+holds is bounded by that count: a prepared input is C×H×W (768 KB at 3×512×512); a scan queued as it came
+is its file's bytes, at most the service's body limit each, and a few hundred kB to a few MB as lanes
+send them (the service's `max_body_bytes` and `queue_max` set the worst case together). A scan whose request deadline has passed by the time its batch forms
 is dropped unrun, so an overloaded lane spends no model time on answers nobody waits for.
 """
 

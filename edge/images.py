@@ -52,6 +52,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_durable(final: Path, data: bytes) -> None:
+    """Write `data` to `final` (in an existing directory) atomically and durably: a temporary file, fsync,
+    rename onto `final`, fsync of the directory. The temporary file has a dot-name (globs of `<name>.*`
+    never match it) unique per writer, so concurrent writers of one file (threads or processes on a shared
+    directory) never write into the same one; it is removed if the write fails."""
+    tmp = final.parent / f".{final.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        with open(tmp, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
 def _makedirs_durable(path: Path) -> None:
     """`mkdir -p path`, fsyncing each parent in which a new directory entry was made."""
     missing: list[Path] = []
@@ -113,19 +131,7 @@ class ImageFiles:
             _fsync_dir(directory)
             return sha256
         _makedirs_durable(directory)
-        # A dot-name that `find` globs (`<sha>.*`) never match; unique per writer so concurrent writers of
-        # the same image do not write into one temporary file.
-        tmp = directory / f".{sha256}.{secrets.token_hex(8)}.tmp"
-        try:
-            with open(tmp, "xb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(directory)
+        write_durable(final, data)
         return sha256
 
     def find(self, sha256: str) -> Path:

@@ -15,12 +15,12 @@ pydicos writes only to files whose name ends in `.dcs`; reports go through a pri
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from edge.images import write_durable
 from edge.store import ScanRecord
 
 TDR_MEDIA_TYPE = "application/dicom"
@@ -138,14 +138,10 @@ def read_tdr(data: bytes) -> dict[str, Any]:
 
 
 def write_tdr_file(record: ScanRecord, tdr_dir: Path, *, thresholds: dict[str, float] | None = None) -> Path:
-    """Write `<tdr_dir>/scan-<id>.dcs` atomically (temporary name, fsync, rename); return its path."""
+    """Write `<tdr_dir>/scan-<id>.dcs` atomically and durably (`edge.images.write_durable`: safe when a
+    re-send writes the same report at once, from another thread or another process on a shared folder);
+    return its path."""
     tdr_dir.mkdir(parents=True, exist_ok=True)
     final = tdr_dir / f"scan-{record.id:09d}.dcs"
-    data = build_tdr(record, thresholds=thresholds)
-    tmp = tdr_dir / f".{final.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    write_durable(final, build_tdr(record, thresholds=thresholds))
     return final

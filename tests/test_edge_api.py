@@ -519,7 +519,20 @@ def test_tdr_is_a_dicos_report_of_the_alarmed_detections(service):
 def test_tdr_file_written_and_409_for_a_clear_scan(tmp_path):
     with running_service(tmp_path, tdr_dir=tmp_path / "tdr") as svc:
         scan_id = post_png(svc, png_bytes(1), "bag-tdr-file").json()["id"]
-        assert (tmp_path / "tdr" / f"scan-{scan_id:09d}.dcs").is_file()
+        report = tmp_path / "tdr" / f"scan-{scan_id:09d}.dcs"
+        assert report.is_file()
+        # The same report written at once by several threads (re-sends): each write lands whole, and no
+        # temporary file is left behind.
+        from concurrent.futures import ThreadPoolExecutor
+
+        from edge.tdr import write_tdr_file
+
+        record = svc.ctx.store.get_scan(scan_id)
+        with ThreadPoolExecutor(4) as pool:
+            paths = list(pool.map(lambda _: write_tdr_file(record, tmp_path / "tdr"), range(8)))
+        assert set(paths) == {report} and sorted(p.name for p in (tmp_path / "tdr").iterdir()) == [report.name]
+        r = svc.client.get(f"/v1/scans/{scan_id}/tdr", headers=svc.auth("admin"))
+        assert r.status_code == 200 and report.read_bytes()[128:132] == r.content[128:132] == b"DICM"
         engine = svc.ctx.engine
         engine.policy = DecisionPolicy(class_names=engine.class_names, thresholds={c: 1.0 for c in engine.class_names})
         clear_id = post_png(svc, png_bytes(2), "bag-clear").json()["id"]
