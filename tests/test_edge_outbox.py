@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -13,17 +13,7 @@ import pytest
 
 from edge.outbox import CLAIM_LIMIT, WebhookSender
 from edge.store import Store
-
-T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
+from test_store import Clock  # the store tests' settable clock (starts at their T0)
 
 @pytest.fixture
 def clock() -> Clock:

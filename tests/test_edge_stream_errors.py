@@ -157,29 +157,20 @@ def _count_key_lookups(svc, monkeypatch) -> list[str]:
     return calls
 
 
-def test_the_key_is_looked_up_again_only_once_the_last_check_is_old(own_service, monkeypatch):
-    """At up to ~60 scans/s a look-up per scan would be a database query each: within the interval, none."""
-    monkeypatch.setattr(routes_stream, "KEY_RECHECK_S", 60.0)
+@pytest.mark.parametrize(("recheck_s", "lookups"), [(60.0, 1), (0.0, 4)], ids=["within-the-interval", "every-scan"])
+def test_the_key_is_looked_up_again_only_once_the_last_check_is_old(own_service, monkeypatch, recheck_s, lookups):
+    """At up to ~60 scans/s a look-up per scan would be a database query each: within the interval none
+    but the handshake's; with no interval one before each scan, and a key that still works goes on."""
+    monkeypatch.setattr(routes_stream, "KEY_RECHECK_S", recheck_s)
     calls = _count_key_lookups(own_service, monkeypatch)
+    n = lookups - 1 if recheck_s == 0.0 else 6
     with own_service.client.websocket_connect("/v1/stream", headers=own_service.auth("station")) as ws:
         assert ws.receive_json()["type"] == "ready"
-        for i in range(6):
-            _send_scan(ws, f"bag-cached-{i}", i, 20 + i)
-        answers = [ws.receive_json() for _ in range(6)]
-    assert [(a["type"], a["seq"]) for a in answers] == [("result", i) for i in range(6)]
-    assert len(calls) == 1  # the handshake's
-
-
-def test_a_key_that_still_works_passes_the_check_and_the_stream_goes_on(own_service, monkeypatch):
-    monkeypatch.setattr(routes_stream, "KEY_RECHECK_S", 0.0)
-    calls = _count_key_lookups(own_service, monkeypatch)
-    with own_service.client.websocket_connect("/v1/stream", headers=own_service.auth("station")) as ws:
-        assert ws.receive_json()["type"] == "ready"
-        for i in range(3):
-            _send_scan(ws, f"bag-rechecked-{i}", i, 30 + i)
-        answers = [ws.receive_json() for _ in range(3)]
-    assert [(a["type"], a["seq"]) for a in answers] == [("result", i) for i in range(3)]
-    assert calls == [own_service.keys["station"]] * 4  # the handshake's, then one before each scan
+        for i in range(n):
+            _send_scan(ws, f"bag-checked-{recheck_s:g}-{i}", i, 20 + 10 * (recheck_s == 0.0) + i)
+        answers = [ws.receive_json() for _ in range(n)]
+    assert [(a["type"], a["seq"]) for a in answers] == [("result", i) for i in range(n)]
+    assert calls == [own_service.keys["station"]] * lookups
 
 
 def test_scans_before_a_revocation_are_answered_in_order_before_its_401(own_service, monkeypatch):
