@@ -190,6 +190,10 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         description=_DESCRIPTION,
         openapi_tags=_TAGS,
         lifespan=lifespan,
+        # The API's description and its pages are served by routes_ops, behind a login like every route.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ServiceContext(
         settings=settings,

@@ -137,7 +137,7 @@ def _route_template(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if isinstance(path, str):
         return path
-    # Starlette routes (FastAPI's /openapi.json, /docs) carry no "route"; without path parameters their path
+    # Plain Starlette routes (the UI's) carry no "route"; without path parameters their path
     # is their template. Static files are mounted, not routed; anything else unmatched is one label.
     if scope.get("endpoint") is not None and not scope.get("path_params"):
         return str(scope.get("path", "unmatched"))

@@ -3,15 +3,17 @@
 A background task claims due items from the store (a lease, so several service processes never send the
 same item at once), POSTs each payload as JSON to the configured URL with a timeout, and marks it done on
 a 2xx answer or failed otherwise; the store schedules retries with exponential backoff and gives up
-after a fixed number of attempts (`edge.store`). The `Idempotency-Key` header (`webhook:<scan id>`) lets
+after a fixed number of attempts, each claim counting as one (`edge.store`). The `Idempotency-Key` header (`webhook:<scan id>`) lets
 the receiver drop the duplicates that at-least-once delivery implies.
 
 A round's items are delivered one after another, each POST cut off after the timeout as a whole (httpx's
 timeout bounds each phase of a request, not the request), and the round's lease covers them all
-(`lease_s`). An item whose lease no longer leaves a delivery's time (the database or the host stalled) is
-not sent: it falls due again when its lease runs out, so no other process can be sending it meanwhile. A
-failure reported after the lease ran out is dropped (`Store.outbox_failed(claim=...)`), so it cannot cut
-short the lease of the worker that holds the item by then.
+(`lease_s`). The time left on a lease is judged on this process's monotonic clock from before the claim
+(so never longer than the lease the database granted, whatever the host's wall clock says). An item whose
+lease no longer leaves a delivery's time (the database or the host stalled) is not sent but given back
+(`Store.outbox_release`: due again at once, its claim not counted as an attempt). A failure reported
+after the lease ran out is dropped (`Store.outbox_failed(claim=...)`), so it cannot cut short the lease
+of the worker that holds the item by then.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import asyncio
 import logging
 import os
 import socket
-from datetime import timedelta
+import time
+from collections.abc import Callable
 
 import httpx
 
@@ -45,7 +48,7 @@ class WebhookSender:
     """Delivers webhook outbox items to `url`; run `run()` as a task, cancel it to stop."""
 
     def __init__(self, store: Store, url: str, *, timeout_s: float, poll_s: float, metrics: EdgeMetrics | None = None,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: httpx.AsyncClient | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.url = url
         self.timeout_s = timeout_s
@@ -53,6 +56,7 @@ class WebhookSender:
         self.metrics = metrics
         self.worker = worker_name()
         self._client = client
+        self._monotonic = monotonic
 
     @property
     def lease_s(self) -> float:
@@ -64,7 +68,7 @@ class WebhookSender:
         try:
             response = await asyncio.wait_for(
                 client.post(self.url, json=item.payload, headers={"Idempotency-Key": item.dedupe_key,
-                                                                  "X-Xscreen-Attempt": str(item.attempts + 1)}),
+                                                                  "X-Xscreen-Attempt": str(item.attempts)}),
                 self.timeout_s,
             )
             ok = 200 <= response.status_code < 300
@@ -77,13 +81,14 @@ class WebhookSender:
             await asyncio.to_thread(self.store.outbox_done, item.id)
         else:
             await asyncio.to_thread(self.store.outbox_failed, item.id, error or "failed", claim=item)
-            log_event(_log, "webhook delivery failed", logging.WARNING, outbox_id=item.id, attempt=item.attempts + 1,
+            log_event(_log, "webhook delivery failed", logging.WARNING, outbox_id=item.id, attempt=item.attempts,
                       error=error)
         if self.metrics is not None:
             self.metrics.outbox.labels(result="ok" if ok else "failed").inc()
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Claim and deliver one round of due webhook items; returns how many were claimed."""
+        lease_ends = self._monotonic() + self.lease_s  # at the latest: the claim is made after this
         items = await asyncio.to_thread(self.store.claim_outbox, worker=self.worker, limit=CLAIM_LIMIT,
                                         lease_s=self.lease_s)
         for item in items:
@@ -93,8 +98,9 @@ class WebhookSender:
                                         claim=item)
                 continue
             # Send only while the lease outlasts a whole delivery (with a second to record it); otherwise
-            # leave the item to fall due again, rather than risk sending it beside its next holder.
-            if self.store.now() + timedelta(seconds=self.timeout_s + 1.0) > item.next_attempt_at:
+            # give the item back, rather than risk sending it beside its next holder.
+            if self._monotonic() + self.timeout_s + 1.0 > lease_ends:
+                await asyncio.to_thread(self.store.outbox_release, item.id, claim=item)
                 log_event(_log, "webhook delivery left for a later round", logging.WARNING, outbox_id=item.id,
                           reason="lease nearly over")
                 continue

@@ -1,11 +1,13 @@
-"""Operations routes: liveness, readiness and Prometheus metrics."""
+"""Operations routes: liveness, readiness, Prometheus metrics, and the API's OpenAPI description and pages
+(`/openapi.json`, `/docs`, `/redoc`: for any station or user, not for anyone who reaches the port)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge.deps import AnyRoleDep, CtxDep, ReviewerDep
@@ -68,3 +70,21 @@ async def metrics(principal: ReviewerDep, ctx: CtxDep) -> Response:
 )
 async def me(principal: AnyRoleDep) -> dict[str, str]:
     return {"name": principal.name, "role": principal.role, "kind": principal.kind}
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi_description(principal: AnyRoleDep, request: Request) -> JSONResponse:
+    """The OpenAPI description of every route (any role)."""
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False)
+async def swagger_page(principal: AnyRoleDep, request: Request) -> HTMLResponse:
+    """Swagger UI over `/openapi.json` (any role; in a browser, after logging in at /login)."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - API")
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc_page(principal: AnyRoleDep, request: Request) -> HTMLResponse:
+    """ReDoc over `/openapi.json` (any role)."""
+    return get_redoc_html(openapi_url="/openapi.json", title=f"{request.app.title} - API")

@@ -12,9 +12,14 @@ Several service processes may share one PostgreSQL database and one data directo
   bag recorded at once by two processes see each other: the second waits for the first to commit (on
   SQLite, `BEGIN IMMEDIATE` serialises every write anyway);
 - `claim_outbox` leases rows with `FOR UPDATE SKIP LOCKED` (PostgreSQL) or inside `BEGIN IMMEDIATE`
-  (SQLite), so two workers never hold the same item.
+  (SQLite), so two workers never hold the same item;
+- the outbox's times (when an item is due, when a lease ends) are read from PostgreSQL's clock, the one
+  clock every process sharing the database agrees on, so a host whose clock is behind cannot take an item
+  whose lease has not run out (SQLite, one host: the host's clock; a `clock` given for tests: that one).
 The outbox delivers at least once: a worker that dies after delivering but before `outbox_done` leaves the
-item to be delivered again when its lease runs out, so receivers should dedupe on the payload's ids.
+item to be delivered again when its lease runs out, so receivers should dedupe on the payload's ids. Each
+claim counts as an attempt, so an item whose delivery stops its worker every time (nothing is reported)
+ends dead after `outbox_max_attempts` claims like one that fails, instead of being retried forever.
 """
 
 from __future__ import annotations
@@ -179,8 +184,9 @@ def _scan_record(row: Any) -> ScanRecord:
 class Store:
     """Scans, reviews, outbox and images of one lane service (see the module docstring).
 
-    `clock` (returns aware UTC datetimes) exists so tests can move time; `outbox_max_attempts` is how many
-    failed deliveries make an outbox item dead. Nothing touches the database until a method is called;
+    `clock` (returns aware UTC datetimes) exists so tests can move time (without it: the host's clock, and
+    for the outbox on PostgreSQL the database's); `outbox_max_attempts` is how many deliveries started
+    (claims) make an outbox item dead once the last of them failed or was abandoned. Nothing touches the database until a method is called;
     call `migrate()` once at start-up.
     """
 
@@ -189,7 +195,7 @@ class Store:
         db_url: str,
         data_dir: Path,
         *,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] | None = None,
         outbox_max_attempts: int = OUTBOX_MAX_ATTEMPTS,
     ) -> None:
         if outbox_max_attempts < 1:
@@ -199,6 +205,8 @@ class Store:
         self.engine: Engine = make_engine(db_url)
         self.outbox_max_attempts = outbox_max_attempts
         self._clock = clock
+        #: Outbox times from PostgreSQL's clock (module docstring), unless a test clock is given.
+        self._db_clock = clock is None and self.engine.dialect.name == "postgresql"
         self._read_sessions = make_sessionmaker(self.engine)
         self._write_sessions = make_sessionmaker(self.engine, write=True)
         self._insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
@@ -228,8 +236,14 @@ class Store:
             return False
 
     def now(self) -> datetime:
-        """The store's clock (aware UTC)."""
-        return self._clock()
+        """The store's clock (aware UTC): the one given, else the host's."""
+        return self._clock() if self._clock is not None else _utc_now()
+
+    def _outbox_now(self, session: Session) -> datetime:
+        """Now for the outbox's due times and leases, inside `session`'s transaction (module docstring)."""
+        if self._db_clock:
+            return session.execute(select(func.clock_timestamp())).scalar_one()
+        return self.now()
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Session]:
@@ -368,10 +382,11 @@ class Store:
         """The statement adding `entry`, due now, unless its dedupe key exists (returns its id if added)."""
         _check_text(kind=entry.kind, dedupe_key=entry.dedupe_key)
         now = self.now()
+        due = func.clock_timestamp() if self._db_clock else now  # due at once by the outbox's clock
         return (
             self._insert(OutboxRow)
             .values(kind=entry.kind, payload=_json_roundtrip(entry.payload), dedupe_key=entry.dedupe_key,
-                    status="pending", attempts=0, next_attempt_at=now, created_at=now)
+                    status="pending", attempts=0, next_attempt_at=due, created_at=now)
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
             .returning(OutboxRow.id)
         )
@@ -385,35 +400,60 @@ class Store:
 
     def claim_outbox(self, *, worker: str, limit: int = 10, lease_s: float = 30) -> list[OutboxItem]:
         """Lease up to `limit` due items (pending, `next_attempt_at <= now`), oldest due first, to `worker`
-        for `lease_s` seconds. Two workers never get the same item; an item whose lease runs out without
-        `outbox_done`/`outbox_failed` is due again."""
+        for `lease_s` seconds, each claim counting as an attempt (`attempts` += 1). Two workers never get the
+        same item; an item whose lease runs out without `outbox_done`/`outbox_failed`/`outbox_release` is
+        due again, and one that was claimed `outbox_max_attempts` times so is marked dead instead."""
         _check_text(worker=worker)
         if limit <= 0:
             return []
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
-        now = self.now()
         table = OutboxRow.__table__
-        due = (
-            select(table.c.id)
-            .where(table.c.status == "pending", table.c.next_attempt_at <= now)
-            .order_by(table.c.next_attempt_at, table.c.id)
-            .limit(limit)
-        )
-        lease = {"next_attempt_at": now + timedelta(seconds=lease_s), "leased_by": worker}
-        if self.engine.dialect.name == "postgresql":
-            # A CTE with FOR UPDATE is evaluated exactly once; SKIP LOCKED passes over rows another worker
-            # is claiming right now instead of waiting for them (and then re-checks the WHERE on rows that
-            # changed, so an item just leased elsewhere is no longer due).
-            due_cte = due.with_for_update(skip_locked=True).cte("due")
-            statement = update(table).where(table.c.id == due_cte.c.id).values(**lease)
-        else:
-            # BEGIN IMMEDIATE (write transaction) already excludes every other writer on SQLite.
-            statement = update(table).where(table.c.id.in_(due.scalar_subquery())).values(**lease)
+        postgres = self.engine.dialect.name == "postgresql"
         with self.transaction(write=True) as session:
+            now = self._outbox_now(session)
+            due_now = (table.c.status == "pending", table.c.next_attempt_at <= now)
+            # Items whose every claim ran out unreported (the sending process stopped each time): dead.
+            abandoned = select(table.c.id).where(*due_now, table.c.attempts >= self.outbox_max_attempts)
+            if postgres:
+                abandoned = abandoned.with_for_update(skip_locked=True)
+            session.execute(
+                update(table).where(table.c.id.in_(abandoned.scalar_subquery()))
+                .values(status="dead", leased_by=None,
+                        last_error="abandoned: no outcome was reported for its last delivery (the sender stopped?)")
+            )
+            due = (
+                select(table.c.id)
+                .where(*due_now, table.c.attempts < self.outbox_max_attempts)
+                .order_by(table.c.next_attempt_at, table.c.id)
+                .limit(limit)
+            )
+            lease = {"next_attempt_at": now + timedelta(seconds=lease_s), "leased_by": worker,
+                     "attempts": table.c.attempts + 1}
+            if postgres:
+                # A CTE with FOR UPDATE is evaluated exactly once; SKIP LOCKED passes over rows another worker
+                # is claiming right now instead of waiting for them (and then re-checks the WHERE on rows that
+                # changed, so an item just leased elsewhere is no longer due).
+                due_cte = due.with_for_update(skip_locked=True).cte("due")
+                statement = update(table).where(table.c.id == due_cte.c.id).values(**lease)
+            else:
+                # BEGIN IMMEDIATE (write transaction) already excludes every other writer on SQLite.
+                statement = update(table).where(table.c.id.in_(due.scalar_subquery())).values(**lease)
             rows = session.execute(statement.returning(*table.c)).all()
         # RETURNING order is unspecified.
         return sorted((_outbox_item(row) for row in rows), key=lambda item: item.id)
+
+    def _held_row(self, session: Session, item_id: int, claim: OutboxItem | None) -> OutboxRow | None:
+        """The pending item `item_id`, locked, or None when it is no longer pending or (given `claim`) no
+        longer held under that claim. KeyError if there is no such item."""
+        row = session.execute(select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()).scalar_one_or_none()
+        if row is None:
+            raise KeyError(item_id)
+        if row.status != "pending":
+            return None
+        if claim is not None and (row.leased_by, row.next_attempt_at) != (claim.leased_by, claim.next_attempt_at):
+            return None
+        return row
 
     def outbox_done(self, item_id: int) -> None:
         """Mark an item delivered (final). KeyError if there is no such item."""
@@ -425,8 +465,9 @@ class Store:
                 raise KeyError(item_id)
 
     def outbox_failed(self, item_id: int, error: str, *, claim: OutboxItem | None = None) -> bool:
-        """Record a failed delivery: attempts += 1, retry after min(2**attempts, 300) s (less up to 20 %
-        jitter), or mark the item dead after `outbox_max_attempts` failures. Returns whether it was recorded.
+        """Record a failed delivery: retry after min(2**attempts, 300) s (less up to 20 % jitter), or mark the
+        item dead once it has had `outbox_max_attempts` attempts. The claim counted the attempt; a failure of
+        an item not leased (a delivery made without a claim) counts one here. Returns whether it was recorded.
 
         Ignored (False) for an item that is no longer pending (e.g. a slower worker reporting after another
         one delivered it) and, given the `claim` (the item as `claim_outbox` returned it), for an item whose
@@ -434,22 +475,31 @@ class Store:
         round) holds the item now, and a late report must not cut that lease short.
         KeyError if there is no such item."""
         with self.transaction(write=True) as session:
-            query = select(OutboxRow).where(OutboxRow.id == item_id).with_for_update()
-            row = session.execute(query).scalar_one_or_none()
+            row = self._held_row(session, item_id, claim)
             if row is None:
-                raise KeyError(item_id)
-            if row.status != "pending":
                 return False
-            if claim is not None and (row.leased_by, row.next_attempt_at) != (claim.leased_by, claim.next_attempt_at):
-                return False
-            row.attempts += 1
+            if row.leased_by is None:
+                row.attempts += 1
             row.last_error = str(error)[:_MAX_ERROR_CHARS]
             row.leased_by = None
             if row.attempts >= self.outbox_max_attempts:
                 row.status = "dead"
             else:
                 delay_s = min(2.0**row.attempts, OUTBOX_MAX_BACKOFF_S) * (1 - _BACKOFF_JITTER * random.random())
-                row.next_attempt_at = self.now() + timedelta(seconds=delay_s)
+                row.next_attempt_at = self._outbox_now(session) + timedelta(seconds=delay_s)
+            return True
+
+    def outbox_release(self, item_id: int, *, claim: OutboxItem) -> bool:
+        """Give back a claimed item that was not sent: its claim no longer counts as an attempt and it is due
+        again at once. Ignored (False) unless the item is still held under `claim` (see `outbox_failed`).
+        KeyError if there is no such item."""
+        with self.transaction(write=True) as session:
+            row = self._held_row(session, item_id, claim)
+            if row is None:
+                return False
+            row.attempts = max(row.attempts - 1, 0)
+            row.leased_by = None
+            row.next_attempt_at = self._outbox_now(session)
             return True
 
     def outbox_items(self, *, status: OutboxStatus | None = None) -> list[OutboxItem]:

@@ -28,10 +28,11 @@ def store(tmp_path: Path, clock: Clock):
     store.close()
 
 
-def _run_round(store: Store, handler, *, timeout_s: float, url: str = "http://receiver/hook") -> int:
+def _run_round(store: Store, handler, *, timeout_s: float, url: str = "http://receiver/hook",
+               monotonic=time.monotonic) -> int:
     async def main() -> int:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            sender = WebhookSender(store, url, timeout_s=timeout_s, poll_s=1.0, client=client)
+            sender = WebhookSender(store, url, timeout_s=timeout_s, poll_s=1.0, client=client, monotonic=monotonic)
             return await sender.run_once(client)
 
     return asyncio.run(main())
@@ -56,18 +57,35 @@ def test_an_item_whose_lease_would_end_mid_delivery_is_left_for_a_later_round(st
     store.enqueue("webhook", {"scan_id": 1}, dedupe_key="webhook:1")
     store.enqueue("webhook", {"scan_id": 2}, dedupe_key="webhook:2")
     sent: list[int] = []
+    stalled = {"s": 0.0}
 
     async def receiver(request: httpx.Request) -> httpx.Response:
         sent.append(int(request.headers["Idempotency-Key"].split(":")[1]))
-        clock.now += timedelta(hours=1)  # the host stalled: both leases are over when this answers
+        stalled["s"] += 3600.0  # the host stalled for an hour: both leases are over when this answers
         return httpx.Response(200)
 
-    assert _run_round(store, receiver, timeout_s=5.0) == 2
+    # Only the sender's own monotonic clock moves: the lease's end is judged on it, not on the wall clock.
+    assert _run_round(store, receiver, timeout_s=5.0, monotonic=lambda: time.monotonic() + stalled["s"]) == 2
     assert sent == [1]
     (done,) = store.outbox_items(status="done")
     (left,) = store.outbox_items(status="pending")
-    assert (done.dedupe_key, left.dedupe_key, left.attempts) == ("webhook:1", "webhook:2", 0)
-    assert [i.dedupe_key for i in store.claim_outbox(worker="other:1")] == ["webhook:2"]  # due again
+    # Given back: not counted as an attempt, and due at once rather than when the lease would have ended.
+    assert (done.dedupe_key, left.dedupe_key, left.attempts, left.leased_by) == ("webhook:1", "webhook:2", 0, None)
+    assert [i.dedupe_key for i in store.claim_outbox(worker="other:1")] == ["webhook:2"]
+
+
+def test_each_delivery_tells_the_receiver_its_attempt_number(store: Store, clock: Clock):
+    store.enqueue("webhook", {"scan_id": 1}, dedupe_key="webhook:1")
+    seen: list[str] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["X-Xscreen-Attempt"])
+        return httpx.Response(503 if len(seen) == 1 else 200)
+
+    _run_round(store, receiver, timeout_s=1.0)
+    clock.now = store.outbox_items()[0].next_attempt_at  # the backoff is over
+    _run_round(store, receiver, timeout_s=1.0)
+    assert seen == ["1", "2"] and store.outbox_items()[0].status == "done"
 
 
 def test_a_delivery_is_cut_off_at_the_timeout_as_a_whole(store: Store):

@@ -456,7 +456,7 @@ def test_a_failure_reported_after_the_lease_ran_out_leaves_the_new_holders_lease
     assert b.id == a.id
     assert store.outbox_failed(a.id, "A: read timeout", claim=a) is False
     (item,) = store.outbox_items()
-    assert (item.attempts, item.leased_by, item.next_attempt_at) == (0, "B", b.next_attempt_at)
+    assert (item.attempts, item.leased_by, item.next_attempt_at) == (2, "B", b.next_attempt_at)  # two claims
     clock.advance(5)
     assert store.claim_outbox(worker="C", lease_s=30) == []
     # The same worker's report of an earlier round is stale too, once it has claimed the item again.
@@ -465,7 +465,67 @@ def test_a_failure_reported_after_the_lease_ran_out_leaves_the_new_holders_lease
     assert store.outbox_failed(a.id, "A: the first round's late report", claim=a) is False
     assert store.outbox_failed(a2.id, "HTTP 503", claim=a2) is True
     (item,) = store.outbox_items()
-    assert item.attempts == 1 and item.leased_by is None and item.last_error == "HTTP 503"
+    assert item.attempts == 3 and item.leased_by is None and item.last_error == "HTTP 503"
+
+
+def test_an_item_whose_claims_all_run_out_unreported_ends_dead(db_url: str, tmp_path: Path, clock: Clock):  # noqa: F811
+    """A delivery that stops its worker each time (nothing reported, the lease runs out) is not retried
+    forever: every claim counts as an attempt, and after the last one it is marked dead."""
+    store = Store(db_url, tmp_path, clock=clock, outbox_max_attempts=3)
+    store.migrate()
+    store.enqueue("webhook", {"scan_id": 9}, dedupe_key="webhook:9")
+    for attempt in range(1, 4):
+        (item,) = store.claim_outbox(worker=f"w{attempt}", lease_s=30)
+        assert item.attempts == attempt
+        clock.advance(31)  # the worker died mid-delivery
+    assert store.claim_outbox(worker="w4", lease_s=30) == []
+    (item,) = store.outbox_items()
+    assert item.status == "dead" and item.attempts == 3 and item.leased_by is None
+    assert "no outcome was reported" in (item.last_error or "")
+    store.close()
+
+
+def test_a_released_claim_is_due_at_once_and_not_counted(store: Store, clock: Clock):
+    store.enqueue("webhook", {"scan_id": 1}, dedupe_key="webhook:1")
+    (a,) = store.claim_outbox(worker="A", lease_s=30)
+    assert store.outbox_release(a.id, claim=a) is True
+    (item,) = store.outbox_items()
+    assert (item.attempts, item.leased_by, item.next_attempt_at) == (0, None, clock.now)
+    (b,) = store.claim_outbox(worker="B", lease_s=30)  # due again without waiting for A's lease
+    assert store.outbox_release(a.id, claim=a) is False  # A's claim is over: B's lease stays
+    assert store.outbox_items()[0].leased_by == "B" and store.claim_outbox(worker="C") == []
+    store.outbox_done(b.id)
+    assert store.outbox_release(b.id, claim=b) is False  # delivered: nothing to give back
+    with pytest.raises(KeyError):
+        store.outbox_release(12345, claim=b)
+
+
+def test_postgres_outbox_leases_follow_the_database_clock(db_url: str, tmp_path: Path,  # noqa: F811
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """Two hosts an hour apart share the outbox: the lease one grants is not over for the other, because
+    both read the time from PostgreSQL, and an item is due at once whichever host added it."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serves one host, whose clock is the store's")
+    import edge.store as store_module
+
+    real_now = datetime.now(timezone.utc)
+    skew = {"behind": timedelta(hours=-1), "ahead": timedelta(hours=1)}
+    monkeypatch.setattr(store_module, "_utc_now", lambda: datetime.now(timezone.utc) + skew["now"])
+    skew["now"] = skew["ahead"]
+    store = Store(db_url, tmp_path)
+    store.migrate()
+    store.enqueue("webhook", {"scan_id": 1}, dedupe_key="webhook:1")  # added by the host an hour ahead
+    skew["now"] = skew["behind"]
+    (claimed,) = store.claim_outbox(worker="behind", lease_s=30)  # due for the host an hour behind too
+    lease_left_s = (claimed.next_attempt_at - real_now).total_seconds()
+    assert 25 <= lease_left_s <= 60, lease_left_s  # 30 s from the database's now, not the host's
+    skew["now"] = skew["ahead"]
+    assert store.claim_outbox(worker="ahead", lease_s=30) == []  # the lease is not over for anyone
+    assert store.outbox_failed(claimed.id, "HTTP 503", claim=claimed) is True
+    (item,) = store.outbox_items()
+    retry_in_s = (item.next_attempt_at - datetime.now(timezone.utc)).total_seconds()
+    assert 0 < retry_in_s <= 2.5, retry_in_s  # backoff of 2 s less jitter, from the database's now
+    store.close()
 
 
 def test_outbox_backoff_is_capped(db_url: str, tmp_path: Path, clock: Clock):  # noqa: F811
