@@ -24,10 +24,11 @@ from pydantic_settings import (
 )
 
 from edge.defaults import DEFAULT_DATA_DIR, DEFAULT_DB_URL
+from vision.decode import LANE_MAX_PIXELS
 
 #: 32 MP: a 2,000-line belt scan at 1.5 mm/px over 3 m is about 4 MP, a high-resolution cabinet scanner
 #: about 16 MP; a decoded 32 MP RGB scan takes ~100 MB, which a lane box can afford a few of at once.
-DEFAULT_SERVICE_MAX_PIXELS = 32_000_000
+DEFAULT_SERVICE_MAX_PIXELS = LANE_MAX_PIXELS  # `xscreen predict` refuses the same scans
 
 
 #: XSCREEN_* variables of other commands, allowed in a shared .env file.

@@ -42,6 +42,11 @@ def predict(
     inputs = collect_inputs(images, dual_energy=engine.spec.input_kind == "dual_energy")
     if not inputs:
         raise _fail("no images found in the given paths")
+    if overlays is not None:
+        try:
+            overlays.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _fail(f"cannot make the overlays folder {overlays} ({exc})") from None
     console = Console(stderr=True)
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
@@ -52,8 +57,11 @@ def predict(
     if json_out is None:
         sys.stdout.write(text + "\n")
     else:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(text + "\n")
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(text + "\n")
+        except OSError as exc:
+            raise _fail(f"cannot write the records to {json_out} ({exc})") from None
     errors = [r for r in records if "error" in r]
     alarms = sum(bool(r["alarm"]) for r in records)
     console.print(f"{len(records)} scans, {alarms} alarms, {len(errors)} errors ({engine.package.name} {engine.package.version}, "
@@ -79,20 +87,33 @@ def bench(
     from inference.bench import bench_package, format_table, nms_cost, profile_package
     from inference.engine import Engine
     from inference.predict import collect_inputs, load_scan
+    from vision.decode import DecodeError
     from vision.package import PackageError
-    from vision.preprocess import prepare
+    from vision.preprocess import IncompatibleScanError, prepare
 
     try:
         sizes = [int(b) for b in batches.split(",") if b.strip()]
-        engine = Engine(model, threads=threads)
     except ValueError as exc:
         raise _fail(f"--batch must be comma-separated integers ({exc})") from None
+    if not sizes or min(sizes) < 1:
+        raise _fail(f"--batch must list batch sizes of at least 1, got {batches!r}")
+    try:
+        engine = Engine(model, threads=threads)
     except (PackageError, OSError) as exc:
         raise _fail(str(exc)) from None
     spec = engine.spec
     if images is not None:
-        scans = collect_inputs([images], dual_energy=spec.input_kind == "dual_energy")[: max(sizes)]
-        prepared = [prepare(load_scan(s), spec)[0] for s in scans if not s.problem]
+        prepared = []
+        for scan in collect_inputs([images], dual_energy=spec.input_kind == "dual_energy"):
+            if len(prepared) == max(sizes):
+                break
+            if scan.problem:
+                typer.echo(f"skipped {scan.name}: {scan.problem}", err=True)
+                continue
+            try:
+                prepared.append(prepare(load_scan(scan), spec)[0])
+            except (OSError, DecodeError, IncompatibleScanError) as exc:
+                typer.echo(f"skipped {scan.name}: {exc}", err=True)
         if not prepared:
             raise _fail(f"no scans this model can take in {images}")
         inputs = np.stack(prepared)

@@ -165,9 +165,20 @@ class Engine:
         want_shape = [self.spec.channels, self.spec.height, self.spec.width]
         if len(inp.shape) != 4 or list(inp.shape[1:]) != want_shape:
             raise PackageError(f"{where}: graph input shape {inp.shape} is not (batch, {', '.join(map(str, want_shape))})")
-        names = [o.name for o in self.session.get_outputs()]
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
         if tuple(names) != tuple(self.package.outputs):
             raise PackageError(f"{where}: graph outputs {names} differ from the package's {list(self.package.outputs)}")
+        # B×A×4 boxes and B×A×K scores, K = the package's class names: a class map that disagrees with the
+        # graph would otherwise load and then fail, or alarm on the wrong class, scan by scan.
+        if len(outputs) != 2:
+            raise PackageError(f"{where}: the graph has {len(outputs)} outputs; a package has boxes and scores")
+        k = len(self.class_names)
+        for out, last, what in zip(outputs, (4, k), ("4 box coordinates", f"{k} classes, one per class name")):
+            shape = list(out.shape)
+            if len(shape) != 3 or (isinstance(shape[2], int) and shape[2] != last):
+                raise PackageError(f"{where}: graph output {out.name} has shape {shape}; the package expects "
+                                   f"(batch, anchors, {last}): {what}")
         return inp.name, names
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

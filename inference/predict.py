@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from inference.engine import Engine, Prediction
-from vision.decode import DEFAULT_MAX_PIXELS, DecodeError, decode, decode_dual_energy, encode_png
+from vision.decode import LANE_MAX_PIXELS, DecodeError, decode, decode_dual_energy, encode_png
 from vision.dicos import is_dicos, read_dicos_dx
 from vision.draw import draw_boxes, to_display_rgb
 from vision.preprocess import IncompatibleScanError, to_layout
@@ -78,9 +78,9 @@ def collect_inputs(items: Sequence[Path], *, dual_energy: bool) -> list[ScanInpu
     out: list[ScanInput] = []
     seen: set[str] = set()
     for path in files:
-        if dual_energy and path.stem.endswith((_LOW, _HIGH)):
+        if dual_energy and path.stem.endswith((_LOW, _HIGH)) and path.stem not in (_LOW, _HIGH):
             scan = _pair_for(path)
-        elif dual_energy:
+        elif dual_energy:  # `_low.png` alone has no <stem> to name the pair by
             scan = ScanInput(str(path), (path,), "not a dual-energy scan: this model takes <stem>_low/<stem>_high pairs")
         else:
             problem = None if path.is_file() else "no such file"
@@ -91,19 +91,20 @@ def collect_inputs(items: Sequence[Path], *, dual_energy: bool) -> list[ScanInpu
     return out
 
 
-def load_scan(scan: ScanInput) -> np.ndarray:
+def load_scan(scan: ScanInput, *, max_pixels: int = LANE_MAX_PIXELS) -> np.ndarray:
     """Decoded pixels of a scan; `DecodeError`/`OSError` when it cannot be read.
 
     One file is dispatched on its content, as the service's `upload_from_bytes` sniffs a scan: the DICOM
-    preamble → vision.dicos (DICOS DX), anything else → vision.decode.
+    preamble → vision.dicos (DICOS DX), anything else → vision.decode. max_pixels: by default the lane
+    service's budget, so a scan the service would refuse is refused here too.
     """
     if len(scan.paths) == 2:
         low, high = scan.paths
-        return decode_dual_energy(low.read_bytes(), high.read_bytes()).pixels
+        return decode_dual_energy(low.read_bytes(), high.read_bytes(), max_pixels=max_pixels).pixels
     data = scan.paths[0].read_bytes()
     if is_dicos(data):
-        return read_dicos_dx(data, max_pixels=DEFAULT_MAX_PIXELS).pixels
-    return decode(data).pixels
+        return read_dicos_dx(data, max_pixels=max_pixels).pixels
+    return decode(data, max_pixels=max_pixels).pixels
 
 
 def prediction_record(name: str, prediction: Prediction, class_names: Sequence[str]) -> dict[str, Any]:

@@ -67,6 +67,8 @@ def nms_xyxy(
     the cost when a poorly trained model fires everywhere."""
     b = _as_n4(boxes_xyxy)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.shape[0] != b.shape[0]:
+        raise ValueError(f"NMS needs one score per box: {b.shape[0]} boxes but {s.shape[0]} scores")
     order = np.lexsort((np.arange(len(s)), -s))
     keep: list[int] = []
     areas = area_xyxy(b)
@@ -99,9 +101,11 @@ def batched_nms_xyxy(
     """Class-aware NMS: boxes of different classes never suppress each other. Returns kept indices,
     highest score first."""
     b = _as_n4(boxes_xyxy)
+    cls = np.asarray(class_ids).reshape(-1)
+    if cls.shape[0] != b.shape[0]:
+        raise ValueError(f"class-aware NMS needs one class id per box: {b.shape[0]} boxes but {cls.shape[0]} class ids")
     if b.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    cls = np.asarray(class_ids).reshape(-1)
     # Offset each class into its own region of the plane (the standard trick), so one NMS pass suffices.
     offset = cls.astype(np.float64)[:, None] * (float(np.abs(b).max()) + 1.0) * 2.0
     return nms_xyxy(b + offset, scores, iou_threshold, max_keep=max_keep)

@@ -168,10 +168,28 @@ def _zeff_table(zeff_knots: ZeffKnots) -> np.ndarray:
     return ((1 - frac) * per_level[lo] + frac * per_level[hi]).astype(np.float32)
 
 
+#: cv2.remap refuses maps with a side of SHRT_MAX (32767) or more; longer scans are looked up in tiles.
+_REMAP_TILE = 16384
+
+
 def _remap(table: np.ndarray, col: np.ndarray, row: np.ndarray) -> np.ndarray:
-    return cv2.remap(table, col.astype(np.float32, copy=False), row.astype(np.float32, copy=False),
-                     interpolation=cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    """table looked up (bilinear, edges replicated) at (col, row) per pixel: H×W maps → H×W[×C] of table's
+    type. Each output pixel depends on its own map entries only, so tiles of a long belt scan give the same
+    result as one call."""
+    col, row = col.astype(np.float32, copy=False), row.astype(np.float32, copy=False)
+
+    def lookup(c: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return cv2.remap(table, c, r, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    h, w = col.shape[:2]
+    if h < _REMAP_TILE and w < _REMAP_TILE:
+        return lookup(col, row)
+    out = np.empty((h, w) + table.shape[2:], table.dtype)
+    for y in range(0, h, _REMAP_TILE):
+        for x in range(0, w, _REMAP_TILE):
+            tile = np.s_[y : y + _REMAP_TILE, x : x + _REMAP_TILE]
+            out[tile] = lookup(np.ascontiguousarray(col[tile]), np.ascontiguousarray(row[tile]))
+    return out
 
 
 def zeff_from_log_attenuation(log_att: np.ndarray, *, zeff_knots: ZeffKnots = DEFAULT_ZEFF_KNOTS) -> np.ndarray:

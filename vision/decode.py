@@ -22,6 +22,11 @@ Layout = Literal["grey", "rgb", "dual_energy"]
 #: 1.5 mm/px over 3 m is about 4 MP) and far below what would exhaust a lane box's memory.
 DEFAULT_MAX_PIXELS = 64_000_000
 
+#: The lane's budget, for every path that screens a scan: the service (edge.settings) and `xscreen predict`
+#: refuse the same files. 32 MP: a high-resolution cabinet scanner gives about 16 MP; a decoded 32 MP RGB scan
+#: takes ~100 MB, which a lane box can afford a few of at once (the service decodes several in parallel).
+LANE_MAX_PIXELS = 32_000_000
+
 
 class DecodeError(ValueError):
     """Base class of every refusal from `decode`; the message says what is wrong."""

@@ -46,6 +46,8 @@ def letterbox(image: np.ndarray, spec: LetterboxSpec) -> tuple[np.ndarray, Lette
     """
     if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"letterbox needs a non-empty H×W or H×W×C image, got shape {image.shape}")
+    if np.issubdtype(image.dtype, np.integer) and not spec.pad_value <= np.iinfo(image.dtype).max:
+        raise ValueError(f"letterbox pad value {spec.pad_value} does not fit the image's {image.dtype} samples")
     src_h, src_w = int(image.shape[0]), int(image.shape[1])
     scale = min(spec.height / src_h, spec.width / src_w)
     if spec.scale_down_only:
@@ -69,6 +71,10 @@ def letterbox(image: np.ndarray, spec: LetterboxSpec) -> tuple[np.ndarray, Lette
     return out, params
 
 
+#: Sample types OpenCV's resize and warpAffine take.
+_RESAMPLE_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64"))
+
+
 def resample(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
     """`image` (H×W or H×W×C, any depth) resampled to new_w × new_h, its layout kept. Shrinking: each axis
     first by the largest whole factor k ≤ src/new (the mean of each k × k block, OpenCV's integer INTER_AREA
@@ -84,6 +90,9 @@ def resample(image: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
     the bilinear step maps the full side exactly (an affine warp, edge pixels replicated)."""
     if new_w < 1 or new_h < 1:
         raise ValueError(f"cannot resample to {new_w}×{new_h}: both sides must be at least 1 pixel")
+    if image.dtype not in _RESAMPLE_DTYPES:
+        supported = ", ".join(map(str, _RESAMPLE_DTYPES))
+        raise ValueError(f"cannot resample {image.dtype} pixels (OpenCV resizes {supported})")
     src_h, src_w = image.shape[:2]
     kx, ky = max(1, src_w // new_w), max(1, src_h // new_h)
     if kx == 1 and ky == 1:

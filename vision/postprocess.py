@@ -87,9 +87,9 @@ def postprocess(boxes_xyxy: np.ndarray, scores: np.ndarray, params: PostprocessP
     probs = np.asarray(scores, dtype=np.float32)
     if boxes.ndim != 2 or boxes.shape[1] != 4 or probs.ndim != 2 or probs.shape[0] != boxes.shape[0]:
         raise ValueError(f"expected boxes N×4 and scores N×K, got {boxes.shape} and {probs.shape}")
-    # NaN scores compare False and drop out here; non-finite boxes are dropped too (a broken output must
-    # not become an alarm box at infinity).
-    point_idx, class_idx = np.nonzero(probs >= params.score_floor)
+    # NaN scores compare False and drop out here, +inf scores and non-finite boxes are dropped too (a broken
+    # output must not become an alarm of infinite suspicion, or an alarm box at infinity).
+    point_idx, class_idx = np.nonzero((probs >= params.score_floor) & (probs < np.inf))
     finite = np.isfinite(boxes[point_idx]).all(axis=1)
     point_idx, class_idx = point_idx[finite], class_idx[finite]
     if point_idx.size == 0:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vision.letterbox import LetterboxParams, LetterboxSpec, letterbox
 
@@ -30,6 +30,13 @@ class PreprocessSpec(BaseModel):
     width: int = Field(default=512, gt=0)
     pad_value: int = Field(default=114, ge=0, le=65535)
 
+    @model_validator(mode="after")
+    def _check(self) -> PreprocessSpec:
+        # The letterbox border is written into the model's input array: it must fit the input depth.
+        if self.pad_value > 2**self.input_bits - 1:
+            raise ValueError(f"pad_value {self.pad_value} does not fit {self.input_bits}-bit input")
+        return self
+
     @property
     def channels(self) -> int:
         return {"rgb": 3, "grey": 1, "dual_energy": 2}[self.input_kind]
@@ -44,22 +51,31 @@ class IncompatibleScanError(ValueError):
 
 
 def to_layout(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Convert a scan's pixels to the model's channel layout and depth (H×W×C, uint8 or uint16)."""
+    """Convert a scan's pixels (H×W or H×W×1 grey, H×W×3 RGB, H×W×2 dual-energy; uint8 or uint16) to the
+    model's channel layout and depth (H×W×C, uint8 or uint16). `IncompatibleScanError` for anything else."""
     arr = pixels
+    if arr.dtype.kind != "u" or arr.dtype.itemsize not in (1, 2):
+        raise IncompatibleScanError(f"scan pixels must be uint8 or uint16, got {arr.dtype}")
+    arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)  # big-endian 16-bit as native
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (2, 3)):
+        what = f"{arr.shape[2]} channels" if arr.ndim == 3 else f"shape {arr.shape}"
+        raise IncompatibleScanError(f"a scan is H×W grey, H×W×3 RGB or H×W×2 dual-energy; this one has {what}")
     if spec.input_kind == "dual_energy":
         if arr.ndim != 3 or arr.shape[2] != 2:
             raise IncompatibleScanError(f"this model takes a dual-energy pair (H×W×2); the scan is {arr.shape}")
-        if arr.dtype != np.uint16:
-            arr = arr.astype(np.uint16) * 257  # 8-bit pairs: full-scale to full-scale
-        return arr
-    if arr.ndim == 3 and arr.shape[2] == 2:
+    elif arr.ndim == 3 and arr.shape[2] == 2:
         raise IncompatibleScanError(
             f"this model takes {spec.input_kind} images; render the dual-energy pair first (vision.colour)"
         )
+    # Depth: full scale to full scale (65535 ↔ 255), for dual-energy pairs as for images.
     if spec.input_bits == 8 and arr.dtype != np.uint8:
         arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     elif spec.input_bits == 16 and arr.dtype != np.uint16:
         arr = arr.astype(np.uint16) * 257
+    if spec.input_kind == "dual_energy":
+        return arr
     if spec.input_kind == "rgb" and arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     elif spec.input_kind == "grey" and arr.ndim == 3:
