@@ -172,6 +172,17 @@ class DatasetRead:
         )
 
 
+def read_annotation_text(path: Path) -> str:
+    """The text of an annotation file, or `AnnotationError` naming the file and the line of the first byte
+    that is not UTF-8. A leading byte-order mark (Windows editors, Excel's "CSV UTF-8") is dropped."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise AnnotationError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})", line=line) from None
+
+
 def parse_number(
     token: str, path: Path, *, line: int | None = None, record: str | None = None, what: str = "value"
 ) -> float:

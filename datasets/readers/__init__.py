@@ -42,13 +42,14 @@ def read_dataset(path: Path | str, format: str = "auto", *, image_root: Path | N
     layout = DATASET_FORMATS.get(format, format)
     if layout == "auto":
         layout, path = detect_format(path)
+    # A dataset name fixes the published class list: boxes of other classes are reported and dropped.
+    classes = KNOWN_CLASSES[layout][source] if source else None
     if layout == "coco":
         json_path = path if path.is_file() else coco_json_in(path)
-        return read_coco(json_path, image_root=image_root, source=source)
+        return read_coco(json_path, image_root=image_root, source=source, classes=classes)
     if layout == "voc":
-        return read_voc(path, source=source)
+        return read_voc(path, source=source, classes=classes)
     if layout == "lines":
-        classes = KNOWN_CLASSES["lines"][source] if source else None
         return read_lines(path, source=source, classes=classes)
     if layout == "yolo":
         return read_yolo(path, source=source)

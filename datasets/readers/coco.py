@@ -109,8 +109,19 @@ def _bbox_xyxy(ann: dict[str, Any], path: Path, record: str) -> list[float]:
     return [x, y, x + w, y + h]
 
 
-def read_coco(json_path: Path, *, image_root: Path | None = None, source: str | None = None) -> DatasetRead:
+def read_coco(
+    json_path: Path,
+    *,
+    image_root: Path | None = None,
+    source: str | None = None,
+    classes: tuple[str, ...] | None = None,
+) -> DatasetRead:
     """Read a COCO detection JSON into samples (one per entry of `images`, in file order).
+
+    `classes` fixes the class list (the `pidray`/`clcxray` formats pass the published one); a box whose
+    category is not in it is dropped as `unknown_class`. Without it the list is a recognised dataset's full
+    published list (so a JSON holding a subset of PIDray's categories keeps PIDray's class indices), else
+    the JSON's categories in id order.
 
     Raises `AnnotationError` (file + line, or file + record such as `annotations[3] (id 7)`) for invalid
     JSON or a malformed record. An annotation whose category or image id is unknown is dropped and reported
@@ -121,10 +132,12 @@ def read_coco(json_path: Path, *, image_root: Path | None = None, source: str | 
     if not isinstance(doc, dict):
         raise AnnotationError(json_path, f"top level must be an object, got {type(doc).__name__}", record="top level")
     categories = _categories(doc, json_path)
-    classes = tuple(categories.values())
-    known = recognise("coco", classes)
+    file_classes = tuple(categories.values())
+    known = recognise("coco", file_classes)
     # A JSON converted from another layout (xscreen data convert) still names its dataset by its classes.
-    name = source or (known[0] if known else recognise_any(classes) or "coco")
+    name = source or (known[0] if known else recognise_any(file_classes) or "coco")
+    if classes is None:
+        classes = known[1] if known else file_classes
     images = _list_field(doc, "images", json_path)
     annotations = _list_field(doc, "annotations", json_path, required=False)
     problems: list[Problem] = []
@@ -153,6 +166,16 @@ def read_coco(json_path: Path, *, image_root: Path | None = None, source: str | 
                     "unknown_class",
                     json_path,
                     f"category_id {cat_id} is not among the categories {sorted(categories)}; box dropped",
+                    record=record,
+                )
+            )
+            continue
+        if categories[cat_id] not in classes:
+            problems.append(
+                Problem(
+                    "unknown_class",
+                    json_path,
+                    f"category {categories[cat_id]!r} (id {cat_id}) is not in {list(classes)}; box dropped",
                     record=record,
                 )
             )
@@ -214,5 +237,10 @@ def read_coco(json_path: Path, *, image_root: Path | None = None, source: str | 
             )
         )
     return DatasetRead(
-        samples=tuple(samples), classes=classes, problems=tuple(problems), format="coco", source=name, path=json_path
+        samples=tuple(samples),
+        classes=tuple(classes),
+        problems=tuple(problems),
+        format="coco",
+        source=name,
+        path=json_path,
     )

@@ -30,6 +30,7 @@ from datasets.sample import (
     Sample,
     box_problems,
     parse_number,
+    read_annotation_text,
 )
 
 GDXRAY_CORNER_SHIFT_PX = 1.0
@@ -48,11 +49,12 @@ def parse_ground_truth(path: Path) -> tuple[list[tuple[int, list[float], int]], 
     """Parse a ground_truth.txt: ([(image index, [x1, y1, x2, y2] 0-based px, line)], column count).
 
     A file whose first row is not 5 columns returns ([], that count) for the caller to skip. Raises
-    `AnnotationError` with the line for a row of another width than the first, or a non-numeric value.
+    `AnnotationError` with the line for a row of another width than the first, a non-numeric value or a
+    byte that is not UTF-8.
     """
     rows: list[tuple[int, list[float], int]] = []
     width = 0
-    for line_no, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, raw in enumerate(read_annotation_text(path).splitlines(), start=1):
         tokens = raw.split()
         if not tokens:
             continue

@@ -14,6 +14,7 @@ of VOC, is off by up to 1.5 px there. So all four corners are shifted by -1.
 from __future__ import annotations
 
 import csv
+import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,7 +22,15 @@ import numpy as np
 
 from datasets.readers.catalog import recognise
 from datasets.readers.images import find_by_stem, header_size, list_images
-from datasets.sample import AnnotationError, DatasetRead, Problem, Sample, box_problems, parse_number
+from datasets.sample import (
+    AnnotationError,
+    DatasetRead,
+    Problem,
+    Sample,
+    box_problems,
+    parse_number,
+    read_annotation_text,
+)
 
 #: The one-based to zero-based shift applied to every corner (see the module docstring).
 VOC_CORNER_SHIFT_PX = 1.0
@@ -39,29 +48,31 @@ def _image_dir(root: Path) -> Path:
 def read_labels_csv(path: Path) -> tuple[tuple[str, ...], dict[str, tuple[dict[str, bool], int]]]:
     """Parse an image-level label CSV: (class names from the header, {image stem: ({class: present}, line)}).
 
-    Raises `AnnotationError` with the line for a bad header, a short row or a value other than 1 / 0 / -1.
+    Raises `AnnotationError` with the line for a bad header, a short row, a value other than 1 / 0 / -1 or a
+    byte that is not UTF-8.
     """
     rows: dict[str, tuple[dict[str, bool], int]] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header or header[0].strip().lower() != "name" or len(header) < 2:
-            raise AnnotationError(path, f"header must be 'name,<Class>,...', got {header!r}", line=1)
-        classes = tuple(h.strip() for h in header[1:])
-        for row in reader:
-            line = reader.line_num
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise AnnotationError(path, f"expected {len(header)} fields, got {len(row)}", line=line)
-            labels: dict[str, bool] = {}
-            for cls, cell in zip(classes, row[1:], strict=True):
-                value = cell.strip()
-                if value not in ("1", "-1", "0"):
-                    raise AnnotationError(path, f"label for {cls} must be 1, 0 or -1, got {value!r}", line=line)
-                labels[cls] = value == "1"
-            stem = Path(row[0].strip()).stem  # rows name images with or without the extension
-            rows[stem] = (labels, line)
+    # Read whole (a byte-order mark, as Excel's "CSV UTF-8" writes, is dropped; a non-UTF-8 byte is an
+    # AnnotationError with its line), then parsed with newline="" semantics as the csv module wants.
+    reader = csv.reader(io.StringIO(read_annotation_text(path), newline=""))
+    header = next(reader, None)
+    if not header or header[0].strip().lower() != "name" or len(header) < 2:
+        raise AnnotationError(path, f"header must be 'name,<Class>,...', got {header!r}", line=1)
+    classes = tuple(h.strip() for h in header[1:])
+    for row in reader:
+        line = reader.line_num
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise AnnotationError(path, f"expected {len(header)} fields, got {len(row)}", line=line)
+        labels: dict[str, bool] = {}
+        for cls, cell in zip(classes, row[1:], strict=True):
+            value = cell.strip()
+            if value not in ("1", "-1", "0"):
+                raise AnnotationError(path, f"label for {cls} must be 1, 0 or -1, got {value!r}", line=line)
+            labels[cls] = value == "1"
+        stem = Path(row[0].strip()).stem  # rows name images with or without the extension
+        rows[stem] = (labels, line)
     return classes, rows
 
 
@@ -112,28 +123,47 @@ def read_voc_xml(path: Path) -> tuple[int, int, str | None, list[str], np.ndarra
     return width, height, _text(root, "filename"), names, np.array(boxes, dtype=np.float64).reshape(-1, 4), records
 
 
-def read_voc(root: Path, *, source: str | None = None, labels_csv: list[Path] | None = None) -> DatasetRead:
+def read_voc(
+    root: Path,
+    *,
+    source: str | None = None,
+    labels_csv: list[Path] | None = None,
+    classes: tuple[str, ...] | None = None,
+) -> DatasetRead:
     """Read a VOC folder (see the module docstring) into samples sorted by image stem.
 
     `labels_csv` defaults to every `ROOT/*.csv`. Image-level labels go to `Sample.image_level_labels`; a
     positive label without a box of that class, or a box whose class is labelled absent, is reported as a
-    `label_mismatch` problem (SIXray has positives without boxes).
+    `label_mismatch` problem (SIXray has positives without boxes). `classes` fixes the class list (the
+    `sixray` format passes the published one): a box of another class is dropped as `unknown_class`, and so
+    is a CSV column of another class (reported once, at the CSV's header).
     """
     root = Path(root)
     ann_dir, img_dir = root / "Annotations", _image_dir(root)
     xmls = {p.stem: p for p in sorted(ann_dir.glob("*.xml"))} if ann_dir.is_dir() else {}
     images = {p.stem: p for p in list_images(img_dir)}
+    problems: list[Problem] = []
     csv_classes: list[str] = []
     labels: dict[str, tuple[dict[str, bool], Path, int]] = {}
     for csv_path in labels_csv if labels_csv is not None else sorted(root.glob("*.csv")):
-        classes, rows = read_labels_csv(csv_path)
-        csv_classes += [c for c in classes if c not in csv_classes]
+        header, rows = read_labels_csv(csv_path)
+        outside = [c for c in header if classes is not None and c not in classes]
+        if outside:
+            problems.append(
+                Problem(
+                    "unknown_class",
+                    csv_path,
+                    f"columns {outside} are not in {list(classes or ())}; their labels dropped",
+                    line=1,
+                )
+            )
+            rows = {s: ({c: v for c, v in row.items() if c not in outside}, ln) for s, (row, ln) in rows.items()}
+        csv_classes += [c for c in header if c not in csv_classes and c not in outside]
         for stem, (row, line) in rows.items():
             if stem in labels and labels[stem][0] != row:
                 raise AnnotationError(csv_path, f"{stem} is labelled differently in {labels[stem][1]}", line=line)
             labels[stem] = (row, csv_path, line)
 
-    problems: list[Problem] = []
     parsed: dict[str, tuple[int, int, str | None, list[str], np.ndarray, list[str]]] = {
         s: read_voc_xml(p) for s, p in xmls.items()
     }
@@ -141,7 +171,10 @@ def read_voc(root: Path, *, source: str | None = None, labels_csv: list[Path] | 
     known = recognise("voc", seen)
     name = source or (known[0] if known else "voc")
     # A recognised dataset gives its full published list (stable indices); otherwise the CSV's order, then the rest.
-    classes_out = known[1] if known else tuple(csv_classes) + tuple(sorted(seen - set(csv_classes)))
+    if classes is not None:
+        classes_out = tuple(classes)
+    else:
+        classes_out = known[1] if known else tuple(csv_classes) + tuple(sorted(seen - set(csv_classes)))
 
     samples: list[Sample] = []
     for stem in sorted(set(xmls) | set(images) | set(labels)):
@@ -150,6 +183,16 @@ def read_voc(root: Path, *, source: str | None = None, labels_csv: list[Path] | 
         if stem in parsed:
             width, height, filename, names, boxes, records = parsed[stem]
             where: Path = xmls[stem]
+            if classes is not None and any(n not in classes for n in names):
+                keep = [n in classes for n in names]
+                problems += [
+                    Problem("unknown_class", where, f"class {n!r} is not in {list(classes)}; box dropped", record=r)
+                    for n, r, k in zip(names, records, keep, strict=True)
+                    if not k
+                ]
+                names = [n for n, k in zip(names, keep, strict=True) if k]
+                records = [r for r, k in zip(records, keep, strict=True) if k]
+                boxes = boxes[np.array(keep, dtype=bool)]
             if image_path is None:
                 image_path = img_dir / (filename or f"{stem}.jpg")
         else:

@@ -27,6 +27,7 @@ from datasets.sample import (
     Sample,
     box_problems,
     parse_number,
+    read_annotation_text,
 )
 from vision.boxes import cxcywh_to_xyxy
 
@@ -39,7 +40,7 @@ def read_class_names(root: Path) -> tuple[tuple[str, ...], Path] | None:
         yaml_path = root / name
         if yaml_path.is_file():
             try:
-                doc: Any = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+                doc: Any = yaml.safe_load(read_annotation_text(yaml_path))
             except yaml.YAMLError as exc:
                 line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else None
                 raise AnnotationError(yaml_path, f"invalid YAML: {exc}", line=line) from None
@@ -58,18 +59,18 @@ def read_class_names(root: Path) -> tuple[tuple[str, ...], Path] | None:
     for name in _CLASS_FILES:
         txt = root / name
         if txt.is_file():
-            return tuple(line.strip() for line in txt.read_text(encoding="utf-8").splitlines() if line.strip()), txt
+            return tuple(line.strip() for line in read_annotation_text(txt).splitlines() if line.strip()), txt
     return None
 
 
 def parse_label_file(path: Path) -> list[tuple[int, list[float], list[float] | None, int]]:
     """Parse one label txt: [(class index, [cx, cy, w, h] normalised, polygon normalised or None, line)].
 
-    Raises `AnnotationError` with the line for a wrong field count, a non-numeric value or a class index
-    that is not a non-negative integer.
+    Raises `AnnotationError` with the line for a wrong field count, a non-numeric value, a class index
+    that is not a non-negative integer, or a byte that is not UTF-8.
     """
     out = []
-    for line_no, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, raw in enumerate(read_annotation_text(path).splitlines(), start=1):
         tokens = raw.split()
         if not tokens:
             continue

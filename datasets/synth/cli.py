@@ -34,7 +34,7 @@ def synth_command(
 def tip_command(
     scans: Path = typer.Option(..., "--scans", exists=True, help="Folder of scans (an annotated dataset or plain images)."),
     out: Path = typer.Option(..., "--out", help="Folder to write the projected set into."),
-    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same projections."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed: the same seed gives the same projections."),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="Contraband classes to project; default all seven."),
     per_scan: int = typer.Option(1, "--per-scan", min=0, help="Items projected into each scan."),
     palette: str = typer.Option("auto", "--palette", help="Palette of the scans: auto, sixray or pidray."),

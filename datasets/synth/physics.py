@@ -361,10 +361,27 @@ def _remap(table: np.ndarray, map_al: np.ndarray, map_pe: np.ndarray) -> np.ndar
     return cv2.remap(table, map_al, map_pe, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def _onto_table(scanner: ScannerModel, basis_cm: np.ndarray) -> np.ndarray:
+    """Basis points beyond the table's aluminium edge, moved back onto it along their own direction.
+
+    Clamping Al alone would keep a metal's ever more negative PE part: past the edge (1.5 cm of lead, 30 cm
+    of battery cells) the lookup would then walk to lighter cells, and a thicker object would read as less
+    attenuating. Scaling the whole (PE, Al) vector reads the same material, thinner, at the edge: the
+    attenuation saturates there instead (such pixels are black at any dose).
+    """
+    basis = np.asarray(basis_cm, np.float32)
+    al_max = np.float32(scanner.lut_al_start_cm + scanner.lut_al_step_cm * (scanner.lut.shape[1] - 1))
+    al = basis[..., 1]
+    if not al.size or float(al.max()) <= al_max:
+        return basis
+    scale = al_max / np.maximum(al, al_max)
+    return basis * scale[..., None]
+
+
 def lookup_log_attenuation(basis_cm: np.ndarray, *, scanner: ScannerModel | None = None) -> np.ndarray:
     """Basis thicknesses H×W×2 float32 [pe_cm, al_cm] → log-attenuation H×W×2 float32 (low, high)."""
     scanner = _default_scanner(scanner)
-    map_al, map_pe = _grid_coordinates(scanner, basis_cm)
+    map_al, map_pe = _grid_coordinates(scanner, _onto_table(scanner, basis_cm))
     return _remap(scanner.lut, map_al, map_pe)
 
 

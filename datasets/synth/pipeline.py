@@ -29,6 +29,8 @@ from vision.colour import render_false_colour, render_grey
 from vision.decode import encode_png
 
 Palette = Literal["sixray", "pidray", "grey"]
+#: Tube voltages the spectrum model takes (spekpy: 10–500 kV); the energy bins start at 10 keV.
+MIN_KVP, MAX_KVP = 10.0, 500.0
 PALETTES: tuple[Palette, ...] = ("sixray", "pidray", "grey")
 
 
@@ -59,17 +61,25 @@ class SynthConfig:
     min_contrast: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.classes, str):  # one class given bare, not a tuple of its letters
+            object.__setattr__(self, "classes", (self.classes,))
         if not self.min_contrast >= 0.0:
             raise ValueError(f"min_contrast must be ≥ 0, got {self.min_contrast}")
         if self.bags < 0:
             raise ValueError(f"bags must be ≥ 0, got {self.bags}")
+        if self.seed < 0:  # SeedSequence takes non-negative entropy only
+            raise ValueError(f"seed must be ≥ 0, got {self.seed}")
         if self.size_px < 64:
             raise ValueError(f"size_px must be ≥ 64, got {self.size_px}")
+        if not MIN_KVP < self.kvp <= MAX_KVP:
+            raise ValueError(f"kvp must be in ({MIN_KVP:g}, {MAX_KVP:g}], got {self.kvp}")
         if self.palette not in (*PALETTES, "mixed"):
             raise ValueError(f"palette must be one of {[*PALETTES, 'mixed']}, got {self.palette!r}")
         unknown = [c for c in self.classes if c not in CONTRABAND_CLASSES]
         if unknown:
             raise ValueError(f"unknown contraband classes {unknown}; known: {list(CONTRABAND_CLASSES)}")
+        # The bag-level checks (clean_fraction, the count ranges), here rather than in the first worker.
+        self.bag_config()
 
     def bag_config(self) -> BagConfig:
         width = self.size_px

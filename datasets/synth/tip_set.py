@@ -3,13 +3,15 @@
 Each scan gets `per_scan` contraband items projected inside its bag (`datasets.synth.tip`). When the
 folder is an annotated dataset (any layout `datasets.readers` recognises), its boxes are kept and the new
 ones are added; a plain folder of images is read as scans without boxes. Output: `OUT/images/<stem>.png`
-(lossless, so the projection is not blurred by re-encoding), `OUT/annotations.json` (COCO; classes = the
-scans' own classes, then the contraband classes) and `OUT/tip.json` (what went where).
+(lossless, so the projection is not blurred by re-encoding; see `output_names` for stems that repeat),
+`OUT/annotations.json` (COCO; classes = the scans' own classes, then the contraband classes) and
+`OUT/tip.json` (what went where).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,27 @@ def _scan_samples(scans: Path) -> tuple[list[Sample], tuple[str, ...], str | Non
         return samples, (), None
 
 
+def output_names(samples: list[Sample], scans: Path) -> list[str]:
+    """The PNG name each scan is written under: `<stem>.png`, or, for stems that several scans share (EDS
+    numbers every domain's images from 1; `a.jpg` beside `a.png`), the scan's path under `scans` joined
+    with "__" (`domain1__image__0001.png`), so no scan overwrites another."""
+    stems = Counter(s.image_path.stem for s in samples)
+    names = []
+    for sample in samples:
+        path = sample.image_path
+        if stems[path.stem] == 1:
+            names.append(f"{path.stem}.png")
+            continue
+        try:
+            parts = path.relative_to(scans).parts
+        except ValueError:
+            parts = path.parts[-3:]
+        names.append("__".join((*parts[:-1], path.stem + path.suffix.replace(".", "_"))) + ".png")
+    taken = Counter(names)
+    # Whatever still collides (it takes contrived names) gets the scan's index.
+    return [f"{Path(n).stem}__{i}.png" if taken[n] > 1 else n for i, n in enumerate(names)]
+
+
 def tip_folder(
     scans: Path,
     out: Path,
@@ -76,7 +99,8 @@ def tip_folder(
     records: list[dict] = []
     skipped: list[str] = []
     projected = 0
-    for index, sample in enumerate(samples):
+    names = output_names(samples, Path(scans))
+    for index, (sample, name) in enumerate(zip(samples, names, strict=True)):
         rng = bag_rng(seed, index)
         try:
             scan = decode(sample.image_path.read_bytes())
@@ -96,7 +120,6 @@ def tip_folder(
         except PlacementError as exc:
             skipped.append(f"{sample.image_path}: {exc}")
             pixels, placed = scan.pixels, []
-        name = f"{sample.image_path.stem}.png"
         (out / "images" / name).write_bytes(encode_png(pixels))
         projected += len(placed)
         boxes = np.concatenate([sample.boxes_xyxy, np.array([p.box_xyxy for p in placed], np.float32).reshape(-1, 4)])
