@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -11,26 +13,44 @@ from fastapi.responses import JSONResponse
 
 from edge.deps import CtxDep, ReviewerDep
 from edge.schemas import ErrorOut, SeizuresOut
-from edge.store import Store
+from edge.store import ScanRecord, Store
 
 router = APIRouter(tags=["reviews"])
 
-#: Reviewed scans looked at per export; a lane box confirms a handful of bags a day.
-MAX_REVIEWED_SCANS = 5000
+#: Reviewed scans read per query. Every reviewed scan is read, page by page: most reviews are cleared false
+#: alarms, and a cap on the scans looked at would drop older seizures from the export without a word.
+REVIEWED_SCANS_PAGE = 5000
 
 
-def collect_seizures(store: Store, *, limit: int = MAX_REVIEWED_SCANS) -> list[dict[str, Any]]:
+def _reviewed_scans(store: Store, page_size: int) -> Iterator[ScanRecord]:
+    """Every reviewed scan, newest first, read `page_size` at a time. A scan reviewed meanwhile shifts the
+    later pages by one (reviews are never deleted, so nothing is skipped): a scan read twice is given once."""
+    seen: set[int] = set()
+    for offset in itertools.count(0, page_size):
+        page = store.list_scans(reviewed=True, limit=page_size, offset=offset)
+        for r in page:
+            if r.id not in seen:
+                seen.add(r.id)
+                yield r
+        if len(page) < page_size:
+            return
+
+
+def collect_seizures(store: Store, *, page_size: int = REVIEWED_SCANS_PAGE) -> list[dict[str, Any]]:
     """Confirmed bags, newest first: one entry per (station, bag_id) with the confirmed scans' ids, their
-    alarm classes, and the latest confirming review (who, when, note)."""
-    records = store.list_scans(reviewed=True, limit=limit)
+    alarm classes, and the latest confirming review (who, when, note). Reads every reviewed scan,
+    `page_size` scans per query."""
+    if page_size < 1:
+        raise ValueError(f"page_size must be ≥ 1, got {page_size}")
     bags: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in records:  # newest first
+    for r in _reviewed_scans(store, page_size):  # newest first
         if r.verdict != "confirmed":
             continue
         key = (r.station, r.bag_id)
         bag = bags.get(key)
         if bag is None:
-            review = store.reviews(r.id)[-1]
+            # The latest confirming review (a review added since the scan was read may have changed it).
+            review = next(rv for rv in reversed(store.reviews(r.id)) if rv.verdict == "confirmed")
             bag = bags[key] = {
                 "station": r.station, "lane": r.lane, "bag_id": r.bag_id, "scan_ids": [], "classes": [],
                 "confirmed_by": review.user, "confirmed_at": review.created_at, "note": review.note,

@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,14 +143,51 @@ def bag_id_for(run_id: str, k: int, name: str) -> str:
     return _NOT_BAG_ID_CHARS.sub("_", f"{run_id}-{k:06d}-{name}")[:_BAG_ID_MAX]
 
 
-async def _who_am_i(client: httpx.AsyncClient) -> str:
+def parse_retry_after(value: str | None, *, default_s: float = 1.0) -> float:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 §10.2.3; a date
+    in the past: 0). `default_s` when absent or unreadable."""
+    if value is None:
+        return default_s
     try:
-        r = await client.get("/v1/me")
-    except httpx.HTTPError as exc:
-        raise StationError(f"cannot reach the service: {exc}") from exc
-    if r.status_code != 200:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else default_s
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return default_s
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+async def _who_am_i(client: httpx.AsyncClient, *, max_retries: int) -> str:
+    """The station name of the key, from `GET /v1/me`; a service that is starting (503) or busy (429) is
+    asked again after its Retry-After, at most `max_retries` times. StationError says what stopped it."""
+    for attempt in range(max_retries + 1):
+        try:
+            r = await client.get("/v1/me")
+        except httpx.HTTPError as exc:
+            raise StationError(f"cannot reach the service: {exc}") from exc
+        if r.status_code in (429, 503) and attempt < max_retries:
+            await asyncio.sleep(parse_retry_after(r.headers.get("Retry-After")))
+            continue
+        break
+    if r.status_code in (401, 403):
         raise StationError(f"the service refused the key ({r.status_code}: {r.text[:200]})")
-    me = r.json()
+    if r.status_code in (429, 503):
+        raise StationError(f"the service is unavailable after {max_retries} retries ({r.status_code}: {r.text[:200]})")
+    if r.status_code != 200:
+        raise StationError(f"unexpected answer from {r.url} ({r.status_code}: {r.text[:200]}); "
+                           "is --url a lane service?")
+    try:
+        me = r.json()
+    except ValueError:
+        me = None
+    if not isinstance(me, dict):
+        raise StationError(f"{r.url} did not answer JSON ({r.text[:200]!r}); is --url a lane service?")
     if me.get("role") != "station":
         raise StationError(f"the key belongs to {me.get('kind')} {me.get('name')!r} (role {me.get('role')}), not a station")
     return str(me["name"])
@@ -164,7 +204,13 @@ SendOnce = Callable[[], Awaitable[tuple[int, Any, float]]]
 def _post_once(client: httpx.AsyncClient, fields: dict[str, str], bag_id: str, data: bytes, content_type: str) -> SendOnce:
     async def send() -> tuple[int, Any, float]:
         r = await client.post("/v1/scans", files={"image": (bag_id, data, content_type)}, data=fields)
-        return r.status_code, (r.json() if r.status_code == 200 else r.text), float(r.headers.get("Retry-After", "1"))
+        body: Any = r.text
+        if r.status_code == 200:
+            try:
+                body = r.json()
+            except ValueError:
+                pass  # not a scan result: counted as an error by _send_bag
+        return r.status_code, body, parse_retry_after(r.headers.get("Retry-After"))
 
     return send
 
@@ -231,6 +277,8 @@ async def _send_bag(send_once: SendOnce, cfg: StationConfig, summary: StationSum
             summary.retries += 1
             await asyncio.sleep(retry_after_s)
             continue
+        if status == 200 and not isinstance(body, dict):
+            status, body = 0, f"the answer is not a scan result: {body!r}"
         if status != 200:
             summary.errors += 1
             summary.error_samples = (summary.error_samples + [f"{status}: {str(body)[:200]}"])[-5:]
@@ -255,10 +303,23 @@ def _table(summary: StationSummary, cfg: StationConfig):  # -> rich.table.Table
     return table
 
 
+def check_config(cfg: StationConfig) -> None:
+    """StationError naming the first setting of `cfg` out of range (NaN included), with its value."""
+    checks = [
+        ("lanes", cfg.lanes, cfg.lanes >= 1, "≥ 1"),
+        ("rate", cfg.rate, cfg.rate > 0, "> 0 bags/s"),
+        ("bags", cfg.bags, cfg.bags >= 0, "≥ 0"),
+        ("max_retries", cfg.max_retries, cfg.max_retries >= 0, "≥ 0"),
+        ("timeout_s", cfg.timeout_s, cfg.timeout_s > 0, "> 0 s"),
+    ]
+    for name, value, ok, rule in checks:
+        if not ok:  # a NaN compares False: refused too
+            raise StationError(f"{name} must be {rule}, got {value}")
+
+
 async def run_station_async(cfg: StationConfig, source: BagSource | None = None) -> StationSummary:
     """Run the simulator until `cfg.bags` bags are answered or failed (see the module docstring)."""
-    if cfg.lanes < 1 or cfg.rate <= 0 or cfg.bags < 0:
-        raise StationError("lanes must be ≥ 1, rate > 0 and bags ≥ 0")
+    check_config(cfg)
     if source is None:
         source = synth_source(seed=cfg.seed, size_px=cfg.synth_size_px) if cfg.source == "synth" else folder_source(Path(cfg.source))
     summary = StationSummary()
@@ -266,7 +327,7 @@ async def run_station_async(cfg: StationConfig, source: BagSource | None = None)
     counter = itertools.count()
     headers = {"Authorization": f"Bearer {cfg.key}"}
     async with httpx.AsyncClient(base_url=cfg.url, headers=headers, timeout=cfg.timeout_s) as client:
-        station = cfg.station or await _who_am_i(client)
+        station = cfg.station or await _who_am_i(client, max_retries=cfg.max_retries)
         t0 = time.monotonic()
 
         async def lane_worker(lane: int) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from string import Template
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -70,6 +70,30 @@ def _page(title: str, body: str, *, principal: Principal | None = None, csrf: st
     return HTMLResponse(doc, status_code=status_code, headers=_SECURITY_HEADERS)
 
 
+class UIPageError(Exception):
+    """An error of the review UI, answered as an HTML page with a way on (`mount` installs the handler),
+    not as the API's JSON: the supervisor is in a browser."""
+
+    def __init__(
+        self, status_code: int, title: str, message: str, *, link: tuple[str, str] = ("/ui/queue", "Back to the queue")
+    ) -> None:
+        super().__init__(message)
+        self.status_code, self.title, self.message, self.link = status_code, title, message, link
+
+
+async def _ui_error_page(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UIPageError)
+    href, text = exc.link
+    body = f'<p class="error">{e(exc.message)}</p>\n<p><a href="{e(href)}">{e(text)}</a></p>'
+    return _page(exc.title, body, status_code=exc.status_code)
+
+
+def _form_page(request: Request) -> str:
+    """The page a UI form was posted from: the bag page for a verdict, else the queue."""
+    path = request.url.path
+    return path.removesuffix("/review") if path.startswith("/ui/bags/") and path.endswith("/review") else "/ui/queue"
+
+
 class UISession:
     """The logged-in UI user and the session's CSRF token."""
 
@@ -86,12 +110,19 @@ async def ui_session(request: Request, ctx: CtxDep) -> UISession:
     if found is None:
         if request.method in ("GET", "HEAD"):
             raise HTTPException(status.HTTP_303_SEE_OTHER, detail="log in first", headers={"Location": "/login"})
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="log in first")
+        # A form posted after the session ended (expired, or logged out in another tab): say so in a page,
+        # so the supervisor knows the verdict did not count.
+        raise UIPageError(status.HTTP_401_UNAUTHORIZED, "Session ended",
+                          "Your session has ended (it expired or you logged out), so this was not recorded. "
+                          "Log in and try again.", link=("/login", "Log in"))
     principal, csrf = found
     if principal.role not in ("supervisor", "admin"):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="the review UI is for supervisors and admins")
+        raise UIPageError(status.HTTP_403_FORBIDDEN, "Not allowed", "The review UI is for supervisors and admins.",
+                          link=("/login", "Log in as someone else"))
     if request.method not in ("GET", "HEAD") and not await csrf_ok(request, csrf):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="CSRF token missing or wrong; reload the page and retry")
+        raise UIPageError(status.HTTP_403_FORBIDDEN, "Form expired",
+                          "CSRF token missing or wrong (the form is from an earlier session or another site); "
+                          "nothing was recorded. Reload the page and try again.", link=(_form_page(request), "Reload"))
     request.state.principal = f"{principal.kind}:{principal.name}"
     return UISession(principal, csrf)
 
@@ -192,14 +223,39 @@ def _queue_rows(records: list[ScanRecord], *, empty: str) -> str:
     return "\n".join(rows) or f'<tr><td colspan="6">{e(empty)}</td></tr>'
 
 
+def _queue_pager(page: int, *, more: bool) -> str:
+    links = []
+    if page > 1:
+        links.append(f'<a href="/ui/queue?page={page - 1}" rel="prev">← newer</a>')
+    if more:
+        links.append(f'<a href="/ui/queue?page={page + 1}" rel="next">older →</a>')
+    return f'<p class="pager">Page {page} {" ".join(links)}</p>' if links else ""
+
+
 @router.get("/ui/queue", response_class=HTMLResponse, summary="Queue of flagged bags (unreviewed first)")
-async def queue_page(session: SessionDep, ctx: CtxDep) -> HTMLResponse:
+async def queue_page(
+    session: SessionDep,
+    ctx: CtxDep,
+    page: Annotated[int, Query(ge=1, le=100_000, description="Page of the unreviewed queue, 1: the newest.")] = 1,
+) -> HTMLResponse:
     _engine, store, _auth, _batcher = ctx.require()
-    unreviewed = await asyncio.to_thread(store.list_scans, alarm=True, reviewed=False, limit=QUEUE_LIMIT)
+    # One scan more than a page holds says whether older ones wait on the next page.
+    unreviewed = await asyncio.to_thread(store.list_scans, alarm=True, reviewed=False, limit=QUEUE_LIMIT + 1,
+                                         offset=(page - 1) * QUEUE_LIMIT)
+    more = len(unreviewed) > QUEUE_LIMIT
+    unreviewed = unreviewed[:QUEUE_LIMIT]
     reviewed = await asyncio.to_thread(store.list_scans, alarm=True, reviewed=True, limit=50)
+    count = len(_group_bags(unreviewed))
+    if page > 1 and not unreviewed:
+        summary = f"Page {page} is past the end of the queue."
+    elif more or page > 1:
+        summary = (f"More than {count} flagged bags are waiting for review; page {page} shows {count} of them "
+                   f"({'older ones on the next page' if more else 'the oldest'}).")
+    else:
+        summary = f"{count} flagged bag(s) waiting for review."
     body = _template("queue.html").substitute(unreviewed=_queue_rows(unreviewed, empty="No alarms waiting."),
                                               reviewed=_queue_rows(reviewed, empty="None yet."),
-                                              count=len(_group_bags(unreviewed)))
+                                              summary=e(summary), pager=_queue_pager(page, more=more))
     return _page("Alarm queue", body, principal=session.principal, csrf=session.csrf)
 
 
@@ -212,11 +268,22 @@ def _detections_table(record: ScanRecord) -> str:
     return "\n".join(rows) or '<tr><td colspan="4">No detections.</td></tr>'
 
 
+def _verdict_targets(views: list[ScanRecord]) -> list[ScanRecord]:
+    """The views a bag's verdict goes on: every view that alarmed (all views if none did)."""
+    return [v for v in views if v.alarm] or views
+
+
+def _bag_verdict(views: list[ScanRecord]) -> str:
+    """The bag's verdict as the page shows it: that of its verdict targets, whichever view was opened."""
+    verdicts = list(dict.fromkeys(v.verdict or "unreviewed" for v in _verdict_targets(views)))
+    return verdicts[0] if len(verdicts) == 1 else "mixed: " + " / ".join(verdicts)
+
+
 async def _bag_views(ctx: ServiceContext, scan_id: int) -> tuple[ScanRecord, list[ScanRecord]]:
     _engine, store, _auth, _batcher = ctx.require()
     record = await asyncio.to_thread(store.get_scan, scan_id)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no scan with id {scan_id}")
+        raise UIPageError(status.HTTP_404_NOT_FOUND, "No such bag", f"There is no scan with id {scan_id}.")
     views = await asyncio.to_thread(store.bag_scans, record.station, record.bag_id)
     return record, views or [record]
 
@@ -239,7 +306,7 @@ async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTM
         ))
     body = _template("bag.html").substitute(
         scan_id=record.id, bag_id=e(record.bag_id), station=e(record.station), lane=e(record.lane),
-        verdict=e(record.verdict or "unreviewed"), views="\n".join(parts), csrf=e(session.csrf),
+        verdict=e(_bag_verdict(views)), views="\n".join(parts), csrf=e(session.csrf),
     )
     return _page(f"Bag {record.bag_id}", body, principal=session.principal, csrf=session.csrf)
 
@@ -247,6 +314,7 @@ async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTM
 @router.post("/ui/bags/{scan_id}/review", summary="Confirm or clear a bag (CSRF-protected form)",
              responses={303: {"description": "Recorded: back to the queue."}})
 async def review_bag(
+    request: Request,
     scan_id: ScanIdPath,
     session: SessionDep,
     ctx: CtxDep,
@@ -258,9 +326,15 @@ async def review_bag(
     _record, views = await _bag_views(ctx, scan_id)
     # The verdict is on the bag: it goes on every view that alarmed (on all views if none did), so the
     # bag leaves the queue whichever view was opened.
-    targets = [v for v in views if v.alarm] or views
-    for v in targets:
-        await asyncio.to_thread(store.add_review, v.id, user=session.principal.name, verdict=verdict, note=note)  # type: ignore[arg-type]
+    # The same form sent twice (a double click, a re-sent POST) gives one verdict in the trail: the check and
+    # the write are one step for this process (the lock), so two copies arriving together are seen too.
+    user = session.principal.name
+    async with request.app.state.ui_review_lock:
+        for v in _verdict_targets(views):
+            trail = await asyncio.to_thread(store.reviews, v.id)
+            if trail and (trail[-1].user, trail[-1].verdict, trail[-1].note) == (user, verdict, note):
+                continue
+            await asyncio.to_thread(store.add_review, v.id, user=user, verdict=verdict, note=note)  # type: ignore[arg-type]
     return RedirectResponse("/ui/queue", status_code=status.HTTP_303_SEE_OTHER)
 
 
@@ -286,5 +360,7 @@ async def seizures_page(session: SessionDep, ctx: CtxDep) -> HTMLResponse:
 def mount(app: FastAPI) -> None:
     """Add the UI routes and static files to `app`."""
     app.include_router(router)
+    app.add_exception_handler(UIPageError, _ui_error_page)
+    app.state.ui_review_lock = asyncio.Lock()  # see review_bag
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
 
