@@ -3,8 +3,9 @@
 `Engine(path)` loads a model package, refuses it unless its metadata is complete, of a known schema and
 its checksum matches (vision.package, inference.modelfile), checks that the graph takes and gives what the
 metadata says, picks execution providers (TensorRT, CUDA, else CPU) and thread counts, and runs batches.
-`predict` is the whole lane path: vision.preprocess → ONNX Runtime → vision.postprocess →
-vision.letterbox.unletterbox → vision.decide, so detections come back in the scan's own pixels.
+`predict` is the whole lane path: vision.preprocess → ONNX Runtime → vision.postprocess (with
+vision.letterbox.unletterbox; boxes wholly in the padding dropped) → vision.decide, so detections come back
+in the scan's own pixels.
 
 The file is read once; the bytes whose checksum was verified are the bytes the session is built from.
 """
@@ -22,9 +23,9 @@ import onnxruntime as ort
 
 from inference.modelfile import ModelFile, ModelFileError, package_sha256, read_model_file
 from vision.decide import BagDecision, decide
-from vision.letterbox import LetterboxParams, unletterbox
+from vision.letterbox import LetterboxParams
 from vision.package import ChecksumMismatchError, ModelPackage, PackageError
-from vision.postprocess import Detections, postprocess_batch
+from vision.postprocess import Detections, postprocess_to_scans
 from vision.preprocess import prepare
 
 #: Providers in order of preference; only those this onnxruntime build has are used.
@@ -208,8 +209,7 @@ class Engine:
         if len(params) != batch.shape[0]:
             raise ValueError(f"{batch.shape[0]} inputs but {len(params)} letterbox parameter sets")
         boxes, scores = self.run(batch)
-        dets = postprocess_batch(boxes, scores, self.package.postprocess)
-        return [Detections.from_arrays(unletterbox(d.boxes_xyxy, p), d.scores, d.class_ids) for d, p in zip(dets, params)]
+        return postprocess_to_scans(boxes, scores, self.package.postprocess, params)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections, in each scan's own pixels, for decoded scans (any layout vision.preprocess takes),

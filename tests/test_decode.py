@@ -180,3 +180,28 @@ def test_every_truncation_is_refused(kind):
     data = _VALID[kind]
     decoded = decoded_truncations(data, decode)
     assert decoded == [], f"{kind}: decoded although cut to {decoded[:5]} of {len(data)} bytes"
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png-rgb", "png-grey", "png-16"])
+@pytest.mark.parametrize("trailer", [b"\x00" * 64, b"CAPTURE-TRAILER v2 lane=3\n", b"\xff\xd8\xff\xd9" * 3])
+def test_bytes_after_the_end_marker_are_ignored(kind, trailer):
+    """Some capture software appends its own trailer after the image: the scan is whole, so it is decoded
+    (to the same pixels), not refused as truncated."""
+    whole = decode(_VALID[kind])
+    with_trailer = decode(_VALID[kind] + trailer)
+    np.testing.assert_array_equal(with_trailer.pixels, whole.pixels)
+
+
+def _with_exif_thumbnail(jpeg: bytes) -> bytes:
+    """`jpeg` with an APP1 (Exif) segment after its SOI holding a whole thumbnail JPEG (its own SOI…EOI)."""
+    thumbnail = encode_jpeg(_RGB[:8, :8])
+    payload = b"Exif\x00\x00" + thumbnail
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_a_jpeg_with_an_exif_thumbnail_decodes_and_is_refused_when_cut():
+    data = _with_exif_thumbnail(_VALID["jpeg"])
+    np.testing.assert_array_equal(decode(data).pixels, decode(_VALID["jpeg"]).pixels)
+    # Cut anywhere after the thumbnail's end marker: that marker must not pass for the image's own.
+    decoded = decoded_truncations(data, decode)
+    assert decoded == [], f"decoded although cut to {decoded[:5]} of {len(data)} bytes"

@@ -181,10 +181,14 @@ def test_predict_equals_the_evaluation_path_in_scan_pixels(package, torch_model)
         d = pred.detections
         assert (d.boxes_xyxy[:, [0, 2]] >= 0).all() and (d.boxes_xyxy[:, [0, 2]] <= w).all()
         assert (d.boxes_xyxy[:, [1, 3]] >= 0).all() and (d.boxes_xyxy[:, [1, 3]] <= h).all()
+        # The reference in scan pixels: mapped back, less the boxes lying wholly in the letterbox's padding.
+        ref_boxes = unletterbox(ref.boxes_xyxy, params)
+        over_scan = (ref_boxes[:, 2] > ref_boxes[:, 0]) & (ref_boxes[:, 3] > ref_boxes[:, 1])
+        ref = ref.select(over_scan)
         assert len(d) == len(ref)
         np.testing.assert_array_equal(d.class_ids, ref.class_ids)
         np.testing.assert_allclose(d.scores, ref.scores, atol=1e-4)
-        np.testing.assert_allclose(d.boxes_xyxy, unletterbox(ref.boxes_xyxy, params), atol=0.05)
+        np.testing.assert_allclose(d.boxes_xyxy, ref_boxes[over_scan], atol=0.05)
         assert pred.decision.alarm == decide(ref, engine.class_names, engine.policy).alarm
         n_dets += len(d)
     assert n_dets > 0, "the fixture model must detect something for this test to mean anything"
@@ -258,3 +262,27 @@ def test_engine_on_a_copy_without_onnx_installed(package, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr
+
+
+def test_a_detection_wholly_in_the_letterbox_padding_is_dropped_and_does_not_alarm(package, monkeypatch):
+    """A wide scan leaves bands of padding above and below it in the model's square input; a confident box
+    there covers nothing that was scanned and must neither be reported nor alarm the bag."""
+    engine = Engine(package, threads=1)
+    scan = _scans(1)[0][:40]  # much wider than high: padding above and below
+    batch, params = prepare(scan, engine.package.preprocess)
+    assert params.pad_y > 4, "the scan must leave padding for this test to mean anything"
+    k = len(engine.class_names)
+    in_pad = [2.0, 0.0, 30.0, params.pad_y - 1.0]  # wholly above the scan
+    straddling = [2.0, params.pad_y - 3.0, 30.0, params.pad_y + 3.0]
+    boxes = np.array([[in_pad, straddling]], np.float32)
+    scores = np.zeros((1, 2, k), np.float32)
+    scores[0, 0, 0] = 0.99
+    scores[0, 1, 1 % k] = 0.6
+    monkeypatch.setattr(engine, "run", lambda _batch: (boxes, scores))
+    (pred,) = engine.predict([scan])
+    assert len(pred.detections) == 1
+    assert pred.detections.scores[0] == pytest.approx(0.6)
+    assert pred.detections.boxes_xyxy[0, 1] == 0.0 and pred.detections.boxes_xyxy[0, 3] > 0.0
+    scores[0, 1] = 0.0
+    (pred,) = engine.predict([scan])
+    assert len(pred.detections) == 0 and not pred.decision.alarm

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from vision.postprocess import Detections, PostprocessParams, postprocess, postprocess_batch
+from vision.letterbox import LetterboxParams
+from vision.postprocess import Detections, PostprocessParams, in_scan_pixels, postprocess, postprocess_batch, postprocess_to_scans
 
 # Four anchor points, two classes. Points 0 and 1 predict almost the same box; point 2 a disjoint one;
 # point 3 overlaps point 0 by IoU 0.6 (hand computed: boxes 0..10 and 0..10 shifted by 2.5 in x:
@@ -126,3 +127,30 @@ def test_params_are_strict_and_frozen():
     with pytest.raises(ValidationError):
         params.score_floor = 0.5
     assert PostprocessParams.model_validate(params.model_dump()) == params
+
+
+# A 640×320 scan letterboxed into 512×512: scale 0.8, content 512×256 at pad_y = 128 (bands above and below).
+_WIDE = LetterboxParams(scale=0.8, pad_x=0, pad_y=128, src_width=640, src_height=320, dst_width=512, dst_height=256)
+
+
+def test_boxes_wholly_in_the_padding_are_dropped_and_the_rest_mapped_back():
+    dets = Detections.from_arrays(
+        [[10, 10, 100, 120], [10, 120, 100, 200], [50, 390, 90, 500], [0, 0, 512, 512], [200, 384, 300, 384]],
+        [0.9, 0.8, 0.7, 0.6, 0.5],
+        [0, 1, 2, 3, 4],
+    )
+    out = in_scan_pixels(dets, _WIDE)
+    # Above the scan (y < 128), below it (y > 384) and a zero-height sliver on its bottom edge: dropped.
+    np.testing.assert_array_equal(out.class_ids, [1, 3])
+    np.testing.assert_allclose(out.scores, [0.8, 0.6])
+    np.testing.assert_allclose(out.boxes_xyxy, [[12.5, 0, 125, 90], [0, 0, 640, 320]], atol=1e-4)
+
+
+def test_postprocess_to_scans_uses_each_inputs_letterbox():
+    square = LetterboxParams(scale=1.0, pad_x=0, pad_y=0, src_width=512, src_height=512, dst_width=512, dst_height=512)
+    boxes = np.array([[[10, 10, 100, 120]], [[10, 10, 100, 120]]], np.float32)
+    scores = np.array([[[0.9]], [[0.9]]], np.float32)
+    wide, full = postprocess_to_scans(boxes, scores, PostprocessParams(), [_WIDE, square])
+    assert len(wide) == 0 and len(full) == 1
+    with pytest.raises(ValueError, match="letterbox"):
+        postprocess_to_scans(boxes, scores, PostprocessParams(), [square])

@@ -12,7 +12,8 @@ made from a torch Detector (`torch_predictor`) or from the ONNX Runtime engine (
 so a PyTorch model and its exported package are measured by exactly the same code.
 
 Coordinates: detections and ground truth are both compared in the *original scan's* pixels. Detections are
-mapped back with `unletterbox` and the target's own LetterboxParams; ground truth, which the data pipeline
+mapped back by `vision.postprocess.postprocess_to_scans` with the target's own LetterboxParams (as on the
+lane: `unletterbox`, and a box wholly in the padding dropped); ground truth, which the data pipeline
 letterboxed, is mapped back with the same parameters (an exact inverse, up to float rounding).
 """
 
@@ -40,7 +41,7 @@ from training.metrics import (
 )
 from vision.decide import DecisionPolicy, bag_score
 from vision.letterbox import unletterbox
-from vision.postprocess import Detections, PostprocessParams, postprocess_batch
+from vision.postprocess import Detections, PostprocessParams, postprocess_to_scans
 from vision.preprocess import PreprocessSpec
 
 Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -87,9 +88,10 @@ def predict_dataset(
     threat: list[bool] = []
     for images, targets in loader:
         boxes_xyxy, scores = predictor(images.numpy())
-        for dets, target in zip(postprocess_batch(boxes_xyxy, scores, postprocess), targets, strict=True):
+        letterboxes = [target["letterbox"] for target in targets]
+        for dets, target in zip(postprocess_to_scans(boxes_xyxy, scores, postprocess, letterboxes), targets, strict=True):
+            detections.append(dets)
             lb = target["letterbox"]
-            detections.append(Detections(unletterbox(dets.boxes_xyxy, lb), dets.scores, dets.class_ids))
             gt_boxes = np.asarray(target["boxes_xyxy"], dtype=np.float32).reshape(-1, 4)
             height, width = (int(v) for v in target["orig_hw"])
             truths.append(

@@ -25,8 +25,8 @@ import numpy as np
 
 from training.metrics import ImageTruth, detection_metrics
 from vision.boxes import iou_xyxy
-from vision.letterbox import LetterboxParams, unletterbox
-from vision.postprocess import Detections, PostprocessParams, postprocess_batch
+from vision.letterbox import LetterboxParams
+from vision.postprocess import Detections, PostprocessParams, postprocess_batch, postprocess_to_scans
 
 #: Raw outputs of one run: boxes_xyxy B×A×4 (input pixels) and scores B×A×K.
 RawOutputs = tuple[np.ndarray, np.ndarray]
@@ -189,9 +189,8 @@ def agreement_check(
 def detections_in_scan_pixels(
     raw: RawOutputs, letterbox: Sequence[LetterboxParams], params: PostprocessParams
 ) -> list[Detections]:
-    """vision.postprocess then unletterbox: the lane's detections, in each scan's own pixels."""
-    dets = postprocess_batch(*raw, params)
-    return [Detections.from_arrays(unletterbox(d.boxes_xyxy, p), d.scores, d.class_ids) for d, p in zip(dets, letterbox)]
+    """vision.postprocess.postprocess_to_scans: the lane's detections, in each scan's own pixels."""
+    return postprocess_to_scans(*raw, params, letterbox)
 
 
 def _paired_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

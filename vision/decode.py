@@ -132,8 +132,10 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
         )
     if mode not in _SUPPORTED_MODES:
         raise UnsupportedDepthError(f"{fmt} pixel mode {mode!r} is not supported (8- or 16-bit grey or colour only)")
-    if fmt == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if fmt == "JPEG" and not _jpeg_has_end(data):
         raise TruncatedImageError("JPEG is truncated: the end-of-image marker is missing")
+    if fmt == "PNG" and not _png_has_end(data):
+        raise TruncatedImageError("PNG is truncated: the IEND chunk is missing")
     buf = np.frombuffer(data, dtype=np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -160,17 +162,43 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
         layout = "rgb"
     else:
         raise UnsupportedDepthError(f"{fmt} with {pixels.shape[2]} channels is not supported")
-    if layout == "grey" and fmt == "PNG":
-        pixels = _check_png_truncation(data, pixels)
     return Scan(pixels=np.ascontiguousarray(pixels), bit_depth=depth, layout=layout, format=fmt)
 
 
-def _check_png_truncation(data: bytes, pixels: np.ndarray) -> np.ndarray:
-    # OpenCV's PNG reader fills missing rows with zeros and returns success on some truncated files;
-    # a PNG must end with its IEND chunk.
-    if b"IEND" not in data[-16:]:
-        raise TruncatedImageError("PNG is truncated: the IEND chunk is missing")
-    return pixels
+# Truncation checks. OpenCV's decoders fill missing rows with grey or zeros and report success on many
+# truncated files, so a scan cut short in transfer would be screened as a bag with an empty band. A whole
+# file has its end marker; bytes after it (some capture software appends its own trailer) are ignored, as
+# every decoder ignores them.
+
+
+def _jpeg_has_end(data: bytes) -> bool:
+    """Whether an end-of-image marker follows the start of the frame's scan data. The marker segments
+    before the first start-of-scan are walked by their lengths, so an EXIF thumbnail's own end marker
+    (inside an APP1 segment) does not count; entropy-coded data cannot hold 0xFF 0xD9 (byte stuffing)."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+        elif marker == 0xDA:
+            return data.find(b"\xff\xd9", pos) != -1
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False
+
+
+def _png_has_end(data: bytes) -> bool:
+    """Whether the chunks, walked by their lengths from the signature, reach an IEND chunk."""
+    pos, n = 8, len(data)
+    while pos + 8 <= n:
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return True
+        pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
+    return False
 
 
 def decode_dual_energy(low: bytes, high: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:

@@ -19,12 +19,14 @@ Input: the model's eval outputs for one image, `boxes_xyxy` N×4 (input pixels) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from vision.boxes import batched_nms_xyxy, nms_xyxy
+from vision.letterbox import LetterboxParams, unletterbox
 
 
 class PostprocessParams(BaseModel):
@@ -113,3 +115,24 @@ def postprocess_batch(boxes_xyxy: np.ndarray, scores: np.ndarray, params: Postpr
     if boxes.ndim != 3 or probs.ndim != 3 or boxes.shape[0] != probs.shape[0]:
         raise ValueError(f"expected boxes B×N×4 and scores B×N×K, got {boxes.shape} and {probs.shape}")
     return [postprocess(b, s, params) for b, s in zip(boxes, probs)]
+
+
+def in_scan_pixels(dets: Detections, letterbox: LetterboxParams) -> Detections:
+    """Detections in a letterboxed input's pixels → the scan's own pixels (`vision.letterbox.unletterbox`).
+
+    A box lying wholly in the letterbox's padding (nothing of it over the scan: no width or no height left
+    once clipped to the scan) is dropped: nothing was scanned there, so it can be neither an alarm nor a
+    detection to score. Training's evaluation, the export checks and the engine all map boxes back here."""
+    boxes = unletterbox(dets.boxes_xyxy, letterbox)
+    inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return Detections.from_arrays(boxes[inside], dets.scores[inside], dets.class_ids[inside])
+
+
+def postprocess_to_scans(
+    boxes_xyxy: np.ndarray, scores: np.ndarray, params: PostprocessParams, letterbox: Sequence[LetterboxParams]
+) -> list[Detections]:
+    """`postprocess_batch`, then `in_scan_pixels` with each input's own letterbox: the B scans' detections."""
+    dets = postprocess_batch(boxes_xyxy, scores, params)
+    if len(letterbox) != len(dets):
+        raise ValueError(f"{len(dets)} inputs but {len(letterbox)} letterbox parameter sets")
+    return [in_scan_pixels(d, p) for d, p in zip(dets, letterbox)]
