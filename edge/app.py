@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge.batcher import MicroBatcher
@@ -163,7 +163,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    from edge import ui
+
+    if ui.is_ui_page(request.url.path):  # a supervisor in a browser: a page, not JSON
+        return ui.invalid_request_page(request, list(exc.errors()))
     # One readable sentence first (the station operator's), the structured errors after it.
     parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}" for e in exc.errors()]
     return JSONResponse({"detail": "; ".join(parts) or "invalid request",

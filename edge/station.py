@@ -143,24 +143,29 @@ def bag_id_for(run_id: str, k: int, name: str) -> str:
     return _NOT_BAG_ID_CHARS.sub("_", f"{run_id}-{k:06d}-{name}")[:_BAG_ID_MAX]
 
 
-def parse_retry_after(value: str | None, *, default_s: float = 1.0) -> float:
+#: The longest a lane waits on one Retry-After: a service that asks for an hour (a misconfigured proxy, a
+#: date in the wrong zone) must not silence a simulated lane for that long; the lane asks again instead.
+MAX_RETRY_AFTER_S = 60.0
+
+
+def parse_retry_after(value: str | float | None, *, default_s: float = 1.0, max_s: float = MAX_RETRY_AFTER_S) -> float:
     """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 §10.2.3; a date
-    in the past: 0). `default_s` when absent or unreadable."""
+    in the past: 0), at most `max_s`. `default_s` when absent or unreadable."""
     if value is None:
         return default_s
     try:
         seconds = float(value)
-    except ValueError:
+    except (TypeError, ValueError):
         pass
     else:
-        return max(0.0, seconds) if math.isfinite(seconds) else default_s
+        return min(max(0.0, seconds), max_s) if math.isfinite(seconds) else default_s
     try:
-        when = parsedate_to_datetime(value)
+        when = parsedate_to_datetime(str(value))
     except (TypeError, ValueError):
         return default_s
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return min(max(0.0, (when - datetime.now(timezone.utc)).total_seconds()), max_s)
 
 
 async def _who_am_i(client: httpx.AsyncClient, *, max_retries: int) -> str:
@@ -253,7 +258,7 @@ class _LaneStream:
                 raise
             if answer.get("type") == "result":
                 return 200, answer, 0.0
-            return int(answer.get("status", 0)), answer.get("detail", ""), float(answer.get("retry_after_s", 1.0))
+            return int(answer.get("status", 0)), answer.get("detail", ""), parse_retry_after(answer.get("retry_after_s"))
 
         return send
 

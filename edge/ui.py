@@ -88,6 +88,24 @@ async def _ui_error_page(request: Request, exc: Exception) -> Response:
     return _page(exc.title, body, status_code=exc.status_code)
 
 
+def invalid_request_page(request: Request, errors: list[dict]) -> HTMLResponse:
+    """A UI request its route cannot read, as an HTML page with a way on (the app's validation handler calls
+    this for UI paths): a bag id that is no scan id (/ui/bags/abc) is a page that does not exist, 404; a bad
+    form field or query parameter is a 422 that names it and leads back to the page it came from."""
+    if any(err.get("loc", ("",))[0] == "path" for err in errors):
+        return _page("No such page", f'<p class="error">There is no page at {e(request.url.path)}.</p>\n'
+                     '<p><a href="/ui/queue">Back to the queue</a></p>', status_code=status.HTTP_404_NOT_FOUND)
+    what = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ())[1:]) or 'request'}: {err.get('msg')}" for err in errors)
+    href = _form_page(request)
+    body = f'<p class="error">The request could not be read ({e(what)}).</p>\n<p><a href="{e(href)}">Back</a></p>'
+    return _page("Invalid request", body, status_code=422)
+
+
+def is_ui_page(path: str) -> bool:
+    """Whether `path` is one of the review UI's HTML pages (its errors are pages too, not the API's JSON)."""
+    return (path.startswith("/ui/") and not path.startswith("/ui/static/")) or path == "/login"
+
+
 def _form_page(request: Request) -> str:
     """The page a UI form was posted from: the bag page for a verdict, else the queue."""
     path = request.url.path
@@ -314,7 +332,6 @@ async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTM
 @router.post("/ui/bags/{scan_id}/review", summary="Confirm or clear a bag (CSRF-protected form)",
              responses={303: {"description": "Recorded: back to the queue."}})
 async def review_bag(
-    request: Request,
     scan_id: ScanIdPath,
     session: SessionDep,
     ctx: CtxDep,
@@ -326,15 +343,11 @@ async def review_bag(
     _record, views = await _bag_views(ctx, scan_id)
     # The verdict is on the bag: it goes on every view that alarmed (on all views if none did), so the
     # bag leaves the queue whichever view was opened.
-    # The same form sent twice (a double click, a re-sent POST) gives one verdict in the trail: the check and
-    # the write are one step for this process (the lock), so two copies arriving together are seen too.
+    # The same form sent twice (a double click, a re-sent POST, copies reaching two service processes) gives
+    # one verdict in the trail: the store checks and writes in one locked transaction (add_review_once).
     user = session.principal.name
-    async with request.app.state.ui_review_lock:
-        for v in _verdict_targets(views):
-            trail = await asyncio.to_thread(store.reviews, v.id)
-            if trail and (trail[-1].user, trail[-1].verdict, trail[-1].note) == (user, verdict, note):
-                continue
-            await asyncio.to_thread(store.add_review, v.id, user=user, verdict=verdict, note=note)  # type: ignore[arg-type]
+    for v in _verdict_targets(views):
+        await asyncio.to_thread(store.add_review_once, v.id, user=user, verdict=verdict, note=note)  # type: ignore[arg-type]
     return RedirectResponse("/ui/queue", status_code=status.HTTP_303_SEE_OTHER)
 
 
@@ -361,6 +374,5 @@ def mount(app: FastAPI) -> None:
     """Add the UI routes and static files to `app`."""
     app.include_router(router)
     app.add_exception_handler(UIPageError, _ui_error_page)
-    app.state.ui_review_lock = asyncio.Lock()  # see review_bag
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
 

@@ -267,3 +267,39 @@ def test_the_tdr_of_an_alarmed_view_has_its_boxes_in_image_coordinates_and_its_c
         assert p["Assessment"]["probability"] == pytest.approx(0.9)
     refused = service.client.get(f"/v1/scans/{clear.id}/tdr", headers=service.auth("supervisor"))
     assert refused.status_code in (404, 409) and "did not alarm" in refused.json()["detail"]
+
+
+def test_the_simulator_waits_at_most_a_minute_on_one_retry_after():
+    from email.utils import format_datetime
+    from datetime import datetime, timedelta, timezone
+
+    from edge.station import MAX_RETRY_AFTER_S, parse_retry_after
+
+    assert parse_retry_after("86400") == MAX_RETRY_AFTER_S
+    assert parse_retry_after(format_datetime(datetime.now(timezone.utc) + timedelta(days=1), usegmt=True)) == MAX_RETRY_AFTER_S
+    assert parse_retry_after("2.5") == 2.5 and parse_retry_after(2.5) == 2.5
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after("soon") == 1.0 and parse_retry_after(None) == 1.0 and parse_retry_after("inf") == 1.0
+
+
+@pytest.mark.parametrize("path", ["/ui/bags/abc", "/ui/bags/99999999999999999999999"])
+def test_a_bag_id_that_is_no_scan_id_gets_an_html_404_page(service, path):
+    _login(service.client)
+    r = service.client.get(path)
+    assert r.status_code == 404, r.text
+    assert r.headers["content-type"].startswith("text/html")
+    assert 'href="/ui/queue"' in r.text and "There is no page at" in r.text
+
+
+def test_a_form_field_the_route_cannot_read_gets_an_html_page_back_to_the_bag(service):
+    scan_id = post_png(service, png_bytes(5), "bag-badform").json()["id"]
+    _login(service.client)
+    token = _hidden_csrf(service.client.get(f"/ui/bags/{scan_id}").text)
+    r = service.client.post(f"/ui/bags/{scan_id}/review", data={"verdict": "maybe", "csrf_token": token},
+                            follow_redirects=False)
+    assert r.status_code == 422 and r.headers["content-type"].startswith("text/html")
+    assert f'href="/ui/bags/{scan_id}"' in r.text and "verdict" in r.text
+    assert service.ctx.store.reviews(scan_id) == []
+    # The API keeps its JSON answers.
+    api = service.client.get("/v1/scans/abc", headers={"Authorization": f"Bearer {service.keys['supervisor']}"})
+    assert api.status_code == 422 and api.headers["content-type"].startswith("application/json")

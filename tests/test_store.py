@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -393,6 +394,47 @@ def test_reviews_latest_verdict_wins_and_trail_is_kept(store: Store, clock: Cloc
     with pytest.raises(ValueError):
         store.add_review(scan.id, user="alice", verdict="maybe")  # type: ignore[arg-type]
     assert len(store.reviews(scan.id)) == 2
+
+
+def test_a_repeated_review_is_recorded_once_and_a_different_one_is_kept(store: Store):
+    scan, _ = store.record_scan(**scan_kwargs())
+    first, added = store.add_review_once(scan.id, user="alice", verdict="confirmed", note="tusks")
+    assert added
+    assert store.add_review_once(scan.id, user="alice", verdict="confirmed", note="tusks") == (first, False)
+    _, added = store.add_review_once(scan.id, user="alice", verdict="cleared", note="tusks")
+    assert added
+    _, added = store.add_review_once(scan.id, user="alice", verdict="confirmed", note="tusks")  # changed back
+    assert added
+    assert [r.verdict for r in store.reviews(scan.id)] == ["confirmed", "cleared", "confirmed"]
+    with pytest.raises(KeyError):
+        store.add_review_once(9999, user="alice", verdict="confirmed")
+
+
+def test_a_review_sent_to_two_service_processes_at_once_is_recorded_once(db_url: str, tmp_path: Path):  # noqa: F811
+    """Two stores (two connection pools, as two processes have) record the same verdict on the same scans at
+    the same moment: each scan ends with one review."""
+    stores = [Store(db_url, tmp_path / "data") for _ in range(2)]
+    stores[0].migrate()
+    ids = [stores[0].record_scan(**scan_kwargs(bag_id=f"bag-{i}", image_sha256=f"{i:064x}"))[0].id for i in range(15)]
+    barrier = threading.Barrier(2)
+    added: list[bool] = []
+
+    def submit(store: Store) -> None:
+        for scan_id in ids:
+            barrier.wait()
+            added.append(store.add_review_once(scan_id, user="sup", verdict="confirmed", note="")[1])
+
+    threads = [threading.Thread(target=submit, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for s in stores:
+        s.close()
+    check = Store(db_url, tmp_path / "data")
+    assert [len(check.reviews(i)) for i in ids] == [1] * len(ids)
+    assert sum(added) == len(ids)
+    check.close()
 
 
 # -- outbox --------------------------------------------------------------------------------------------
