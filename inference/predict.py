@@ -17,6 +17,7 @@ model gets `"error": "..."`, `"alarm": null` and no detections; the others are s
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +51,22 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _partner(path: Path, name: str) -> Path:
+    """The file `name` + an image suffix beside `path`: `path`'s own suffix first, else any image suffix (a
+    pair saved as `_low.tif` and `_high.tiff`, or `.png` and `.PNG`, is still one scan)."""
+    same = path.with_name(name + path.suffix)
+    if same.is_file():
+        return same
+    others = sorted(p for p in path.parent.glob(glob.escape(name) + ".*") if p.is_file() and _is_image(p))
+    return others[0] if others else same
+
+
 def _pair_for(path: Path) -> ScanInput:
     """The dual-energy scan a `_low` or `_high` file belongs to."""
     stem = path.stem
     base = stem[: -len(_LOW)] if stem.endswith(_LOW) else stem[: -len(_HIGH)]
-    low, high = path.with_name(base + _LOW + path.suffix), path.with_name(base + _HIGH + path.suffix)
+    low = path if stem.endswith(_LOW) else _partner(path, base + _LOW)
+    high = path if stem.endswith(_HIGH) else _partner(path, base + _HIGH)
     name = str(path.with_name(base))
     missing = [p.name for p in (low, high) if not p.is_file()]
     if missing:

@@ -227,6 +227,16 @@ def test_cli_predict_json_equals_the_evaluation_path(package, torch_model, tmp_p
         assert (overlays / name).is_file()
 
 
+def test_collect_inputs_pairs_dual_energy_files_saved_with_different_suffixes(tmp_path):
+    for name in ("a_low.tif", "a_high.tiff", "b_low.png", "b_high.PNG", "c_low.png", "c_high.png", "c_high.tif"):
+        (tmp_path / name).write_bytes(b"x")
+    scans = collect_inputs([tmp_path], dual_energy=True)
+    by_name = {Path(s.name).name: [p.name for p in s.paths] for s in scans if s.problem is None}
+    # Each pair once; where both suffixes exist, the file's own suffix is taken.
+    assert by_name == {"a": ["a_low.tif", "a_high.tiff"], "b": ["b_low.png", "b_high.PNG"], "c": ["c_low.png", "c_high.png"]}
+    assert len(scans) == 3
+
+
 def test_collect_inputs_pairs_dual_energy_files(tmp_path):
     for name in ("a_low.png", "a_high.png", "b_low.png", "c.png"):
         (tmp_path / name).write_bytes(b"")
