@@ -158,6 +158,7 @@ _LATEST_VERDICT = (
     .correlate(Scan).scalar_subquery().label("verdict")
 )
 _HAS_REVIEW = exists().where(Review.scan_id == Scan.id)
+_LAST_REVIEW_ID = select(func.max(Review.id)).where(Review.scan_id == Scan.id).correlate(Scan).scalar_subquery()
 
 
 #: A scan's columns and its verdict, as Core rows (no ORM objects: the ingest path reads and writes scans
@@ -336,9 +337,12 @@ class Store:
             return [_scan_record(row) for row in connection.execute(_BAG_SCANS, {"station": station, "bag_id": bag_id})]
 
     def list_scans(
-        self, *, alarm: bool | None = None, reviewed: bool | None = None, limit: int = 50, offset: int = 0
+        self, *, alarm: bool | None = None, reviewed: bool | None = None, limit: int = 50, offset: int = 0,
+        latest_review_first: bool = False,
     ) -> list[ScanRecord]:
-        """Scans newest first, optionally only alarms / non-alarms and reviewed / unreviewed ones."""
+        """Scans newest first, optionally only alarms / non-alarms and reviewed / unreviewed ones.
+        latest_review_first: the most recently reviewed first (a bag scanned last week and reviewed a minute
+        ago heads the list), unreviewed scans last."""
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must be non-negative")
         query = _SCAN_ROWS
@@ -346,6 +350,8 @@ class Store:
             query = query.where(Scan.alarm == alarm)
         if reviewed is not None:
             query = query.where(_HAS_REVIEW if reviewed else ~_HAS_REVIEW)
+        if latest_review_first:
+            query = query.order_by(_LAST_REVIEW_ID.desc().nulls_last())
         query = query.order_by(Scan.id.desc()).limit(limit).offset(offset)
         with self.engine.connect() as connection:
             return [_scan_record(row) for row in connection.execute(query)]

@@ -262,7 +262,7 @@ async def queue_page(
                                          offset=(page - 1) * QUEUE_LIMIT)
     more = len(unreviewed) > QUEUE_LIMIT
     unreviewed = unreviewed[:QUEUE_LIMIT]
-    reviewed = await asyncio.to_thread(store.list_scans, alarm=True, reviewed=True, limit=50)
+    reviewed = await asyncio.to_thread(store.list_scans, alarm=True, reviewed=True, limit=50, latest_review_first=True)
     count = len(_group_bags(unreviewed))
     if page > 1 and not unreviewed:
         summary = f"Page {page} is past the end of the queue."

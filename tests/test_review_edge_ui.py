@@ -303,3 +303,15 @@ def test_a_form_field_the_route_cannot_read_gets_an_html_page_back_to_the_bag(se
     # The API keeps its JSON answers.
     api = service.client.get("/v1/scans/abc", headers={"Authorization": f"Bearer {service.keys['supervisor']}"})
     assert api.status_code == 422 and api.headers["content-type"].startswith("application/json")
+
+
+def test_recently_reviewed_bags_are_listed_in_the_order_they_were_reviewed(service):
+    store = service.ctx.store
+    old = _record(store, "bag-old", alarm=True)
+    new = _record(store, "bag-new", alarm=True)
+    store.add_review(new.id, user="sup", verdict="cleared")
+    store.add_review(old.id, user="sup", verdict="confirmed")  # the older scan, reviewed last
+    _login(service.client)
+    page = service.client.get("/ui/queue").text
+    reviewed = page[page.index('id="reviewed"'):]
+    assert reviewed.index("bag-old") < reviewed.index("bag-new")

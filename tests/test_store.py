@@ -396,6 +396,17 @@ def test_reviews_latest_verdict_wins_and_trail_is_kept(store: Store, clock: Cloc
     assert len(store.reviews(scan.id)) == 2
 
 
+def test_reviewed_scans_can_be_listed_most_recently_reviewed_first(store: Store):
+    ids = [store.record_scan(**scan_kwargs(bag_id=f"bag-{i}", image_sha256=f"{i:064x}"))[0].id for i in range(4)]
+    for i in (2, 0, 3):
+        store.add_review(ids[i], user="alice", verdict="cleared")
+    store.add_review(ids[2], user="bob", verdict="confirmed")  # reviewed again: most recent
+    assert [s.id for s in store.list_scans(reviewed=True, latest_review_first=True)] == [ids[2], ids[3], ids[0]]
+    assert [s.id for s in store.list_scans(latest_review_first=True)] == [ids[2], ids[3], ids[0], ids[1]]
+    assert [s.id for s in store.list_scans(reviewed=True)] == [ids[3], ids[2], ids[0]]  # by scan, newest first
+    assert [s.id for s in store.list_scans(reviewed=True, latest_review_first=True, limit=1, offset=1)] == [ids[3]]
+
+
 def test_a_repeated_review_is_recorded_once_and_a_different_one_is_kept(store: Store):
     scan, _ = store.record_scan(**scan_kwargs())
     first, added = store.add_review_once(scan.id, user="alice", verdict="confirmed", note="tusks")
