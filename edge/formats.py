@@ -74,7 +74,8 @@ def upload_from_bytes(data: bytes, content_type: str | None) -> Upload:
             f"unsupported content type {declared!r}: send one of {sorted(RAW_MEDIA_TYPES)} "
             "(or multipart/form-data with the file in field 'image', or 'low' and 'high')"
         )
-    if declared == DICOM_MEDIA_TYPE or is_dicos(data):
+    # By content first, as `xscreen predict` decodes a file (a PNG saved as scan.dcs is a PNG to both).
+    if is_dicos(data):
         return Upload(data=data, media_type=DICOM_MEDIA_TYPE, suffix="dcs")
     fmt = sniff_format(data)
     if fmt is not None:

@@ -38,7 +38,7 @@ from edge.formats import DicosError, UnsupportedMediaTypeError, Upload, decode_u
 from edge.logs import log_event
 from edge.ratelimit import retry_after_header
 from edge.store import OutboxEntry, ScanRecord, Store
-from edge.tdr import write_tdr_file
+from edge.tdr import stored_dicos_image, write_tdr_file
 from vision.decide import BagDecision, decide, fuse_views
 from vision.decode import DecodeError, TooManyPixelsError
 from vision.postprocess import Detections
@@ -362,8 +362,9 @@ async def _after_record(ctx: ServiceContext, record: ScanRecord, *, enqueued: bo
         await asyncio.to_thread(store.enqueue, entry.kind, entry.payload, dedupe_key=entry.dedupe_key)
     if ctx.settings.tdr_dir is not None:
         try:
+            image = await asyncio.to_thread(stored_dicos_image, store, record)
             await asyncio.to_thread(write_tdr_file, record, ctx.settings.tdr_dir,
-                                    thresholds=package_thresholds(engine, record))
+                                    thresholds=package_thresholds(engine, record), image=image)
         except Exception as exc:  # the report can be regenerated from the record: never fail the scan for it
             log_event(_log, "TDR file not written", logging.ERROR, scan_id=record.id, error=repr(exc))
 

@@ -19,7 +19,7 @@ from edge.preview import render_preview
 from edge.schemas import (DB_INT_MAX, ErrorOut, ReviewIn, ReviewOut, ScanIdPath, ScanListOut, ScanRecordOut,
                           ScanResultOut)
 from edge.store import ScanRecord
-from edge.tdr import TDR_MEDIA_TYPE, TdrError, build_tdr
+from edge.tdr import TDR_MEDIA_TYPE, TdrError, build_tdr, stored_dicos_image
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 
@@ -282,12 +282,13 @@ async def post_review(scan_id: ScanIdPath, body: ReviewIn, principal: ReviewerDe
                200: {"content": {TDR_MEDIA_TYPE: {}}}},
 )
 async def get_tdr(scan_id: ScanIdPath, principal: ReviewerDep, ctx: CtxDep) -> Response:
-    engine, _store, _auth, _batcher = ctx.require()
+    engine, store, _auth, _batcher = ctx.require()
     record = await _get_record(ctx, scan_id)
     if not record.alarm:
         return JSONResponse({"detail": f"scan {scan_id} did not alarm; there is no threat report"}, status_code=409)
     try:
-        data = await asyncio.to_thread(build_tdr, record, thresholds=package_thresholds(engine, record))
+        image = await asyncio.to_thread(stored_dicos_image, store, record)
+        data = await asyncio.to_thread(build_tdr, record, thresholds=package_thresholds(engine, record), image=image)
     except TdrError as exc:
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, detail=str(exc)) from None
     return Response(data, media_type=TDR_MEDIA_TYPE,

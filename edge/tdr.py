@@ -7,7 +7,10 @@ score as its probability. The ATR block names the model and its per-class thresh
 which calibration raised it.
 
 Identifiers are DICOM UIDs under the `2.25` root (UUID-derived, ITU-T X.667), computed from the scan
-record, so regenerating a report gives the same UIDs.
+record, so regenerating a report gives the same UIDs: the report's SOP instance, series and frame of
+reference too (the toolkit would make up random ones, not even valid UIDs, on every write). A scan sent as
+DICOS DX is linked to by its own UIDs: pass its bytes as `image` and the PTOs reference the DX's SOP
+instance and the report joins the DX's scan; other scans get UIDs derived from their sha256.
 
 pydicos writes only to files whose name ends in `.dcs`; reports go through a private temporary file.
 """
@@ -15,13 +18,16 @@ pydicos writes only to files whose name ends in `.dcs`; reports go through a pri
 from __future__ import annotations
 
 import hashlib
+import io
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from edge.formats import DICOM_MEDIA_TYPE
 from edge.images import write_durable
 from edge.store import ScanRecord
+from vision.dicos import DicosError, dx_header, is_dicos, load_pydicom
 
 TDR_MEDIA_TYPE = "application/dicom"
 #: SOP class of a DICOS DX image ("for processing"): what each PTO refers to.
@@ -47,9 +53,9 @@ def alarm_detections(record: ScanRecord) -> list[dict[str, Any]]:
     return [d for d in record.result.get("detections", []) if d.get("alarm")]
 
 
-def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None) -> bytes:
-    """The TDR file bytes for an alarmed scan. Raises `TdrError` if pydicos fails, ValueError if the scan
-    did not alarm."""
+def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None, image: bytes | None = None) -> bytes:
+    """The TDR file bytes for an alarmed scan. image: the stored scan file (a DICOS DX's own UIDs are then
+    referenced). Raises `TdrError` if pydicos fails, ValueError if the scan did not alarm."""
     if not record.alarm:
         raise ValueError(f"scan {record.id} did not alarm; a TDR is written only for alarms")
     try:
@@ -62,6 +68,7 @@ def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None)
             TDR_TYPE,
             THREAT_CATEGORY,
         )
+        from pyDICOS import DcsUniqueIdentifier
         from pydicos import TDRLoader
     except ImportError as exc:  # pragma: no cover - pydicos is an `edge` dependency
         raise TdrError(f"pydicos is not installed ({exc})") from exc
@@ -71,7 +78,13 @@ def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None)
     time_ = (when.hour, when.minute, when.second, when.microsecond)
     timings = record.result.get("timings", {})
     processing_ms = float(timings.get("inference_ms", 0.0)) + float(timings.get("decode_ms", 0.0))
-    image_uid = _uid("image", record.image_sha256)
+    image_uid, image_class = _uid("image", record.image_sha256), _DICOS_DX_SOP_CLASS
+    scan_uid = _uid("tdr", record.id, record.image_sha256)
+    source = _dicos_source(image)
+    image_uid = source.get("sop_instance_uid") or image_uid
+    image_class = source.get("sop_class_uid") or image_class
+    scan_uid = source.get("scan_instance_uid") or scan_uid
+    frame_uid = source.get("frame_of_reference_uid") or _uid("frame", record.image_sha256)
     # ATR parameters are DICOS long strings ("-key=value", at most 64 characters each).
     params = {"model": record.model_name[:48], **{f"thr_{k}"[:40]: f"{v:g}" for k, v in (thresholds or {}).items()}}
     ptos = []
@@ -93,7 +106,7 @@ def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None)
                 "description": name,
                 "probability": float(det["score"]),
             },
-            "ReferencedInstance": {"SopClassUID": _DICOS_DX_SOP_CLASS, "SopInstanceUID": image_uid},
+            "ReferencedInstance": {"SopClassUID": image_class, "SopInstanceUID": image_uid},
             "PTOProcessingTime": {
                 "ProcessingStartTime": {"date": date, "time": time_},
                 "ProcessingEndTime": {"date": date, "time": time_},
@@ -102,7 +115,7 @@ def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None)
         })
     data = {
         "InstanceNumber": int(record.id),
-        "InstanceUID": _uid("tdr", record.id, record.image_sha256),
+        "InstanceUID": scan_uid,
         "OOIID": record.bag_id[:64],
         "ContentDateAndTime": {"date": date, "time": time_},
         "ProcessingTime": processing_ms,
@@ -121,10 +134,48 @@ def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None)
         try:
             tdr = TDRLoader()
             tdr.set_data(data)
+            if not (tdr.SetSeriesInstanceUID(DcsUniqueIdentifier(_uid("tdr-series", record.id, record.image_sha256)))
+                    and tdr.SetFrameOfReferenceUID(DcsUniqueIdentifier(frame_uid))):
+                raise RuntimeError("the toolkit refused a series or frame of reference UID")
             tdr.write(path)
         except Exception as exc:
             raise TdrError(f"pydicos could not write the TDR of scan {record.id}: {exc}") from exc
-        return path.read_bytes()
+        return _with_sop_instance_uid(path.read_bytes(), _uid("tdr-sop", record.id, record.image_sha256))
+
+
+def stored_dicos_image(store: Any, record: ScanRecord) -> bytes | None:
+    """The stored file of a scan sent as DICOS (its UIDs go into the report), else None. store: edge.store.Store."""
+    if record.media_type != DICOM_MEDIA_TYPE:
+        return None
+    try:
+        return store.read_image(record.image_sha256)[0]
+    except (KeyError, OSError):
+        return None  # the report is still written, with derived UIDs
+
+
+def _dicos_source(image: bytes | None) -> dict[str, Any]:
+    """The UIDs of a stored DICOS scan (empty for any other scan, or a header that cannot be read)."""
+    if image is None or not is_dicos(image):
+        return {}
+    try:
+        return dx_header(image)
+    except DicosError:
+        return {}
+
+
+def _with_sop_instance_uid(data: bytes, uid: str) -> bytes:
+    """The TDR file with its SOP instance UID (the toolkit makes up its own and has no setter) set to `uid`,
+    in the data set and the file meta, rewritten by pydicom (which recomputes the meta group's length)."""
+    pydicom = load_pydicom()
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+    except Exception as exc:
+        raise TdrError(f"could not set the TDR's SOP instance UID ({type(exc).__name__}: {exc})") from exc
+    return out.getvalue()
 
 
 def read_tdr(data: bytes) -> dict[str, Any]:
@@ -137,11 +188,12 @@ def read_tdr(data: bytes) -> dict[str, Any]:
         return TDRLoader(path).get_data()
 
 
-def write_tdr_file(record: ScanRecord, tdr_dir: Path, *, thresholds: dict[str, float] | None = None) -> Path:
+def write_tdr_file(record: ScanRecord, tdr_dir: Path, *, thresholds: dict[str, float] | None = None,
+                   image: bytes | None = None) -> Path:
     """Write `<tdr_dir>/scan-<id>.dcs` atomically and durably (`edge.images.write_durable`: safe when a
     re-send writes the same report at once, from another thread or another process on a shared folder);
     return its path."""
     tdr_dir.mkdir(parents=True, exist_ok=True)
     final = tdr_dir / f"scan-{record.id:09d}.dcs"
-    write_durable(final, build_tdr(record, thresholds=thresholds))
+    write_durable(final, build_tdr(record, thresholds=thresholds, image=image))
     return final

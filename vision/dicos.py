@@ -6,15 +6,24 @@ file is recognised by its content (`is_dicos`: the DICOM preamble), never by its
 
 pydicos (Stratovan's toolkit) is imported only when a DICOS file is read or written: it is an `edge`
 dependency, not a dependency of the image core, and `import vision` stays cheap without it. It reads only
-from files, so the bytes go through a private temporary file. Its reader allocates the whole pixel array,
-so the caller's size limit on the bytes is what bounds its memory; the pixel budget is checked before the
-pixels are copied out.
+from files, so the bytes go through a private temporary file. Its reader allocates (and decompresses) the whole
+pixel array the header declares, and a few kilobytes of JPEG-lossless DX can declare gigapixels: the pixel
+budget is checked on the header (`dx_header`, read with pydicom, which stops before the pixel data) before
+pydicos sees the file.
+
+The toolkit returns the stored values as they are: `read_dicos_dx` applies what the header says about
+them so that every DX file gives the pixels an image file of the same scan would, full scale to full scale
+(as vision.preprocess maps depths): only the Bits Stored low bits count (the others may hold anything),
+they are scaled to the full 8 or 16 bits, and MONOCHROME1 (minimum shown white) is inverted to the
+MONOCHROME2 convention of every other input.
 """
 
 from __future__ import annotations
 
+import io
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +53,15 @@ def read_dicos_dx(data: bytes, *, max_pixels: int) -> Scan:
         raise DicosError("empty DICOS file")
     if not is_dicos(data):
         raise DicosError("not a DICOS file: the 'DICM' marker at byte 128 is missing")
+    header = dx_header(data)
+    rows, columns, frames = header.get("rows"), header.get("columns"), header.get("frames", 1)
+    if not rows or not columns:
+        raise DicosError(f"DICOS file declares no image size (Rows {rows}, Columns {columns})")
+    if rows * columns * max(1, frames) > max_pixels:
+        raise TooManyPixelsError(
+            f"DICOS DX declares {columns}×{rows}" + (f"×{frames} frames" if frames > 1 else "")
+            + f" = {rows * columns * max(1, frames):,} pixels, over the budget of {max_pixels:,}"
+        )
     try:
         from pydicos import DXLoader
     except ImportError as exc:  # pragma: no cover - pydicos comes with the `edge` extra
@@ -67,15 +85,85 @@ def read_dicos_dx(data: bytes, *, max_pixels: int) -> Scan:
         pixels = _dx_pixels(xray)
     if pixels.ndim != 2 or pixels.size == 0:
         raise DicosError(f"DICOS DX pixel data has shape {pixels.shape}; expected one 2-D image")
+    pixels = _full_scale(pixels, header)
     depth = 8 if pixels.dtype == np.uint8 else 16
     return Scan(pixels=np.ascontiguousarray(pixels), bit_depth=depth, layout="grey", format="DICOS")
 
 
 def _toolkit_reason(exc: Exception) -> str:
     """The toolkit's first specific error line, without our temporary file's path."""
+    # The first line is the cause ("Rescale Slope must be 1"); the later ones are its consequences
+    # ("unable to read image origin").
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip().startswith("Error:")]
-    reason = lines[-1] if lines else type(exc).__name__
+    reason = lines[0] if lines else type(exc).__name__
     return reason.removeprefix("Error:").strip()[:200]
+
+
+def _full_scale(pixels: np.ndarray, header: dict) -> np.ndarray:
+    """The toolkit's stored values as the pixels of an image file: Bits Stored masked and scaled to the
+    dtype's full range, MONOCHROME1 inverted (see the module docstring)."""
+    bits = pixels.dtype.itemsize * 8
+    stored = header.get("bits_stored") or bits
+    stored = stored if 1 <= stored <= bits else bits
+    top = (1 << stored) - 1
+    out = pixels & pixels.dtype.type(top) if stored < bits else pixels
+    if str(header.get("photometric", "")).upper() == "MONOCHROME1":
+        out = pixels.dtype.type(top) - out
+    if stored < bits:
+        full = (1 << bits) - 1
+        out = ((out.astype(np.uint32) * full + top // 2) // top).astype(pixels.dtype)
+    return out
+
+
+#: The header attributes `dx_header` returns, by pydicom keyword.
+_HEADER_KEYWORDS = {
+    "SOPClassUID": "sop_class_uid", "SOPInstanceUID": "sop_instance_uid", "StudyInstanceUID": "scan_instance_uid",
+    "FrameOfReferenceUID": "frame_of_reference_uid", "SamplesPerPixel": "samples",
+    "PhotometricInterpretation": "photometric", "NumberOfFrames": "frames", "Rows": "rows", "Columns": "columns",
+    "BitsAllocated": "bits_allocated", "BitsStored": "bits_stored", "HighBit": "high_bit",
+    "PixelRepresentation": "pixel_representation",
+}
+
+
+def load_pydicom():
+    """pydicom, set not to validate values as it reads them: a scanner's file (and the toolkit's own UIDs,
+    with their leading zeros) would log a warning per scan; what is used is checked here."""
+    try:
+        import pydicom
+        import pydicom.config
+    except ImportError as exc:  # pragma: no cover - pydicom comes with the `edge` extra
+        raise DicosError(f"DICOS needs pydicom, which is not installed here ({exc})") from exc
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    return pydicom
+
+
+def dx_header(data: bytes) -> dict:
+    """The image attributes of a DICOS file's header (rows, columns, frames, bits_stored, photometric, ...,
+    its SOP class and instance UIDs, its scan (study) and frame-of-reference UIDs), read with pydicom up to
+    the pixel data, which is never read. Absent attributes are absent from the dict. `DicosError` if the
+    header cannot be read."""
+    if not is_dicos(data):
+        raise DicosError("not a DICOS file: the 'DICM' marker at byte 128 is missing")
+    pydicom = load_pydicom()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            out: dict = {}
+            for keyword, name in _HEADER_KEYWORDS.items():
+                value = ds.get(keyword)
+                if value is not None and value != "":
+                    out[name] = str(value) if isinstance(value, str) else value
+    except Exception as exc:  # pydicom raises many kinds on a damaged header (InvalidDicomError, EOFError, ...)
+        raise DicosError(f"DICOS header cannot be read ({type(exc).__name__}: {str(exc)[:160]})") from None
+    for name in ("samples", "rows", "columns", "bits_allocated", "bits_stored", "high_bit", "pixel_representation",
+                 "frames"):
+        if name in out:
+            try:
+                out[name] = int(out[name])
+            except (TypeError, ValueError):
+                raise DicosError(f"DICOS attribute {name} is not a number ({out[name]!r})") from None
+    return out
 
 
 def _dx_pixels(xray: object) -> np.ndarray:
