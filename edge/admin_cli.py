@@ -3,17 +3,20 @@
 Each command migrates the database first (so it works on a fresh one), and the commands that make a key
 print it on their LAST line and nowhere else, so a script can take it with `tail -n 1`. Passwords are read
 from stdin (`--password-stdin`), never from the command line, where `ps` and shell history would see them.
+The database and data directory are those `xscreen serve` would use here: `--db`/`--data-dir`, else
+XSCREEN_DB_URL/XSCREEN_DATA_DIR from the environment, else from `./.env`, else the defaults.
 Only typer and `edge.defaults` are imported at load time (see `vision/cli.py`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -39,20 +42,59 @@ class Kind(str, Enum):
     user = "user"
 
 
+# No typer defaults: a value missing from the command line and the environment comes from ./.env, as the
+# service's settings take it (edge.settings), then from edge.defaults.
 DbOption = Annotated[
-    str, typer.Option("--db", envvar=DB_URL_ENV, help="Database URL (sqlite:///... or postgresql+psycopg://...).")
+    Optional[str],
+    typer.Option("--db", envvar=DB_URL_ENV, show_default=False,
+                 help=f"Database URL (sqlite:///... or postgresql+psycopg://...); default: {DB_URL_ENV} from "
+                      f"./.env, else {DEFAULT_DB_URL}."),
 ]
-DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar=DATA_DIR_ENV, help="Data directory of the service.")]
+DataDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", envvar=DATA_DIR_ENV, show_default=False,
+                 help=f"Data directory of the service; default: {DATA_DIR_ENV} from ./.env, else {DEFAULT_DATA_DIR}."),
+]
+
+
+def _from_dotenv(name: str) -> str | None:
+    """`name` from ./.env, read as EdgeSettings reads it (python-dotenv; names case-insensitive)."""
+    if not os.path.isfile(".env"):
+        return None
+    from dotenv import dotenv_values
+
+    found = {k.lower(): v for k, v in dotenv_values(".env").items() if v is not None}
+    return found.get(name.lower())
+
+
+def _store_location(db: str | None, data_dir: Path | None) -> tuple[str, Path]:
+    if db is None:
+        db = _from_dotenv(DB_URL_ENV) or DEFAULT_DB_URL
+    if data_dir is None:
+        from_dotenv = _from_dotenv(DATA_DIR_ENV)
+        data_dir = Path(from_dotenv) if from_dotenv else DEFAULT_DATA_DIR
+    return db, data_dir
 
 
 @contextmanager
-def _auth(db: str, data_dir: Path) -> Iterator[Auth]:
+def _auth(db: str | None, data_dir: Path | None) -> Iterator[Auth]:
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
     from edge.auth import Auth
     from edge.store import Store
 
-    store = Store(db, data_dir)
+    db, data_dir = _store_location(db, data_dir)
     try:
-        store.migrate()
+        store = Store(db, data_dir)
+    except (ArgumentError, ValueError) as exc:  # not a URL, or a database other than SQLite/PostgreSQL
+        _fail(f"cannot use the database URL: {exc}")
+    except OSError as exc:  # the SQLite file's or the data directory's folder cannot be made
+        _fail(f"cannot open the database: {exc}")
+    try:
+        try:
+            store.migrate()
+        except (SQLAlchemyError, OSError) as exc:  # unreachable server, wrong password, unwritable file
+            _fail(f"cannot open the database: {getattr(exc, 'orig', None) or exc}")
         yield Auth(store)
     finally:
         store.close()
@@ -69,12 +111,24 @@ def _read_password_stdin() -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
+def _check_station_name(name: str) -> None:
+    """Refuse a name that no scan could carry: a station's scans name it in their `station` field, which
+    the service checks against this rule (edge.ingest.validate_meta)."""
+    from edge.ingest import IngestError, validate_meta
+
+    try:
+        validate_meta({"station": name, "lane": "1", "bag_id": "1"}, station_name=name)
+    except IngestError as exc:
+        _fail(f"bad station name {name!r}: {exc.detail.replace('field ', 'its scans field ', 1)}")
+
+
 def add_station(
     name: Annotated[str, typer.Argument(help="Station name, e.g. lane-3-scanner.")],
-    db: DbOption = DEFAULT_DB_URL,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Register a station; print its API key on the last line (shown once)."""
+    _check_station_name(name)
     with _auth(db, data_dir) as auth:
         try:
             key = auth.add_station(name)
@@ -90,8 +144,8 @@ def add_user(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read a login password for the review UI from stdin (one line).")
     ] = False,
-    db: DbOption = DEFAULT_DB_URL,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Register a supervisor or admin; print their API key (for Bearer use) on the last line."""
     password = _read_password_stdin() if password_stdin else None
@@ -107,8 +161,8 @@ def add_user(
 
 def set_password(
     name: Annotated[str, typer.Argument(help="User name.")],
-    db: DbOption = DEFAULT_DB_URL,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Set a user's password, read from stdin (one line)."""
     password = _read_password_stdin()
@@ -123,8 +177,8 @@ def set_password(
 def rotate_key(
     name: Annotated[str, typer.Argument(help="Station or user name.")],
     kind: Annotated[Kind, typer.Option("--kind", help="station or user.")] = Kind.station,
-    db: DbOption = DEFAULT_DB_URL,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Replace a principal's API key (the old one stops working); print the new key on the last line."""
     with _auth(db, data_dir) as auth:
@@ -140,8 +194,8 @@ def disable(
     name: Annotated[str, typer.Argument(help="Station or user name.")],
     kind: Annotated[Kind, typer.Option("--kind", help="station or user.")] = Kind.station,
     enable: Annotated[bool, typer.Option("--enable", help="Re-enable instead.")] = False,
-    db: DbOption = DEFAULT_DB_URL,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Disable a principal (key, password and sessions stop working), or re-enable it with --enable."""
     with _auth(db, data_dir) as auth:
@@ -153,8 +207,8 @@ def disable(
 
 
 def list_principals(
-    db: DbOption = DEFAULT_DB_URL,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """List stations and users with their roles (no secrets)."""
     with _auth(db, data_dir) as auth:

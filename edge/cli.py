@@ -46,7 +46,11 @@ def serve_command(
     try:
         settings = EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        raise _fail(f"invalid settings:\n{exc}") from None
+        # Each error without its input value: a database or webhook URL may carry a password or a token.
+        errors = [f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()]
+        raise _fail("invalid settings:\n" + "\n".join(errors)) from None
+    except ValueError as exc:  # the .env file's own refusal (a misspelt XSCREEN_* key), raised before validation
+        raise _fail(f"invalid settings: {exc}") from None
     configure_logging(settings.log_level)
     app = create_app(settings)
     # uvicorn's own access log is off: the service writes one structured line per request itself.

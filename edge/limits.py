@@ -1,8 +1,10 @@
 """Request body size limit (HTTP 413), enforced while the body streams in.
 
-A declared `Content-Length` over the limit is refused before a byte is read; a chunked body is counted as
-it arrives and refused as soon as it passes the limit, so no handler ever buffers more than the limit.
-The chunked refusal is raised from the app's own body read, so it must be an HTTPException: FastAPI
+A declared `Content-Length` over the limit is refused at the app's first read of the body, before a byte is
+read (after routing, so the request metrics name the route it was sent to; a route that answers without
+reading the body, e.g. a 401, answers as it would); a chunked body is counted as it arrives and refused as
+soon as it passes the limit, so no handler ever buffers more than the limit.
+Both refusals are raised from the app's own body read, so they must be HTTPExceptions: FastAPI
 turns any other exception from its body parsing into a 400 "error parsing the body", and re-raises only
 HTTPExceptions, which the app's handler then answers with this 413.
 """
@@ -39,15 +41,15 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            self._count()
-            await self._refuse(send)
-            return
+        too_large = declared is not None and declared > self.max_body_bytes
         received = 0
         started = False
 
         async def limited_receive() -> Message:
             nonlocal received
+            if too_large:  # refused at the first read, once routed (the metrics name its route), nothing read
+                self._count()
+                raise _BodyTooLarge(self.max_body_bytes)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -1,13 +1,15 @@
 """Prometheus metrics of the lane service, and the middleware that measures and logs every request.
 
 Each app gets its own `CollectorRegistry`, so two apps in one process (tests) never collide on metric
-names. Route labels are route *templates* (`/v1/scans/{scan_id}`), never raw paths, so label cardinality
-stays fixed whatever ids clients send.
+names. Every label's values are bounded whatever clients send: routes are route *templates*
+(`/v1/scans/{scan_id}`), never raw paths; methods outside the standard ones are "other"; lanes (a station
+names them freely) are the first `MAX_LANE_LABELS` seen, later ones "_other".
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -21,11 +23,53 @@ _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 
 _access_log = logging.getLogger(ACCESS_LOGGER)
 
+#: The `method` label's values; any other method (any token is one on the wire) counts as "other".
+_METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WS"})
+
+#: Distinct lanes kept as `lane` label values; a lane box serves a handful, so more means a station sends
+#: made-up lanes (e.g. bag ids), which would otherwise add series to every scrape for good.
+MAX_LANE_LABELS = 256
+#: The `lane` label of lanes beyond MAX_LANE_LABELS; a real lane cannot be named so (edge.ingest: lanes
+#: start with a letter or digit).
+OTHER_LANE = "_other"
+
+
+class _LaneLabels:
+    """The lane label values in use: the first `max_lanes` lanes seen keep their names, later ones share
+    OTHER_LANE. One instance for all lane metrics, so they agree on which lanes have a label."""
+
+    def __init__(self, max_lanes: int) -> None:
+        self.max_lanes = max_lanes
+        self._kept: set[str] = set()
+        self._lock = threading.Lock()
+
+    def label(self, lane: str) -> str:
+        with self._lock:
+            if lane in self._kept:
+                return lane
+            if len(self._kept) < self.max_lanes:
+                self._kept.add(lane)
+                return lane
+        return OTHER_LANE
+
+
+class _ByLane:
+    """A labelled metric whose `lane` label goes through `_LaneLabels` (`.labels(...)` as Prometheus's)."""
+
+    def __init__(self, metric: Counter, lanes: _LaneLabels) -> None:
+        self.metric = metric
+        self._lanes = lanes
+
+    def labels(self, **labels: str) -> Any:
+        return self.metric.labels(**{**labels, "lane": self._lanes.label(labels["lane"])})
+
 
 class EdgeMetrics:
     """The service's metrics, registered in `registry` (a fresh one per app by default)."""
 
-    def __init__(self, *, batch_max_size: int, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, *, batch_max_size: int, registry: CollectorRegistry | None = None,
+                 max_lanes: int | None = None) -> None:
+        """max_lanes: distinct `lane` label values (default MAX_LANE_LABELS)."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -49,11 +93,16 @@ class EdgeMetrics:
             "xscreen_inference_latency_seconds", "Model call latency (one batch).",
             buckets=_LATENCY_BUCKETS_S, registry=r,
         )
-        self.scans = Counter("xscreen_scans", "Scans screened, by lane and outcome.", ["lane", "alarm"], registry=r)
-        self.alarms = Counter(
-            "xscreen_alarms", "Alarmed scans by class and lane (a scan alarming on two classes counts in both).",
+        lanes = _LaneLabels(MAX_LANE_LABELS if max_lanes is None else max_lanes)
+        self.scans = _ByLane(Counter(
+            "xscreen_scans", f"Scans screened, by lane and outcome (lanes beyond the first {lanes.max_lanes}: "
+                             f"{OTHER_LANE}).", ["lane", "alarm"], registry=r,
+        ), lanes)
+        self.alarms = _ByLane(Counter(
+            "xscreen_alarms", "Alarmed scans by class and lane (a scan alarming on two classes counts in both; "
+                              f"lanes beyond the first {lanes.max_lanes}: {OTHER_LANE}).",
             ["class_name", "lane"], registry=r,
-        )
+        ), lanes)
         self.rejections = Counter(
             "xscreen_rejections", "Requests refused before screening, by reason.", ["reason"], registry=r
         )
@@ -108,8 +157,9 @@ class RequestMetricsMiddleware:
             latency_s = time.perf_counter() - start
             route = _route_template(scope)
             method = scope.get("method", "WS")
-            self.metrics.requests.labels(route=route, method=method, status=str(status["code"])).inc()
-            self.metrics.request_latency.labels(route=route, method=method).observe(latency_s)
+            method_label = method if method in _METHOD_LABELS else "other"
+            self.metrics.requests.labels(route=route, method=method_label, status=str(status["code"])).inc()
+            self.metrics.request_latency.labels(route=route, method=method_label).observe(latency_s)
             state: dict[str, Any] = scope.get("state", {})
             log_event(
                 _access_log,

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -166,6 +166,35 @@ class EdgeSettings(BaseSettings):
         if self.engine_threads is not None:
             return self.engine_threads
         return max(1, (os.cpu_count() or 1) // self.model_workers)
+
+    @field_validator("db_url")
+    @classmethod
+    def _openable_db_url(cls, value: str) -> str:
+        # Refused here, with the other settings' errors, rather than as a traceback from the lifespan.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL: use sqlite:///file.db or postgresql+psycopg://...") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _deliverable_webhook_url(cls, value: str | None) -> str | None:
+        # A URL without http(s):// or a host fails every delivery attempt, each only a log line: alarms
+        # would never reach the receiver while the service looks healthy.
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the webhook URL must be http:// or https:// with a host")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "EdgeSettings":
