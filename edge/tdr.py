@@ -48,6 +48,15 @@ def _uid(*parts: object) -> str:
     return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
+def _ooi_id(bag_id: str) -> str:
+    """The bag id as the TDR's object-of-inspection id, a DICOS long string of at most 64 characters: a longer
+    id (the service takes 128) keeps its first 55 and a hash of the whole, so two bags that share their first
+    64 characters still get different ids."""
+    if len(bag_id) <= 64:
+        return bag_id
+    return f"{bag_id[:55]}~{hashlib.sha256(bag_id.encode()).hexdigest()[:8]}"
+
+
 def alarm_detections(record: ScanRecord) -> list[dict[str, Any]]:
     """The detections of a stored scan that reached their class threshold."""
     return [d for d in record.result.get("detections", []) if d.get("alarm")]
@@ -116,7 +125,7 @@ def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None,
     data = {
         "InstanceNumber": int(record.id),
         "InstanceUID": scan_uid,
-        "OOIID": record.bag_id[:64],
+        "OOIID": _ooi_id(record.bag_id),
         "ContentDateAndTime": {"date": date, "time": time_},
         "ProcessingTime": processing_ms,
         "ScanType": SCAN_TYPE.enumOperational,

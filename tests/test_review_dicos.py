@@ -212,3 +212,13 @@ def test_the_service_tdr_of_a_dicos_scan_references_that_scan(tmp_path, template
         referenced = [e.value for e in report.iterall() if e.keyword == "ReferencedSOPInstanceUID"]
         assert referenced and set(referenced) == {source.SOPInstanceUID}
         assert report.StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_bag_ids_longer_than_the_tdr_field_stay_apart():
+    long_a, long_b = "b" * 64 + "-view-a", "b" * 64 + "-view-b"
+    ids = []
+    for bag_id in (long_a, long_b, "bag-1"):
+        record = dataclasses.replace(_record(), bag_id=bag_id)
+        ids.append(read_tdr(build_tdr(record))["OOIID"])
+    assert ids[0] != ids[1] and all(len(i) <= 64 for i in ids)
+    assert ids[0].startswith("b" * 55) and ids[2] == "bag-1"
