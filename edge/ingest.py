@@ -56,13 +56,23 @@ _FIELD_MAX = {"station": 128, "lane": 128, "bag_id": 128, "view": 64}
 
 
 class IngestError(Exception):
-    """A scan refused with an HTTP status and a message for the station."""
+    """A scan refused with an HTTP status and a message for the station. reason: the `xscreen_rejections`
+    label the route counts it under (`count_refusal`); None where the refusal was counted where it was made
+    (decoding, rate, deadline, queue) or is no refusal of the scan's (an internal error)."""
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None, *,
+                 reason: str | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers or {}
+        self.reason = reason
+
+
+def count_refusal(ctx: ServiceContext, exc: IngestError) -> None:
+    """Count a refusal that carries its reason (the routes call this for every IngestError they answer)."""
+    if exc.reason is not None:
+        ctx.metrics.rejections.labels(reason=exc.reason).inc()
 
 
 @dataclass(frozen=True)
@@ -85,16 +95,18 @@ def validate_meta(fields: dict[str, Any], *, station_name: str) -> ScanMeta:
             if name == "view":
                 raw = "0"
             else:
-                raise IngestError(422, f"field '{name}' is required (form field or query parameter)")
+                raise IngestError(422, f"field '{name}' is required (form field or query parameter)",
+                                  reason="invalid_fields")
         value = str(raw)
         if len(value) > _FIELD_MAX[name] or not _FIELD_RE.fullmatch(value):
             raise IngestError(
                 422, f"field '{name}' must be 1–{_FIELD_MAX[name]} characters of letters, digits and . _ : - "
-                     f"(starting with a letter or digit)"
+                     f"(starting with a letter or digit)", reason="invalid_fields",
             )
         values[name] = value
     if values["station"] != station_name:
-        raise IngestError(403, f"field 'station' is {values['station']!r} but this key belongs to station {station_name!r}")
+        raise IngestError(403, f"field 'station' is {values['station']!r} but this key belongs to station {station_name!r}",
+                          reason="wrong_station")
     return ScanMeta(**values)
 
 

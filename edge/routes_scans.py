@@ -14,7 +14,7 @@ from edge.auth import Principal
 from edge.deps import AnyRoleDep, CtxDep, ReviewerDep, StationDep
 from edge.formats import (RAW_MEDIA_TYPES, UnsupportedMediaTypeError, Upload, normalise_media_type, upload_from_bytes,
                           upload_from_pair)
-from edge.ingest import IngestError, check_rate, package_thresholds, screen, validate_meta
+from edge.ingest import IngestError, check_rate, count_refusal, package_thresholds, screen, validate_meta
 from edge.preview import render_preview
 from edge.schemas import (DB_INT_MAX, ErrorOut, ReviewIn, ReviewOut, ScanIdPath, ScanListOut, ScanRecordOut,
                           ScanResultOut)
@@ -69,7 +69,7 @@ def _upload(data: bytes, content_type: str | None) -> Upload:
     try:
         return upload_from_bytes(data, content_type)
     except UnsupportedMediaTypeError as exc:
-        raise IngestError(415, str(exc)) from None
+        raise IngestError(415, str(exc), reason="media_type") from None
 
 
 async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
@@ -77,7 +77,7 @@ async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
     content_type = normalise_media_type(request.headers.get("content-type"))
     if content_type is None:
         raise IngestError(415, "Content-Type is missing: send multipart/form-data or one of "
-                               f"{sorted(RAW_MEDIA_TYPES)}")
+                               f"{sorted(RAW_MEDIA_TYPES)}", reason="media_type")
     if content_type == "multipart/form-data":
         form = await request.form(max_files=3, max_fields=16)
         try:
@@ -85,14 +85,16 @@ async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
             files = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
             if "image" in files:
                 if "low" in files or "high" in files:
-                    raise IngestError(422, "send either 'image' or 'low' and 'high', not both")
+                    raise IngestError(422, "send either 'image' or 'low' and 'high', not both", reason="invalid_fields")
                 f = files["image"]
                 return _upload(await f.read(), f.content_type), fields
             if "low" in files and "high" in files:
                 return upload_from_pair(await files["low"].read(), await files["high"].read()), fields
             if "low" in files or "high" in files:
-                raise IngestError(422, "a dual-energy pair needs both file fields 'low' and 'high'")
-            raise IngestError(422, "no scan in the form: add file field 'image' (or 'low' and 'high')")
+                raise IngestError(422, "a dual-energy pair needs both file fields 'low' and 'high'",
+                                  reason="invalid_fields")
+            raise IngestError(422, "no scan in the form: add file field 'image' (or 'low' and 'high')",
+                              reason="invalid_fields")
         finally:
             await form.close()
     return _upload(await request.body(), content_type), {}
@@ -136,6 +138,7 @@ async def post_scan(
                              station_name=principal.name)
         return await screen(ctx, meta, upload, started=started)
     except IngestError as exc:
+        count_refusal(ctx, exc)
         raise _error(exc) from None
 
 

@@ -39,7 +39,7 @@ from edge.auth import Auth, Principal
 from edge.context import ServiceContext
 from edge.deps import bearer_key
 from edge.formats import UnsupportedMediaTypeError, upload_from_bytes
-from edge.ingest import IngestError, check_rate, screen, validate_meta
+from edge.ingest import IngestError, check_rate, count_refusal, screen, validate_meta
 from edge.logs import ACCESS_LOGGER, log_event
 from edge.schemas import ScanResultOut
 
@@ -139,19 +139,21 @@ async def _screen_one(ctx: ServiceContext, principal: Principal, header: dict[st
             raise error
         assert data is not None
         if len(data) > ctx.settings.max_body_bytes:
-            raise IngestError(413, f"image is larger than the limit of {ctx.settings.max_body_bytes:,} bytes")
+            raise IngestError(413, f"image is larger than the limit of {ctx.settings.max_body_bytes:,} bytes",
+                              reason="body_too_large")
         check_rate(ctx, principal.name)
         content_type = header.get("content_type")
         if content_type is not None and not isinstance(content_type, str):
-            raise IngestError(422, "content_type must be a string")
+            raise IngestError(422, "content_type must be a string", reason="invalid_fields")
         try:
             upload = upload_from_bytes(data, content_type)
         except UnsupportedMediaTypeError as exc:
-            raise IngestError(415, str(exc)) from None
+            raise IngestError(415, str(exc), reason="media_type") from None
         meta = validate_meta(header, station_name=principal.name)
         result = await screen(ctx, meta, upload, started=started)
         return {"type": "result", "seq": seq, **ScanResultOut.model_validate(result).model_dump(mode="json", by_alias=True)}
     except IngestError as exc:
+        count_refusal(ctx, exc)
         status = exc.status
         doc: dict[str, Any] = {"type": "error", "seq": seq, "status": exc.status, "detail": exc.detail}
         if "Retry-After" in exc.headers:
@@ -194,7 +196,8 @@ async def _next_scan(ws: WebSocket, *, after_unreadable_header: bool
     if message["type"] == "websocket.disconnect":
         return None
     if message.get("text") is None:
-        return {}, None, IngestError(400, "expected a JSON header text frame before the image's binary frame")
+        return {}, None, IngestError(400, "expected a JSON header text frame before the image's binary frame",
+                                     reason="bad_frame")
     try:
         header = json.loads(message["text"])
         if not isinstance(header, dict):
@@ -205,12 +208,12 @@ async def _next_scan(ws: WebSocket, *, after_unreadable_header: bool
         try:
             return header, base64.b64decode(header.pop("image_b64"), validate=True), None
         except (ValueError, TypeError):  # ValueError: binascii.Error, or a non-ASCII str
-            return header, None, IngestError(400, "image_b64 is not valid base64")
+            return header, None, IngestError(400, "image_b64 is not valid base64", reason="bad_frame")
     frame = await ws.receive()
     if frame["type"] == "websocket.disconnect":
         return None
     if frame.get("bytes") is None:
-        return header, None, IngestError(400, "expected the image as a binary frame after the header")
+        return header, None, IngestError(400, "expected the image as a binary frame after the header", reason="bad_frame")
     return header, frame["bytes"], None
 
 

@@ -272,3 +272,39 @@ def test_the_access_log_holds_no_credentials(tmp_path, caplog):
         text = caplog.text + repr([r.__dict__ for r in caplog.records])
         for secret in (key, "tok123", "wrong-key-456"):
             assert secret not in text
+
+
+def test_every_refusal_of_a_scan_counts_under_its_reason(tmp_path):
+    import json
+
+    with running_service(tmp_path) as svc:
+        value = svc.ctx.metrics.registry.get_sample_value
+
+        def rejected(reason: str) -> float:
+            return value("xscreen_rejections_total", {"reason": reason}) or 0.0
+
+        auth = svc.auth("station")
+        assert svc.client.post("/v1/scans", params=scan_fields("bag-1"), content=png_bytes(1), headers=auth).status_code == 415
+        assert svc.client.post("/v1/scans", params=scan_fields("bag-2"), content=png_bytes(1),
+                               headers={**auth, "Content-Type": "text/plain"}).status_code == 415
+        assert rejected("media_type") == 2
+        r = svc.client.post("/v1/scans", params={"station": "st1", "lane": "1"}, content=png_bytes(1),
+                            headers={**auth, "Content-Type": "image/png"})
+        assert r.status_code == 422
+        r = svc.client.post("/v1/scans", data=scan_fields("bag-3"), files={"other": ("x.png", png_bytes(1), "image/png")},
+                            headers=auth)
+        assert r.status_code == 422
+        assert rejected("invalid_fields") == 2
+        assert post_png(svc, png_bytes(1), "bag-4", station="st2").status_code == 403
+        assert rejected("wrong_station") == 1
+        with svc.client.websocket_connect("/v1/stream", headers=auth) as ws:
+            assert ws.receive_json()["type"] == "ready"
+            ws.send_text(json.dumps({**scan_fields("bag-5"), "seq": 0, "content_type": "text/plain"}))
+            ws.send_bytes(png_bytes(1))
+            ws.send_bytes(png_bytes(1))  # no header before it
+            answers = [ws.receive_json() for _ in range(2)]
+        assert [a["status"] for a in answers] == [415, 400]
+        assert rejected("media_type") == 3 and rejected("bad_frame") == 1
+        # A scan screened is no refusal.
+        assert post_png(svc, png_bytes(1), "bag-6").status_code == 200
+        assert sum(rejected(r) for r in ("media_type", "invalid_fields", "wrong_station", "bad_frame")) == 7
