@@ -123,7 +123,7 @@ class DetectionDataset(Dataset):
     `dataset[i]` → (image, target):
       image: C×H×W tensor, torch.uint8 for 8-bit specs, torch.int32 holding 0..65535 for 16-bit ones.
       target: boxes_xyxy float32 N×4 (model-input pixels, after letterbox), class_ids int64 N (indices into
-        `classes`), image_id str, has_threat bool (any box), orig_hw (h, w) of the scan given to `prepare`
+        `classes`), image_id str, has_threat bool (any box in the scan, however small), orig_hw (h, w) of the scan given to `prepare`
         (after augmentation), letterbox `LetterboxParams`.
     For train datasets an index ≥ len is epoch-tagged: index = epoch × len + i.
     """
@@ -164,6 +164,10 @@ class DetectionDataset(Dataset):
         if self.augment:
             aug_seed = int(np.random.SeedSequence([self.seed, self.source_index, epoch, i]).generate_state(1)[0])
             pixels, boxes, ids = augment_scan(pixels, boxes, ids, seed=aug_seed, config=self.augment_config)
+        # Whether the bag holds contraband is decided on the scan, before boxes too small to learn from in the
+        # model's input are dropped below: a bag whose only threat is small is no clean bag (evaluation's
+        # false alarms and calibration's thresholds are counted on the clean ones).
+        has_threat = bool(np.asarray(ids).size > 0)
         arr, params = prepare(pixels, self.spec)
         boxes = letterbox_boxes(boxes, params).reshape(-1, 4)
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, self.spec.width)
@@ -176,7 +180,7 @@ class DetectionDataset(Dataset):
             "boxes_xyxy": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),
             "class_ids": torch.from_numpy(np.ascontiguousarray(ids, np.int64)),
             "image_id": item.image_id,
-            "has_threat": bool(len(ids) > 0),
+            "has_threat": has_threat,
             "orig_hw": (int(pixels.shape[0]), int(pixels.shape[1])),
             "letterbox": params,
         }
