@@ -166,6 +166,11 @@ class Engine:
         want_shape = [self.spec.channels, self.spec.height, self.spec.width]
         if len(inp.shape) != 4 or list(inp.shape[1:]) != want_shape:
             raise PackageError(f"{where}: graph input shape {inp.shape} is not (batch, {', '.join(map(str, want_shape))})")
+        if isinstance(inp.shape[0], int):
+            # Export writes a dynamic batch; the micro-batcher sends 1..max_batch scans per call, which a
+            # fixed batch would refuse call by call at run time.
+            raise PackageError(f"{where}: graph input shape {inp.shape} has a fixed batch of {inp.shape[0]}; "
+                               "a package takes a dynamic batch dimension")
         outputs = self.session.get_outputs()
         names = [o.name for o in outputs]
         if tuple(names) != tuple(self.package.outputs):

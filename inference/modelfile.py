@@ -9,6 +9,10 @@ The package checksum (`ModelPackage.weights_sha256`) is the sha256 of the file's
 weights and nodes (7), the opset imports (8), local functions (25), IR version and producer — is covered,
 in file order. Metadata is excluded because the checksum is stored in it. Changing one weight byte, one
 node or one opset version changes the checksum; re-writing only the metadata does not.
+
+A package is one self-contained file: a tensor stored as ONNX "external data" (in a side file, which ONNX
+Runtime reads from the working directory when given the bytes) is outside the checksum, so such a file is
+refused. Finding them walks the graph's nodes, attributes and initializers, but only their field headers.
 """
 
 from __future__ import annotations
@@ -22,6 +26,17 @@ from typing import Protocol
 #: onnx.ModelProto field numbers (onnx/onnx.proto).
 _GRAPH_FIELD = 7
 _METADATA_FIELD = 14
+_TRAINING_INFO_FIELD, _FUNCTIONS_FIELD = 20, 25
+#: Where tensors can sit, by message: {field number: message type of the field} (onnx/onnx.proto).
+_TENSOR_HOLDERS: dict[str, dict[int, str]] = {
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},  # node, initializer, sparse_initializer
+    "function": {7: "node"},
+    "training": {1: "graph", 2: "graph"},  # TrainingInfoProto: initialization, algorithm
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},  # values, indices
+}
+_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2  # StringStringEntryProto
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -95,6 +110,25 @@ def _string_entry(buf: memoryview) -> tuple[str, str]:
     return key, value
 
 
+def _external_tensor(buf: memoryview, kind: str) -> bool:
+    """Whether a message of type `kind` (see _TENSOR_HOLDERS, or "tensor") holds a tensor stored outside
+    the file."""
+    if kind == "tensor":
+        for field, wire, start, _vstart, end in iter_fields(buf):
+            if field == _TENSOR_EXTERNAL_DATA and wire == _LEN:
+                return True
+            if field == _TENSOR_DATA_LOCATION and wire == _VARINT:
+                _, pos = _read_varint(buf, start)  # past the tag
+                if _read_varint(buf, pos)[0] == _EXTERNAL:
+                    return True
+        return False
+    children = _TENSOR_HOLDERS[kind]
+    return any(
+        wire == _LEN and field in children and _external_tensor(buf[vstart:end], children[field])
+        for field, wire, _start, vstart, end in iter_fields(buf)
+    )
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """An ONNX model's bytes, its metadata_props (key → value) and its package checksum."""
@@ -122,6 +156,10 @@ def parse_model_bytes(data: bytes) -> ModelFile:
                 continue
             if field == _GRAPH_FIELD and wire == _LEN:
                 graphs += 1
+            holder = {_GRAPH_FIELD: "graph", _FUNCTIONS_FIELD: "function", _TRAINING_INFO_FIELD: "training"}.get(field)
+            if holder and wire == _LEN and _external_tensor(buf[vstart:end], holder):
+                raise ModelFileError("tensors are stored outside the file (ONNX external data), where the checksum "
+                                     "does not cover them; a model package must be one self-contained file")
             digest.update(buf[start:end])
     except UnicodeDecodeError as exc:
         raise ModelFileError(f"metadata is not UTF-8 ({exc})") from exc

@@ -34,12 +34,14 @@ ACADEMIC_ONLY = frozenset({"sixray", "opixray", "pidray", "hixray", "gdxray", "c
 def academic_dataset_in(text: str) -> str | None:
     """The academic-only dataset named in `text` (a dataset name, source name or path), or None.
 
-    Matches whole words of the lower-cased text ("tip:SIXray", "/data/PIDray-easy" match; "seeds" does
-    not match "eds"), so names decorated by the trainer are still recognised.
+    Matches whole words of the lower-cased text, a trailing number allowed ("tip:SIXray", "/data/PIDray-easy"
+    and SIXray's published subsets "SIXray10"/"SIXray1000" match; "seeds" does not match "eds"), so names
+    decorated by the trainer are still recognised.
     """
     for word in re.split(r"[^0-9a-z]+", text.lower()):
-        if word in ACADEMIC_ONLY:
-            return word
+        name = word.rstrip("0123456789")
+        if name in ACADEMIC_ONLY:
+            return name
     return None
 
 
