@@ -10,7 +10,6 @@ Only typer and `edge.defaults` are imported at load time (see `vision/cli.py`).
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,23 +56,12 @@ DataDirOption = Annotated[
 ]
 
 
-def _from_dotenv(name: str) -> str | None:
-    """`name` from ./.env, read as EdgeSettings reads it (python-dotenv; names case-insensitive)."""
-    if not os.path.isfile(".env"):
-        return None
-    from dotenv import dotenv_values
-
-    found = {k.lower(): v for k, v in dotenv_values(".env").items() if v is not None}
-    return found.get(name.lower())
-
-
 def _store_location(db: str | None, data_dir: Path | None) -> tuple[str, Path]:
-    if db is None:
-        db = _from_dotenv(DB_URL_ENV) or DEFAULT_DB_URL
-    if data_dir is None:
-        from_dotenv = _from_dotenv(DATA_DIR_ENV)
-        data_dir = Path(from_dotenv) if from_dotenv else DEFAULT_DATA_DIR
-    return db, data_dir
+    """`--db`/`--data-dir` (typer reads the environment for them), else what `serve` would take (.env, defaults)."""
+    from edge.settings import StoreLocation
+
+    found = StoreLocation()
+    return db or found.db_url, data_dir or found.data_dir
 
 
 @contextmanager

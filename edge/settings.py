@@ -55,6 +55,17 @@ class _CheckedDotEnv:
         return {k: v for k, v in self.source().items() if k in self.fields}
 
 
+class StoreLocation(BaseSettings):
+    """Where the service's database and images are, read as `EdgeSettings` reads them (XSCREEN_DB_URL and
+    XSCREEN_DATA_DIR from the environment, else from ./.env, else the defaults): for the commands that open
+    the store without serving (`xscreen admin`), so that they open the database `xscreen serve` would."""
+
+    model_config = SettingsConfigDict(env_prefix="XSCREEN_", env_file=".env", extra="ignore", frozen=True)
+
+    db_url: str = DEFAULT_DB_URL
+    data_dir: Path = DEFAULT_DATA_DIR
+
+
 class EdgeSettings(BaseSettings):
     """Everything the lane service is configured by (see the field descriptions for units)."""
 
