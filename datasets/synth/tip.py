@@ -8,8 +8,10 @@ transmission, i.e. adds to its log-attenuation (DESIGN.md §4); pixels are never
 - Grey single-energy scans: the high-energy log-attenuation is added to −log(grey).
 
 Placement: only inside the bag, never in air. The bag region of a scan is where it attenuates (closed and
-filled); the item's whole footprint must fall inside it. The returned box is the bounding box of the
-item's footprint (its visible extent) and the mask is that footprint.
+filled); the item's whole footprint must fall inside it, and at least half of it where the scan is
+penetrated (an item over unpenetrated metal would change nothing and label what the scan does not show).
+The returned box is the bounding box of the item's footprint (its visible extent) and the mask is that
+footprint.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from datasets.synth.contraband import build_contraband
 from datasets.synth.items import BasisAccumulator, place
 from datasets.synth.physics import ScannerModel, build_scanner, lookup_log_attenuation
-from vision.colour import RAW_DARK_LEVEL, false_colour_to_pseudo_log_attenuation, project_log_attenuation, raw_to_log_attenuation
+from vision.colour import RAW_AIR_LEVEL, RAW_DARK_LEVEL, false_colour_to_pseudo_log_attenuation, project_log_attenuation, raw_to_log_attenuation
 
 #: A pixel belongs to the bag when its mean log-attenuation exceeds this (air reads ≈ 0 ± noise; the
 #: thinnest bag fabric reads about 0.05).
@@ -30,6 +32,17 @@ BAG_LOG_ATT_THRESHOLD = 0.04
 
 #: A cabin bag's long side (cm); used to guess a real scan's pixel size from the bag's extent.
 TYPICAL_BAG_LENGTH_CM = 55.0
+
+#: Mean log-attenuation beyond which a scan is (nearly) unpenetrated: the palettes' value falls to ~5 % of
+#: the background at 7 and to black at 8, and a raw pixel keeps a few tens of quanta. An item projected
+#: there changes (almost) nothing, so its label would mark what the scan does not show.
+UNPENETRATED_LOG_ATT = 7.0
+#: Share of an item's footprint that must lie on penetrated pixels (partial occlusion stays realistic).
+MIN_VISIBLE_FRACTION = 0.5
+
+#: Quanta per air pixel of a raw scan TIP projects into, when not told: the synthesiser's raw dose
+#: (`datasets.synth.look.ScannerLook.raw_dose`, `physics.render_raw`'s default).
+RAW_TIP_DOSE = 2e4
 
 
 class PlacementError(RuntimeError):
@@ -97,8 +110,10 @@ def estimate_pixel_mm(region: np.ndarray) -> float:
     return float(np.clip(TYPICAL_BAG_LENGTH_CM * 10.0 / long_px, 0.6, 4.0))
 
 
-def choose_offset(rng: np.random.Generator, region: np.ndarray, item_mask: np.ndarray, *, tries: int = 200) -> tuple[int, int]:
-    """Top-left (y, x) where the item's whole footprint lies inside `region`; PlacementError if none."""
+def choose_offset(rng: np.random.Generator, region: np.ndarray, item_mask: np.ndarray, *, tries: int = 200,
+                  visible: np.ndarray | None = None) -> tuple[int, int]:
+    """Top-left (y, x) where the item's whole footprint lies inside `region` and, when `visible` (H×W bool,
+    penetrated pixels) is given, at least MIN_VISIBLE_FRACTION of it on visible pixels; PlacementError if none."""
     H, W = region.shape
     h, w = item_mask.shape
     if h > H or w > W:
@@ -110,8 +125,13 @@ def choose_offset(rng: np.random.Generator, region: np.ndarray, item_mask: np.nd
         k = int(rng.integers(ys.size))  # centre on a bag pixel, so few tries are wasted in air
         y0 = int(np.clip(ys[k] - h // 2, 0, H - h))
         x0 = int(np.clip(xs[k] - w // 2, 0, W - w))
-        if not np.any(item_mask & ~region[y0 : y0 + h, x0 : x0 + w]):
-            return y0, x0
+        if np.any(item_mask & ~region[y0 : y0 + h, x0 : x0 + w]):
+            continue
+        if visible is not None and np.count_nonzero(item_mask & visible[y0 : y0 + h, x0 : x0 + w]) < (
+            MIN_VISIBLE_FRACTION * np.count_nonzero(item_mask)
+        ):
+            continue  # mostly over unpenetrated metal: the item would not show
+        return y0, x0
     raise PlacementError(f"no place inside the bag fits a {w}×{h} px item after {tries} tries")
 
 
@@ -132,11 +152,25 @@ def item_log_attenuation(item: TipItem, offset_yx: tuple[int, int], shape_hw: tu
     return lookup_log_attenuation(basis, scanner=scanner or build_scanner())
 
 
-def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None) -> np.ndarray:
-    """raw H×W×2 uint16 (low, high) → the same scan with the item's transmission multiplied in."""
+def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None,
+                     rng: np.random.Generator | None = None, dose: float | tuple[float, float] = RAW_TIP_DOSE) -> np.ndarray:
+    """raw H×W×2 uint16 (low, high) → the same scan with the item's transmission multiplied in.
+
+    rng: when given, the quantum noise the item leaves is added. Scaling noisy counts by T scales their
+    variance by T², but the quanta that get through are Poisson with variance ∝ T: the missing part,
+    variance gain·signal·(1 − T) in raw counts (binomial thinning of the quanta), is drawn here, with
+    gain = (RAW_AIR_LEVEL − RAW_DARK_LEVEL)/dose and `dose` the quanta per air pixel the scan was taken
+    at (per channel, or one number for both). Without it a projected object is smoother than its bag.
+    """
     extra = item_log_attenuation(item, offset_yx, raw.shape[:2], scanner=scanner)
+    transmission = np.exp(-extra)
     signal = raw.astype(np.float32) - np.float32(RAW_DARK_LEVEL)
-    out = signal * np.exp(-extra) + np.float32(RAW_DARK_LEVEL + 0.5)
+    out = signal * transmission
+    if rng is not None:
+        gain = np.float32(RAW_AIR_LEVEL - RAW_DARK_LEVEL) / np.broadcast_to(np.asarray(dose, np.float32), (2,))
+        sigma = np.sqrt(np.maximum(out, 0.0) * gain * (np.float32(1.0) - transmission))
+        out += sigma * rng.standard_normal(out.shape, dtype=np.float32)
+    out += np.float32(RAW_DARK_LEVEL + 0.5)
     return np.clip(out, 0, 65535).astype(np.uint16)
 
 
@@ -166,16 +200,21 @@ def project_random(
     count: int = 1,
     pixel_mm: float | None = None,
     scanner: ScannerModel | None = None,
+    raw_dose: float | tuple[float, float] = RAW_TIP_DOSE,
 ) -> tuple[np.ndarray, list[Projection]]:
     """Project `count` random contraband items of `classes` into a scan, inside its bag.
 
     pixels: H×W×2 uint16 raw (kind="raw"), H×W×3 uint8 RGB false colour (kind="rgb", with `palette`), or
     H×W grey (kind="grey"). pixel_mm: the scan's pixel size; guessed from the bag's extent when None.
+    raw_dose: quanta per air pixel of a raw scan, for the quantum noise a projected item leaves (`project_into_raw`).
     Returns the new pixels (same shape and dtype) and one Projection per item placed. An item that does not
     fit is retried smaller-sized with a fresh draw; PlacementError when the scan has no bag at all.
     """
     scanner = scanner or build_scanner()
-    region = bag_region(_scan_log_att_mean(pixels, kind, palette))
+    log_att_mean = _scan_log_att_mean(pixels, kind, palette)
+    region = bag_region(log_att_mean)
+    # Smoothed, so that noise on a black plate does not make it look penetrated in specks.
+    visible = cv2.blur(log_att_mean, (5, 5)) < UNPENETRATED_LOG_ATT
     if not region.any():
         raise PlacementError("the scan has no bag region (it is all air)")
     pmm = pixel_mm or estimate_pixel_mm(region)
@@ -187,11 +226,11 @@ def project_random(
             # A bag too small for this draw: the next attempt makes the item look smaller (coarser pixels).
             item = make_tip_item(rng, class_name, pmm * (1.0 + 0.5 * attempt))
             try:
-                offset = choose_offset(rng, region, item.mask)
+                offset = choose_offset(rng, region, item.mask, visible=visible)
             except PlacementError:
                 continue
             if kind == "raw":
-                out = project_into_raw(out, item, offset, scanner=scanner)
+                out = project_into_raw(out, item, offset, scanner=scanner, rng=rng, dose=raw_dose)
             elif kind == "grey":
                 out = project_into_grey(out, item, offset, scanner=scanner)
             else:
