@@ -137,12 +137,21 @@ def build_checkpoint(
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Write atomically (temporary file, then rename): an interrupted save never leaves a torn last.ckpt."""
+    """Write atomically and durably (temporary file, flushed to disk, then renamed, then the folder flushed):
+    neither a killed process nor a power loss leaves a torn or empty last.ckpt in place of the previous one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
     return path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ from typing import Any, Literal
 import yaml
 
 from datasets.synth.materials import CONTRABAND_CLASSES
+
+
+# A number in exponent notation without a dot (1e-4, 5E3): YAML 1.1's safe loader leaves it a string.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -157,6 +162,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         kt, vt = args
         return {_coerce(kt, k, where): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; the usual way to write a rate
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -193,18 +200,22 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
-    for p in parts[:-1]:
-        if p.isdigit() and isinstance(node, list):
-            node = node[int(p)]
+    for i, p in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"--set {key}: {where} is not one of the {len(node)} list items (0..{len(node) - 1})")
+            if i == len(parts) - 1:
+                node[int(p)] = value
+            else:
+                node = node[int(p)]
             continue
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {p!r} is not a section")
-        node = node.setdefault(p, {})
-    last = parts[-1]
-    if isinstance(node, list) and last.isdigit():
-        node[int(last)] = value
-    else:
-        node[last] = value
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])!r} is not a section")
+        if i == len(parts) - 1:
+            node[p] = value
+        else:
+            node = node.setdefault(p, {})
 
 
 def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -360,6 +360,7 @@ def _prepare_model(
 
 
 def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext) -> Path:
+    t_command = time.perf_counter()  # optim.minutes budgets the whole command, set-up included
     seed_everything(config.seed)
     device = ctx.device
     classes = tuple(config.data.classes)
@@ -402,7 +403,13 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
         if use_scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         ema.load_state_dict(state["ema"], state["state_dict"])
+        ema.decay = config.optim.ema_decay  # the config's (which this run's checkpoints record), not the old run's
         start_epoch, step, best_map50 = int(state["epoch"]) + 1, int(state["step"]), state.get("best_map50")
+        if config.optim.minutes is not None and state.get("scheduler"):
+            # A budgeted run re-fitted its cosine to the epochs that fitted: continue on that plan (re-planned
+            # after the next epoch) rather than on the optim.epochs cosine, whose rate there is far higher.
+            saved_total = int(state["scheduler"]["total_steps"])
+            schedule = replace(schedule, total_steps=min(schedule.total_steps, max(schedule.warmup_steps, step, saved_total)))
         restore_rng_state(state.get("rng"))
         progress.log(f"resuming {resume} at epoch {start_epoch + 1}/{config.optim.epochs}, step {step}")
         del state  # the weights are loaded; do not keep a second copy for the whole run
@@ -413,6 +420,7 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
     recorder = RunRecorder(out, start_epoch=start_epoch, start_step=step, best_map50=best_map50) if ctx.is_main else None
     parts = RunParts(model=raw_model, ema=ema, optimizer=optimizer, scaler=scaler, schedule=schedule, datasets=provenance)
     planned, t_start = config.optim.epochs, time.perf_counter()
+    setup_s = t_start - t_command
     try:
         with progress:
             epoch = start_epoch
@@ -427,11 +435,20 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
                     recorder=recorder, log_every=config.log_every,
                 )  # fmt: skip
                 step += stats.steps
+                train_s = time.perf_counter() - t0
+                report = None
+                if recorder is not None:
+                    report = validate(
+                        parts.ema.model, data.val, classes=classes, batch_size=config.optim.batch_size,
+                        device=device, workers=config.data.workers,
+                    )  # fmt: skip
                 if config.optim.minutes is not None:
-                    # Re-plan (rank 0 decides for all) before this epoch's checkpoint, which records the schedule.
+                    # Re-plan (rank 0 decides for all; the others wait here while it validates) after this
+                    # epoch's validation, so the pace counts it, and before its checkpoint, which records the
+                    # schedule. The set-up before the first epoch comes out of the budget, not the pace.
                     planned = broadcast_object(ctx, epochs_within(
                         done=epoch + 1 - start_epoch, elapsed_s=time.perf_counter() - t_start,
-                        budget_s=60.0 * config.optim.minutes, max_epochs=config.optim.epochs - start_epoch,
+                        budget_s=60.0 * config.optim.minutes - setup_s, max_epochs=config.optim.epochs - start_epoch,
                     ) + start_epoch)  # fmt: skip
                     schedule = replace(schedule, total_steps=max(schedule.warmup_steps, step, planned * steps_per_epoch))
                     parts = replace(parts, schedule=schedule)
@@ -439,8 +456,7 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
                 if recorder is not None:
                     _end_epoch(
                         config=config, spec=spec, recorder=recorder, epoch=epoch, step=step, stats=stats,
-                        seconds=time.perf_counter() - t0, ctx=ctx, progress=progress, val_ds=data.val,
-                        parts=parts,
+                        seconds=train_s, ctx=ctx, progress=progress, report=report, parts=parts,
                     )  # fmt: skip
                 barrier(ctx)  # the others wait while rank 0 evaluates and saves
                 epoch += 1
@@ -461,15 +477,11 @@ def _end_epoch(
     seconds: float,
     ctx: DistContext,
     progress: TrainProgress,
-    val_ds: Dataset,
+    report: EvaluationReport,
     parts: RunParts,
 ) -> None:
-    """Rank 0 after an epoch: validate the EMA weights, record the metrics line and the checkpoints."""
-    classes = tuple(config.data.classes)
-    report = validate(
-        parts.ema.model, val_ds, classes=classes, batch_size=config.optim.batch_size, device=ctx.device,
-        workers=config.data.workers,
-    )  # fmt: skip
+    """Rank 0 after an epoch: record the EMA weights' validation `report` in the metrics line, and the
+    checkpoints. seconds: the epoch's training time."""
     line = metrics_line(
         epoch=epoch, step=step, lr=parts.schedule.lr(max(0, step - 1)),
         losses={"loss": stats.loss, "cls": stats.cls, "box": stats.box, "dfl": stats.dfl}, report=report,

@@ -62,7 +62,9 @@ class RunRecorder:
         # Lines and events a new or resumed run would repeat go: all of them for a run from epoch 0.
         self._truncate_metrics(start_epoch)
         self.tb = SummaryWriter(log_dir=str(self.out / "tb"), purge_step=start_step)
-        self.best = -math.inf if best_map50 is None else float(best_map50)
+        # A resumed run whose epochs so far had no mAP (validation without ground truth) ranks them as the
+        # run that scored them did (-1): its next mAP-less epoch does not replace best.ckpt.
+        self.best = float(best_map50) if best_map50 is not None else (-1.0 if start_epoch > 0 else -math.inf)
 
     def _truncate_metrics(self, start_epoch: int) -> None:
         if not self.metrics_path.is_file():
@@ -86,8 +88,8 @@ class RunRecorder:
         return improved, (self.best if self.best >= 0 else None)
 
     def epoch(self, line: dict[str, Any], checkpoint: dict[str, Any], *, improved: bool) -> None:
-        """Append `line` to metrics.jsonl, draw it in TensorBoard, save last.ckpt and, when `improved`,
-        best.ckpt (without the resume-only state)."""
+        """Append `line` to metrics.jsonl, draw it in TensorBoard, save best.ckpt when `improved` (without
+        the resume-only state), then last.ckpt."""
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
         step = int(line["step"])
@@ -98,9 +100,11 @@ class RunRecorder:
             if pd is not None:
                 self.tb.add_scalar(f"val/pd_at_pfa_{key}", pd, step)
         self.tb.flush()
-        save_checkpoint(checkpoint, self.out / "last.ckpt")
+        # best.ckpt first: last.ckpt records the best mAP50 so far, and a run killed between the two
+        # writes must not resume believing a best.ckpt it never got (later epochs would not replace it).
         if improved:
             save_checkpoint(strip_training_state(checkpoint), self.out / "best.ckpt")
+        save_checkpoint(checkpoint, self.out / "last.ckpt")
 
     def close(self) -> None:
         self.tb.close()
