@@ -59,6 +59,8 @@ def inspect_command(
     """Count images, boxes per class and image sizes; list problems; draw a contact sheet with the boxes."""
     from datasets.inspect import inspect_dataset, write_contact_sheet
 
+    if not no_sheet and sheet is not None and sheet.is_dir():
+        raise _fail(f"--sheet {sheet} is a folder; give the PNG file to write (or --no-sheet)")
     read = _read(path, format)
     report = inspect_dataset(read)
     sheet_problems = []
@@ -135,6 +137,13 @@ def convert_command(
     from datasets.classmap import ClassMap, ClassMapError
     from datasets.writers import write_coco, write_yolo
 
+    # Checked before reading (large sets take a while), so a wrong --out costs nothing and leaves nothing.
+    if to is ConvertTarget.coco and out.is_dir():
+        raise _fail(f"--out {out} is a folder; --to coco writes one JSON file")
+    if to is ConvertTarget.yolo and out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file; --to yolo writes a folder")
+    if classmap is not None and not classmap.is_file():
+        raise _fail(f"--classmap {classmap}: no such file")
     read = _read(path, format)
     if read.problems:
         typer.echo(
@@ -149,6 +158,8 @@ def convert_command(
             read = ClassMap.from_yaml(classmap).apply_dataset(read)
         except ClassMapError as exc:
             raise _fail(str(exc)) from None
+        except (OSError, ValueError) as exc:  # unreadable, or not text
+            raise _fail(f"--classmap {classmap}: cannot read the class map ({exc})") from None
     try:
         if to is ConvertTarget.coco:
             summary = write_coco(read.samples, read.classes, out, image_root=image_root)

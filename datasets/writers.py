@@ -26,6 +26,7 @@ import yaml
 
 from datasets.sample import Sample
 from vision.boxes import clip_xyxy, xyxy_to_cxcywh, xyxy_to_xywh
+from vision.files import write_text_atomic
 
 _COCO_DECIMALS = 4
 _YOLO_DECIMALS = 6
@@ -105,10 +106,7 @@ def write_coco(
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(classes)],
     }
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_name(out_json.name + ".tmp")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
-    tmp.replace(out_json)  # never leave a half-written JSON where a reader would take it for complete
+    write_text_atomic(out_json, json.dumps(doc))  # never a half-written JSON a reader would take for complete
     return WriteSummary(path=out_json, images=len(images), boxes=len(annotations))
 
 

@@ -10,10 +10,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from vision.files import write_text_atomic
+
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _check_out_file(flag: str, path: Optional[Path]) -> None:
+    """Refuse an output file path that cannot be written, before the work that would fill it."""
+    if path is not None and path.is_dir():
+        raise _fail(f"cannot write {flag} {path}: it is a folder; give a file path")
 
 
 def predict(
@@ -35,6 +43,7 @@ def predict(
     from inference.predict import collect_inputs, predict_inputs
     from vision.package import PackageError
 
+    _check_out_file("--json", json_out)
     try:
         engine = Engine(model, threads=threads, max_batch=batch)
     except (PackageError, OSError) as exc:
@@ -58,8 +67,7 @@ def predict(
         sys.stdout.write(text + "\n")
     else:
         try:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(text + "\n")
+            write_text_atomic(json_out, text + "\n")
         except OSError as exc:
             raise _fail(f"cannot write the records to {json_out} ({exc})") from None
     errors = [r for r in records if "error" in r]
@@ -97,6 +105,7 @@ def bench(
         raise _fail(f"--batch must be comma-separated integers ({exc})") from None
     if not sizes or min(sizes) < 1:
         raise _fail(f"--batch must list batch sizes of at least 1, got {batches!r}")
+    _check_out_file("--json", json_out)
     try:
         engine = Engine(model, threads=threads)
     except (PackageError, OSError) as exc:
@@ -132,7 +141,10 @@ def bench(
         typer.echo("top op types, batch 1: " + ", ".join(f"{o['op_type']} {o['ms_per_run']:.2f} ms ({100 * o['share']:.0f}%)" for o in ops))
         report["profile_batch1"] = ops
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            write_text_atomic(json_out, json.dumps(report, indent=2) + "\n")
+        except OSError as exc:
+            raise _fail(f"cannot write the figures to {json_out} ({exc})") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """`xscreen train`, `xscreen eval` and `xscreen calibrate`.
 
-Only typer and the standard library are imported here; torch and the training code are imported inside
+Only typer, the standard library and vision.files are imported here; torch and the training code are imported inside
 each command, so `xscreen --help` stays fast and works on a lane box without torch.
 
     xscreen train --config configs/tiny.yaml --out runs/tiny [--set optim.epochs=5 ...] [--resume runs/tiny/last.ckpt]
@@ -14,11 +14,14 @@ Exit codes: 0 done; 2 bad input (config, checkpoint, dataset, or a model format 
 from __future__ import annotations
 
 import json
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from vision.files import write_text_atomic
 
 _FORMAT_HELP = "Dataset layout for --data: auto, coco, voc, lines, yolo, gdxray, or a dataset name (pidray, …)."
 
@@ -39,9 +42,7 @@ def _resolve_config(config: Path | None, overrides: list[str], resume: Path | No
             raise _fail("--config is required (or --resume a checkpoint, whose config is then used)")
         import yaml
 
-        from training.checkpoint import load_checkpoint
-
-        saved = load_checkpoint(resume)["config"]
+        saved = _read_checkpoint(resume)["config"]
         # Through a file, so the checkpoint's config is validated exactly as a config file is.
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.yaml"
@@ -49,8 +50,48 @@ def _resolve_config(config: Path | None, overrides: list[str], resume: Path | No
             return load_config(path, overrides)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    except (OSError, ValueError) as exc:
-        raise _fail(f"{resume}: {exc}") from None
+    except (OSError, ValueError) as exc:  # an unreadable file, or a config that is not text
+        raise _fail(f"{config if config is not None else resume}: {exc}") from None
+
+
+#: What torch.load raises on a file that is no checkpoint (an ONNX package, a text file) or one cut short.
+_UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError)
+_UNREADABLE_HINT = "not a training checkpoint, or a damaged one (cut short?); train writes RUN/last.ckpt and RUN/best.ckpt"
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    from training.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except _UNREADABLE:
+        raise _fail(f"{path}: {_UNREADABLE_HINT}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise _fail(f"{path}: cannot read the checkpoint: {exc}") from None
+
+
+def _check_device(name: str, what: str = "--device") -> None:
+    """Refuse a device torch does not know, or CUDA where there is none, before any work starts."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise _fail(f"{what} {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise _fail(f"{what} {name!r}: no CUDA device is available here; use cpu (or auto)")
+
+
+def _check_out(flag: str, path: Path | None, *, folder: bool = False) -> None:
+    """Refuse an output path of the wrong kind (a folder for a file, or the reverse) before the work."""
+    if path is None or not path.exists():
+        return
+    if folder and not path.is_dir():
+        raise _fail(f"{flag} {path} is a file, not a folder; give a folder path")
+    if not folder and path.is_dir():
+        raise _fail(f"{flag} {path} is a folder; give a file path")
 
 
 def train_command(
@@ -66,7 +107,11 @@ def train_command(
     ] = None,
 ) -> None:
     """Train the detector (also under `torchrun --nproc_per_node=N -m vision.cli train ...`)."""
+    _check_out("--out", out, folder=True)
     cfg = _resolve_config(config, list(overrides or []), resume)
+    _check_device(cfg.device, "device")
+    if resume is not None and config is not None:
+        _read_checkpoint(resume)  # before the run folder is touched; the trainer reads it again
     from training.engine import ResumeError, train
 
     try:
@@ -86,6 +131,8 @@ def _load(model: Path, device: str) -> Any:
         return load_model(model, device=device)
     except OnnxEngineUnavailableError as exc:
         raise _fail(str(exc)) from None
+    except _UNREADABLE:
+        raise _fail(f"{model}: cannot load the model: {_UNREADABLE_HINT}; a model package must end in .onnx") from None
     except (OSError, ValueError, KeyError) as exc:
         raise _fail(f"{model}: cannot load the model: {exc}") from None
 
@@ -119,6 +166,9 @@ def eval_command(
     from training.evaluate import predict_and_report
     from training.metrics import evaluation_json
 
+    _check_out("--json", json_out)
+    _check_out("--plots", plots, folder=True)
+    _check_device(device)
     loaded = _load(model, device)
     dataset = _dataset(data, format, loaded)
     predictions, report = predict_and_report(
@@ -144,8 +194,10 @@ def eval_command(
         for name, row in summary["per_concealment"].items():
             typer.echo(f"  {name:<18} {row['objects']:>5} objects  found {row['found']:.2f}  located {row['located']:.2f}")
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(summary, indent=2, allow_nan=False))
+        try:
+            write_text_atomic(json_out, json.dumps(summary, indent=2, allow_nan=False))
+        except OSError as exc:
+            raise _fail(f"cannot write the summary to {json_out} ({exc})") from None
         typer.echo(f"wrote {json_out}")
     if plots is not None:
         from training.plots import write_plots
@@ -173,6 +225,8 @@ def calibrate_command(
 
     if model.suffix.lower() == ".onnx":
         raise _fail("calibrate works on a training checkpoint; export the calibrated checkpoint afterwards")
+    _check_out("--out", out)
+    _check_device(device)
     loaded = _load(model, device)
     dataset = _dataset(data, format, loaded)
     # Scores down to MAP_SCORE_FLOOR are looked at: an under-confident model's operating point may lie

@@ -30,6 +30,16 @@ def export_command(
         raise typer.BadParameter("choose one of --int8 and --fp16")
     if calib is not None and not int8:
         raise typer.BadParameter("--calib is for --int8")
+    # Checked before the export (minutes with --int8), so a bad path costs nothing and destroys nothing.
+    if ckpt.suffix.lower() == ".onnx":
+        _fail(f"{ckpt} is a model package; export takes a training checkpoint (.ckpt: RUN/best.ckpt, "
+              "or the one `xscreen calibrate --out` wrote)")
+    if out.exists() and ckpt.resolve() == out.resolve():
+        _fail(f"--out {out} is the checkpoint being exported; writing the package there would destroy it: "
+              "give --out a .onnx path")
+    for flag, path in (("--out", out), ("--report", report_json)):
+        if path is not None and path.is_dir():
+            _fail(f"{flag} {path} is a folder; give a file path")
     from training.export import CheckpointError, ExportGateError, export_package
     from training.quantize import Fp16UnavailableError, QuantizationError
 
@@ -54,7 +64,16 @@ def export_command(
             ],
             "excluded_nodes": list(report.excluded_nodes),
         }
-        report_json.write_text(json.dumps(doc, indent=2) + "\n")
+        try:
+            report_json.parent.mkdir(parents=True, exist_ok=True)
+            report_json.write_text(json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:
+            _fail(f"the package {report.out} was written, but not the report {report_json} ({exc})")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:
