@@ -213,3 +213,13 @@ def test_a_checkpoint_is_on_disk_before_it_replaces_the_previous_one(tmp_path, m
     target = tmp_path / "last.ckpt"
     ckpt_mod.save_checkpoint({"format": "x", "weights": list(range(10))}, target)
     assert events == [("fsync", str(tmp_path / "last.ckpt.tmp")), ("replace", str(target)), ("fsync", str(tmp_path))]
+
+
+@pytest.mark.parametrize("override", ["optim.epochs=-1", "optim.epochs=0", "optim.batch_size=0", "optim.lr=0",
+                                      "optim.ema_decay=1.0", "optim.weight_decay=-1"])
+def test_set_refuses_training_counts_and_rates_that_cannot_train(override):
+    from training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
+        load_config(None, [override])
+    load_config(None, ["optim.epochs=1", "optim.batch_size=1", "optim.ema_decay=0.0", "optim.warmup_epochs=0"])

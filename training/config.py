@@ -90,6 +90,15 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.minutes is not None and not self.minutes > 0:
             raise ConfigError(f"optim.minutes: a time budget must be positive, got {self.minutes}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"optim.{name}: must be at least 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0 and self.grad_clip_norm > 0):
+            raise ConfigError(f"optim: lr and grad_clip_norm must be positive, weight_decay and warmup_epochs "
+                              f"not negative (got {self.lr}, {self.grad_clip_norm}, {self.weight_decay}, "
+                              f"{self.warmup_epochs})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay: must lie in [0, 1), got {self.ema_decay}")
 
 
 @dataclass(frozen=True)
