@@ -271,3 +271,14 @@ def test_convert_out_of_the_wrong_kind_fails_and_leaves_nothing(synth_set, tmp_p
     assert_clear_error(result, "--out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert to == "coco" or out.read_text() == "keep me"
+
+
+def test_train_into_a_folder_that_holds_a_run_needs_resume_or_overwrite(tmp_path):
+    """A retyped command must not replace a run's checkpoints after its first epoch."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.ckpt").write_bytes(b"hours of training")
+    result = invoke("train", "--config", TINY, "--out", run)
+    assert result.exit_code == 2 and "--resume" in result.output and "--overwrite" in result.output
+    assert "Traceback" not in result.output
+    assert (run / "best.ckpt").read_bytes() == b"hours of training" and not (run / "config.yaml").exists()

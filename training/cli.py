@@ -105,9 +105,16 @@ def train_command(
     resume: Annotated[
         Path | None, typer.Option("--resume", exists=True, dir_okay=False, help="Continue from RUN/last.ckpt.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start a new run in a folder that holds one (its checkpoints are replaced).")
+    ] = False,
 ) -> None:
     """Train the detector (also under `torchrun --nproc_per_node=N -m vision.cli train ...`)."""
     _check_out("--out", out, folder=True)
+    if resume is None and not overwrite and any((out / name).is_file() for name in ("last.ckpt", "best.ckpt")):
+        # A retyped command must not replace hours of training after its first epoch.
+        raise _fail(f"--out {out} holds a run (its checkpoints): continue it with --resume {out / 'last.ckpt'}, "
+                    "replace it with --overwrite, or give another --out")
     cfg = _resolve_config(config, list(overrides or []), resume)
     _check_device(cfg.device, "device")
     if resume is not None and config is not None:

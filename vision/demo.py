@@ -49,7 +49,7 @@ def demo_steps(out: Path) -> list[Step]:
         Step("Convert real OPIXray annotations to COCO", ("data", "convert", str(real / "opixray"), "--to", "coco", "--out", str(out / "opixray-coco.json")), real / "opixray"),
         Step("Synthesise 24 dual-energy bags (both palettes)", ("synth", "--out", str(out / "synth"), "--bags", "24", "--seed", "1", "--palette", "mixed", "--size", "512", "--workers", "2")),
         Step("Project contraband into real PIDray scans (TIP)", ("tip", "--scans", str(real / "pidray"), "--out", str(out / "tip"), "--seed", "1", "--per-scan", "2"), real / "pidray"),
-        Step("Train the detector (configs/tiny.yaml: the loop end to end)", ("train", "--config", str(_configs() / "tiny.yaml"), "--out", str(run))),
+        Step("Train the detector (configs/tiny.yaml: the loop end to end)", ("train", "--config", str(_configs() / "tiny.yaml"), "--out", str(run), "--overwrite")),
         Step("Evaluate on the synthetic set", ("eval", "--model", str(run / "last.ckpt"), "--data", str(out / "synth"), "--json", str(out / "eval.json"), "--plots", str(out / "plots"))),
         Step("Calibrate thresholds for 5 % bag false alarms", ("calibrate", "--model", str(run / "last.ckpt"), "--data", str(out / "synth"), "--target-pfa", "0.05", "--out", str(out / "calibrated.ckpt"))),
         Step("Export the ONNX model package (parity gate first)", ("export", str(out / "calibrated.ckpt"), "--out", str(out / "model.onnx"))),
