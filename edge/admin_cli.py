@@ -101,13 +101,12 @@ def _read_password_stdin() -> str:
 
 def _check_station_name(name: str) -> None:
     """Refuse a name that no scan could carry: a station's scans name it in their `station` field, which
-    the service checks against this rule (edge.ingest.validate_meta)."""
-    from edge.ingest import IngestError, validate_meta
+    the service checks against this rule (edge.ingest.field_problem)."""
+    from edge.ingest import field_problem
 
-    try:
-        validate_meta({"station": name, "lane": "1", "bag_id": "1"}, station_name=name)
-    except IngestError as exc:
-        _fail(f"bad station name {name!r}: {exc.detail.replace('field ', 'its scans field ', 1)}")
+    problem = field_problem("station", name)
+    if problem is not None:
+        _fail(f"bad station name {name!r}: {problem.replace('field ', 'its scans field ', 1)}")
 
 
 def add_station(

@@ -166,11 +166,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     from edge import ui
 
-    if ui.is_ui_page(request.url.path):  # a supervisor in a browser: a page, not JSON
-        return ui.invalid_request_page(request, list(exc.errors()))
     # One readable sentence first (the station operator's), the structured errors after it.
     parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}" for e in exc.errors()]
-    return JSONResponse({"detail": "; ".join(parts) or "invalid request",
+    detail = "; ".join(parts) or "invalid request"
+    if ui.is_ui_page(request.url.path):  # a supervisor in a browser: a page, not JSON
+        in_path = any(e.get("loc", ("",))[0] == "path" for e in exc.errors())
+        return ui.invalid_request_page(request, detail, in_path=in_path)
+    return JSONResponse({"detail": detail,
                          "errors": [{k: v for k, v in e.items() if k in ('loc', 'msg', 'type')} for e in exc.errors()]},
                         status_code=422)
 

@@ -85,6 +85,14 @@ class ScanMeta:
     view: str
 
 
+def field_problem(name: str, value: str) -> str | None:
+    """What is wrong with `value` as the identifying field `name` (station, lane, bag_id, view), or None."""
+    if len(value) > _FIELD_MAX[name] or not _FIELD_RE.fullmatch(value):
+        return (f"field '{name}' must be 1–{_FIELD_MAX[name]} characters of letters, digits and . _ : - "
+                "(starting with a letter or digit)")
+    return None
+
+
 def validate_meta(fields: dict[str, Any], *, station_name: str) -> ScanMeta:
     """Check the identifying fields; `view` defaults to "0". 422 for missing/malformed, 403 for a station
     field that is not the authenticated station."""
@@ -98,11 +106,9 @@ def validate_meta(fields: dict[str, Any], *, station_name: str) -> ScanMeta:
                 raise IngestError(422, f"field '{name}' is required (form field or query parameter)",
                                   reason="invalid_fields")
         value = str(raw)
-        if len(value) > _FIELD_MAX[name] or not _FIELD_RE.fullmatch(value):
-            raise IngestError(
-                422, f"field '{name}' must be 1–{_FIELD_MAX[name]} characters of letters, digits and . _ : - "
-                     f"(starting with a letter or digit)", reason="invalid_fields",
-            )
+        problem = field_problem(name, value)
+        if problem is not None:
+            raise IngestError(422, problem, reason="invalid_fields")
         values[name] = value
     if values["station"] != station_name:
         raise IngestError(403, f"field 'station' is {values['station']!r} but this key belongs to station {station_name!r}",

@@ -365,34 +365,29 @@ class Store:
 
     def add_review(self, scan_id: int, *, user: str, verdict: Verdict, note: str = "") -> ReviewRecord:
         """Record a verdict on a scan; it becomes the scan's verdict. KeyError if the scan does not exist."""
-        _check_text(user=user)
-        if verdict not in ("confirmed", "cleared"):
-            raise ValueError(f"verdict must be 'confirmed' or 'cleared', got {verdict!r}")
-        with self.transaction(write=True) as session:
-            if session.execute(select(Scan.id).where(Scan.id == scan_id)).scalar_one_or_none() is None:
-                raise KeyError(scan_id)
-            review = Review(scan_id=scan_id, created_at=self.now(), reviewer=user, verdict=verdict, note=note)
-            session.add(review)
-            session.flush()
-            return _review_record(review)
+        return self._add_review(scan_id, user=user, verdict=verdict, note=note, once=False)[0]
 
     def add_review_once(self, scan_id: int, *, user: str, verdict: Verdict, note: str = "") -> tuple[ReviewRecord, bool]:
         """`add_review`, unless the scan's latest review is this one already (same user, verdict and note):
         a form sent twice (a double click, a re-sent POST, two service processes each given one copy) is one
-        verdict in the trail. The check and the write are one transaction holding the scan's row lock
-        (PostgreSQL; on SQLite the write transaction excludes every other writer), so two copies arriving at
-        once in different processes are told apart too. Returns (the review, whether it was added)."""
+        verdict in the trail. Returns (the review, whether it was added)."""
+        return self._add_review(scan_id, user=user, verdict=verdict, note=note, once=True)
+
+    def _add_review(self, scan_id: int, *, user: str, verdict: Verdict, note: str, once: bool) -> tuple[ReviewRecord, bool]:
+        # The check and the write are one transaction holding the scan's row lock (PostgreSQL; on SQLite the
+        # write transaction excludes every other writer), so two copies arriving at once are told apart.
         _check_text(user=user)
         if verdict not in ("confirmed", "cleared"):
             raise ValueError(f"verdict must be 'confirmed' or 'cleared', got {verdict!r}")
         with self.transaction(write=True) as session:
             if session.execute(select(Scan.id).where(Scan.id == scan_id).with_for_update()).scalar_one_or_none() is None:
                 raise KeyError(scan_id)
-            last = session.execute(
-                select(Review).where(Review.scan_id == scan_id).order_by(Review.id.desc()).limit(1)
-            ).scalar_one_or_none()
-            if last is not None and (last.reviewer, last.verdict, last.note) == (user, verdict, note):
-                return _review_record(last), False
+            if once:
+                last = session.execute(
+                    select(Review).where(Review.scan_id == scan_id).order_by(Review.id.desc()).limit(1)
+                ).scalar_one_or_none()
+                if last is not None and (last.reviewer, last.verdict, last.note) == (user, verdict, note):
+                    return _review_record(last), False
             review = Review(scan_id=scan_id, created_at=self.now(), reviewer=user, verdict=verdict, note=note)
             session.add(review)
             session.flush()

@@ -88,16 +88,16 @@ async def _ui_error_page(request: Request, exc: Exception) -> Response:
     return _page(exc.title, body, status_code=exc.status_code)
 
 
-def invalid_request_page(request: Request, errors: list[dict]) -> HTMLResponse:
+def invalid_request_page(request: Request, detail: str, *, in_path: bool) -> HTMLResponse:
     """A UI request its route cannot read, as an HTML page with a way on (the app's validation handler calls
-    this for UI paths): a bag id that is no scan id (/ui/bags/abc) is a page that does not exist, 404; a bad
-    form field or query parameter is a 422 that names it and leads back to the page it came from."""
-    if any(err.get("loc", ("",))[0] == "path" for err in errors):
+    this for UI paths, with its `detail`): a bag id that is no scan id (/ui/bags/abc, `in_path`) is a page
+    that does not exist, 404; a bad form field or query parameter is a 422 that names it and leads back to
+    the page it came from."""
+    if in_path:
         return _page("No such page", f'<p class="error">There is no page at {e(request.url.path)}.</p>\n'
                      '<p><a href="/ui/queue">Back to the queue</a></p>', status_code=status.HTTP_404_NOT_FOUND)
-    what = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ())[1:]) or 'request'}: {err.get('msg')}" for err in errors)
     href = _form_page(request)
-    body = f'<p class="error">The request could not be read ({e(what)}).</p>\n<p><a href="{e(href)}">Back</a></p>'
+    body = f'<p class="error">The request could not be read ({e(detail)}).</p>\n<p><a href="{e(href)}">Back</a></p>'
     return _page("Invalid request", body, status_code=422)
 
 

@@ -23,19 +23,13 @@ from vision.cli import app
 from vision.decide import DecisionPolicy, decide
 from vision.letterbox import LetterboxSpec, letterbox, letterbox_boxes
 from vision.postprocess import PostprocessParams
-from tiny_checkpoint import liven
+from tiny_checkpoint import liven, one_torch_thread  # noqa: F401 - one_torch_thread: autouse fixture
 
 CLASSES = ("drug_package", "cash_bundle")
 INPUT = 64
 ANCHORS = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _item(index: int, orig_hw: tuple[int, int], boxes_orig: list[list[float]], class_ids: list[int]):

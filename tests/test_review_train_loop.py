@@ -8,8 +8,8 @@ import types
 from pathlib import Path
 
 import pytest
-import torch
 
+from tiny_checkpoint import one_torch_thread, train_killed_at_validation  # noqa: F401 - one_torch_thread: autouse fixture
 from training import engine, run_record
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, load_config
@@ -26,12 +26,6 @@ TINY_OVERRIDES = [  # as tests/test_train.py: 64 px, 2 steps of 4 bags per epoch
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(*extra: str):
@@ -128,19 +122,7 @@ def test_resuming_a_budgeted_run_keeps_its_fitted_cosine(tmp_path, monkeypatch):
     epoch must take the learning rates of that plan, not those of the full optim.epochs cosine."""
     config = tiny_config("optim.epochs=50", "optim.minutes=0.2")
     _FakeClock(monkeypatch, train_s=1.0, val_s=3.0)
-    calls = {"n": 0}
-    timed_validate = engine.validate
-
-    def validate_then_die(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Interrupt
-        return timed_validate(*a, **kw)
-
-    monkeypatch.setattr(engine, "validate", validate_then_die)
-    with pytest.raises(_Interrupt):
-        engine.train(config, tmp_path / "run")
-    monkeypatch.setattr(engine, "validate", timed_validate)
+    train_killed_at_validation(monkeypatch, config, tmp_path / "run", at=2)
     saved = load_checkpoint(tmp_path / "run" / "last.ckpt")
     assert saved["epoch"] == 0 and saved["scheduler"]["total_steps"] < 50 * 2
     plan = engine.WarmupCosine(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_checkpoint import one_torch_thread, train_killed_at_validation  # noqa: F401 - one_torch_thread: autouse fixture
 from training import engine
 from training.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from training.config import ConfigError, config_to_dict, load_config
@@ -35,13 +36,6 @@ TINY_OVERRIDES = [
 THREE = ["drug_package", "cash_bundle", "ivory"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared with other test processes; one thread is faster and makes CPU training repeatable.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(*extra: str):
@@ -137,28 +131,12 @@ def test_checkpoint_round_trip_rebuilds_identical_model(tmp_path):
     assert len(loaded["config_hash"]) == 64
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     config = tiny_config("optim.epochs=2")
     engine.train(config, tmp_path / "straight")
 
     # The same run, killed when the second epoch is evaluated: last.ckpt then holds epoch 0.
-    real_validate = engine.validate
-    calls = {"n": 0}
-
-    def validate_then_die(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise _Interrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "validate", validate_then_die)
-    with pytest.raises(_Interrupt):
-        engine.train(config, tmp_path / "resumed")
-    monkeypatch.setattr(engine, "validate", real_validate)
+    train_killed_at_validation(monkeypatch, config, tmp_path / "resumed", at=2)
     halfway = load_checkpoint(tmp_path / "resumed" / "last.ckpt")
     assert halfway["epoch"] == 0 and halfway["step"] == 2
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from training.model import build_detector, checkpoint_state
@@ -96,3 +97,38 @@ def exported_package(input_kind: str = "rgb") -> tuple[Path, Path]:
     out = folder / f"{input_kind}.onnx"
     export_package(ckpt, out)
     return ckpt, out
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Torch on one thread for a test (autouse in the modules that import it): two cores are shared with
+    other test processes, one thread is faster on tiny tensors and makes CPU training repeatable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TrainingKilled(Exception):
+    """Stands for the process being killed mid-run (see `train_killed_at_validation`)."""
+
+
+def train_killed_at_validation(monkeypatch: Any, config: Any, out: Path, *, at: int = 2) -> None:
+    """`training.engine.train(config, out)`, killed as it starts its validation number `at` (last.ckpt then
+    holds epoch at − 2). Wraps whatever `engine.validate` is at the call (e.g. a test's timed one)."""
+    from training import engine
+
+    real_validate, calls = engine.validate, {"n": 0}
+
+    def validate_then_die(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise TrainingKilled
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "validate", validate_then_die)
+    try:
+        with pytest.raises(TrainingKilled):
+            engine.train(config, out)
+    finally:
+        monkeypatch.setattr(engine, "validate", real_validate)

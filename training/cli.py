@@ -72,16 +72,12 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 def _check_device(name: str, what: str = "--device") -> None:
     """Refuse a device torch does not know, or CUDA where there is none, before any work starts."""
-    if name == "auto":
-        return
-    import torch
+    from training.distributed import DeviceError, resolve_device
 
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise _fail(f"{what} {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise _fail(f"{what} {name!r}: no CUDA device is available here; use cpu (or auto)")
+        resolve_device(name)
+    except DeviceError as exc:
+        raise _fail(f"{what} {exc}") from None
 
 
 def _check_out(flag: str, path: Path | None, *, folder: bool = False) -> None:

@@ -35,13 +35,22 @@ class DistContext:
         return self.world_size > 1
 
 
+class DeviceError(ValueError):
+    """A device name torch does not know, or a CUDA device on a machine without one."""
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" → cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" → cuda:LOCAL_RANK; else as given."""
+    """"auto" → cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" → cuda:LOCAL_RANK; else as given.
+    DeviceError for a name that is no device, or CUDA where there is none."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+    try:
+        device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"{name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"{name!r}: no CUDA device is available here; use cpu (or auto)")
+    return device
 
 
 def init_distributed(device_name: str) -> DistContext:

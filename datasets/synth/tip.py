@@ -23,6 +23,7 @@ import numpy as np
 
 from datasets.synth.contraband import build_contraband
 from datasets.synth.items import BasisAccumulator, place
+from datasets.synth.look import ScannerLook
 from datasets.synth.physics import ScannerModel, build_scanner, lookup_log_attenuation
 from vision.colour import RAW_AIR_LEVEL, RAW_DARK_LEVEL, false_colour_to_pseudo_log_attenuation, project_log_attenuation, raw_to_log_attenuation
 
@@ -40,9 +41,8 @@ UNPENETRATED_LOG_ATT = 7.0
 #: Share of an item's footprint that must lie on penetrated pixels (partial occlusion stays realistic).
 MIN_VISIBLE_FRACTION = 0.5
 
-#: Quanta per air pixel of a raw scan TIP projects into, when not told: the synthesiser's raw dose
-#: (`datasets.synth.look.ScannerLook.raw_dose`, `physics.render_raw`'s default).
-RAW_TIP_DOSE = 2e4
+#: Quanta per air pixel of a raw scan TIP projects into, when not told: the synthesiser's raw dose.
+RAW_TIP_DOSE = ScannerLook().raw_dose
 
 
 class PlacementError(RuntimeError):
