@@ -129,6 +129,8 @@ def test_checkpoint_defaults_and_refusals(tmp_path):
         ({**state, "classes": CLASSES[:3]}, "3 class names"),
         ({**state, "preprocess": {**state["preprocess"], "height": 128}}, "does not match the model"),
         ({**state, "thresholds": {"weapons": 0.5}}, "weapons"),
+        ({**state, "thresholds": {state["classes"][0]: 0.01}, "postprocess": {"score_floor": 0.05}},
+         "below the post-processing score floor 0.05"),
     ):
         torch.save(broken, tmp_path / "b.ckpt")
         with pytest.raises(CheckpointError, match=message):
@@ -235,3 +237,14 @@ def test_fp16_package(tmp_path):
     report = export_package(ckpt, tmp_path / "fp16.onnx", fp16=True)
     assert [c.passed for c in report.checks] == [True, True]
     assert Engine(report.out, threads=1).package.precision == "fp16"
+
+
+def test_package_refuses_thresholds_below_its_score_floor():
+    """A class whose threshold lies under the post-processing floor would alarm at the floor, not at its
+    threshold (post-processing drops those detections first): such a package is refused, not written."""
+    fields = dict(name="m", version="1", created_at="2025-01-01T00:00:00Z", weights_sha256="0" * 64,
+                  class_names=("a", "b"), preprocess={}, operational_use=False)
+    with pytest.raises(ValueError, match=r"\{'b': 0.03\} lie below the post-processing score floor 0.05"):
+        ModelPackage(thresholds={"a": 0.5, "b": 0.03}, postprocess={"score_floor": 0.05}, **fields)
+    ok = ModelPackage(thresholds={"a": 0.5, "b": 0.05}, postprocess={"score_floor": 0.05}, **fields)
+    assert ok.thresholds["b"] == 0.05

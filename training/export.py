@@ -169,6 +169,10 @@ def load_export_checkpoint(path: Path, *, name: str | None = None, version: str 
     if unknown:
         raise CheckpointError(f"{path}: thresholds for classes the model does not have: {unknown}")
     thresholds = {c: given.get(c, DEFAULT_THRESHOLD) for c in classes}
+    under = {c: t for c, t in thresholds.items() if t < post.score_floor}
+    if under:
+        raise CheckpointError(f"{path}: thresholds {under} lie below the post-processing score floor "
+                              f"{post.score_floor:g}, which would drop those detections first")
     op = state.get("operating_point") or {}
     operating_point = OperatingPoint(
         target_pfa=op.get("target_pfa"),

@@ -108,6 +108,13 @@ class ModelPackage(_Strict):
         bad = {c: t for c, t in self.thresholds.items() if not 0.0 < t <= 1.0}
         if bad:
             raise ValueError(f"thresholds must lie in (0, 1]: {bad}")
+        floor = self.postprocess.score_floor
+        under = {c: t for c, t in self.thresholds.items() if t < floor}
+        if under:
+            # Post-processing drops every detection under its floor before the policy sees it: such a class
+            # would alarm at the floor, not at its stated threshold (xscreen calibrate lowers the floor).
+            raise ValueError(f"thresholds {under} lie below the post-processing score floor {floor:g}: "
+                             "lower postprocess.score_floor to at most the lowest threshold")
         academic = [d.name for d in self.datasets if academic_dataset_in(d.name)]
         if academic and self.operational_use:
             raise ValueError(f"trained on academic-only datasets {academic}: operational_use must be false")
