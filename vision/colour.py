@@ -292,8 +292,24 @@ def render_grey(low_high: np.ndarray, *, channel: str = "high", black_log_att: f
         l_sel = 0.5 * (log_att[..., 0] + log_att[..., 1])
     else:
         raise ValueError(f"channel must be 'high', 'low' or 'mean', not {channel!r}")
-    level = np.clip(1.0 - l_sel / np.float32(black_log_att), 0.0, 1.0) ** np.float32(gamma)
-    return (level * 255.0 + 0.5).astype(np.uint8)
+    return grey_from_log_attenuation(l_sel, black_log_att=black_log_att, gamma=gamma)
+
+
+def grey_from_log_attenuation(log_att: np.ndarray, *, black_log_att: float = 8.0, gamma: float = 1.0,
+                              dtype: type = np.uint8) -> np.ndarray:
+    """The grey scale of `render_grey`: H×W log-attenuation → grey = max·(1 − L/black_log_att)^gamma (uint8
+    or uint16 `dtype`), air white, L ≥ black_log_att black."""
+    level = np.clip(1.0 - np.asarray(log_att, np.float32) / np.float32(black_log_att), 0.0, 1.0) ** np.float32(gamma)
+    return (level * float(np.iinfo(dtype).max) + 0.5).astype(dtype)
+
+
+def grey_to_log_attenuation(grey: np.ndarray, *, black_log_att: float = 8.0, gamma: float = 1.0) -> np.ndarray:
+    """Inverse of `grey_from_log_attenuation` for a uint8 or uint16 grey scan: H×W float32 log-attenuation
+    (black reads black_log_att, the most the scale holds)."""
+    level = grey.astype(np.float32) / np.float32(np.iinfo(grey.dtype).max)
+    if gamma != 1.0:
+        level = level ** np.float32(1.0 / gamma)
+    return (np.float32(1.0) - level) * np.float32(black_log_att)
 
 
 @lru_cache(maxsize=8)

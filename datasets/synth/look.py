@@ -24,12 +24,14 @@ import cv2
 import numpy as np
 
 from vision.colour import (
+    DEFAULT_ZEFF_KNOTS,
     PALETTES,
     RAW_AIR_LEVEL,
     RAW_DARK_LEVEL,
     raw_to_log_attenuation,
     render_false_colour_from_log_attenuation,
     render_grey,
+    ZeffKnots,
 )
 from vision.decode import encode_jpeg
 
@@ -103,20 +105,23 @@ LOOKS: dict[str, ScannerLook] = {
 def scan(basis_cm: np.ndarray, look: ScannerLook, rng: np.random.Generator, scanner: ScannerModel) -> np.ndarray:
     """Basis thicknesses H×W×2 → raw counts H×W×2 uint16 as the dataset's display grid holds them.
 
-    With detector_px > 1 the detector integrates the scene over its coarser pitch (area average of
-    the basis thicknesses — linear, so exact for the sum of objects up to the non-linearity of
-    exp within one detector pixel), adds its noise there, and the display interpolates it up.
-    The counts carry quantum noise at `raw_dose`; the display's extra noise is added by `display`.
+    With detector_px > 1 the detector integrates the scene over its coarser pitch: each detector pixel
+    counts the quanta of the rays it collects, i.e. reads the area average of their *transmission* (a 1-px
+    wire transmits as much beside its neighbours as alone; averaging thicknesses first, then exp, would
+    darken every sub-pixel detail and shift its Z_eff). It adds its noise there, and the display
+    interpolates it up. The counts carry quantum noise at `raw_dose`; the display's extra noise is added
+    by `display`.
     """
-    from datasets.synth.physics import render_raw
+    from datasets.synth.physics import lookup_log_attenuation, render_raw, render_raw_from_transmission
 
     h, w = basis_cm.shape[:2]
     dose = look.raw_dose
     if look.detector_px <= 1.0:
         return render_raw(basis_cm, rng=rng, dose=dose, blur_px=look.blur_px, scanner=scanner)
     small = (max(8, round(w / look.detector_px)), max(8, round(h / look.detector_px)))
-    coarse = cv2.resize(basis_cm, small, interpolation=cv2.INTER_AREA)
-    raw = render_raw(coarse, rng=rng, dose=dose, blur_px=look.blur_px, scanner=scanner)
+    transmission = cv2.exp(-lookup_log_attenuation(basis_cm, scanner=scanner))
+    coarse = cv2.resize(transmission, small, interpolation=cv2.INTER_AREA)
+    raw = render_raw_from_transmission(coarse, rng=rng, dose=dose, blur_px=look.blur_px)
     up = cv2.resize(raw.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     return np.clip(up + 0.5, 0, 65535).astype(np.uint16)
 
@@ -141,8 +146,11 @@ def render(
     up = LOOK_REFERENCE_PX / max(h, w)
     if up > 1:
         basis_cm = cv2.resize(basis_cm, (round(w * up), round(h * up)), interpolation=cv2.INTER_LINEAR)
+    from datasets.synth.physics import zeff_calibration
+
     raw = scan(basis_cm, look, rng, scanner)
-    image = display(raw, palette, look, rng)
+    # Coloured by this scanner's own Z_eff calibration (its spectrum's ratios), as a vendor's display is.
+    image = display(raw, palette, look, rng, zeff_knots=zeff_calibration(scanner))
     if up > 1:
         raw, image = (cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA) for a in (raw, image))
     return raw, image
@@ -198,8 +206,11 @@ def display_noise(raw: np.ndarray, look: ScannerLook, rng: np.random.Generator) 
     return np.clip(noisy, 0, 65535, out=noisy).astype(np.uint16)
 
 
-def display(raw: np.ndarray, palette: str, look: ScannerLook, rng: np.random.Generator) -> np.ndarray:
+def display(raw: np.ndarray, palette: str, look: ScannerLook, rng: np.random.Generator, *,
+            zeff_knots: ZeffKnots = DEFAULT_ZEFF_KNOTS) -> np.ndarray:
     """Raw dual-energy counts (H×W×2 uint16) → the scan as the dataset holds it: uint8 RGB, or grey.
+
+    zeff_knots: the scanner's Z_eff calibration (`physics.zeff_calibration`; the default is the 150 kVp one).
 
     The display's noise, the palette (with the air threshold and material-map smoothing), then edge
     enhancement, capture noise and the file format. `rng` draws the per-scan choices (background, capture noise), so a bag stays a
@@ -219,7 +230,8 @@ def display(raw: np.ndarray, palette: str, look: ScannerLook, rng: np.random.Gen
             mean = cv2.GaussianBlur(0.5 * (log_att[..., 0] + log_att[..., 1]), (0, 0), 1.5)
             keep = np.clip((mean - np.float32(look.air_log_att)) / np.float32(look.air_log_att), 0.0, 1.0)
             log_att *= keep[..., None]
-        image = render_false_colour_from_log_attenuation(log_att, palette=p, zeff_smooth_px=look.zeff_smooth_px)
+        image = render_false_colour_from_log_attenuation(log_att, palette=p, zeff_knots=zeff_knots,
+                                                         zeff_smooth_px=look.zeff_smooth_px)
     image = sharpen(image, look.sharpen_amount, look.sharpen_sigma_px)
     if look.capture_noise > 0:
         noise = rng.standard_normal(image.shape[:2], dtype=np.float32)

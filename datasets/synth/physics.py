@@ -400,8 +400,19 @@ def render_raw(basis_cm: np.ndarray, *, rng: np.random.Generator, dose: float | 
     RAW_DARK_LEVEL (100), clipped to [0, 65535].
     """
     scanner = _default_scanner(scanner)
-    log_att = lookup_log_attenuation(basis_cm, scanner=scanner)
-    transmission = cv2.exp(-log_att)
+    transmission = cv2.exp(-lookup_log_attenuation(basis_cm, scanner=scanner))
+    return render_raw_from_transmission(transmission, rng=rng, dose=dose, blur_px=blur_px,
+                                        electronic_noise_counts=electronic_noise_counts)
+
+
+def render_raw_from_transmission(transmission: np.ndarray, *, rng: np.random.Generator,
+                                 dose: float | tuple[float, float] = 2e4, blur_px: float = 0.7,
+                                 electronic_noise_counts: float = 2.0) -> np.ndarray:
+    """`render_raw` from per-pixel transmission H×W×2 float32 (low, high; each channel's I/I0): the blur, the
+    quantum and readout noise and the counts' scale. A detector pixel coarser than the scene's grid reads the
+    mean transmission of the rays it collects (it counts their quanta), so a coarse pitch is rendered by
+    area-averaging fine transmission into this, never by averaging thicknesses (`look.scan`)."""
+    transmission = np.asarray(transmission, np.float32)
     if blur_px > 0:
         transmission = cv2.GaussianBlur(transmission, (0, 0), sigmaX=blur_px, sigmaY=blur_px,
                                         borderType=cv2.BORDER_REPLICATE)

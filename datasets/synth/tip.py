@@ -5,7 +5,10 @@ transmission, i.e. adds to its log-attenuation (DESIGN.md §4); pixels are never
 - Raw dual-energy scans (synthetic or real 16-bit): raw' = dark + (raw − dark) · exp(−L_item), per channel.
 - False-colour scans (real SIXray/PIDray images): the palette's inverse gives pseudo log-attenuation, the
   item's log-attenuation is added, and the same palette renders it again (`vision.colour.project_log_attenuation`).
-- Grey single-energy scans: the high-energy log-attenuation is added to −log(grey).
+- Grey single-energy scans: the item's high-energy log-attenuation is added to the scan's, read through the
+  project's one grey scale (`vision.colour.render_grey`: linear in log-attenuation, black at 8), and the
+  sum is rendered on that scale again: an item projected into a synthetic grey bag looks as it would had
+  it been rendered there.
 
 Placement: only inside the bag, never in air. The bag region of a scan is where it attenuates (closed and
 filled); the item's whole footprint must fall inside it, and at least half of it where the scan is
@@ -25,7 +28,15 @@ from datasets.synth.contraband import build_contraband
 from datasets.synth.items import BasisAccumulator, place
 from datasets.synth.look import ScannerLook
 from datasets.synth.physics import ScannerModel, build_scanner, lookup_log_attenuation
-from vision.colour import RAW_AIR_LEVEL, RAW_DARK_LEVEL, false_colour_to_pseudo_log_attenuation, project_log_attenuation, raw_to_log_attenuation
+from vision.colour import (
+    RAW_AIR_LEVEL,
+    RAW_DARK_LEVEL,
+    false_colour_to_pseudo_log_attenuation,
+    grey_from_log_attenuation,
+    grey_to_log_attenuation,
+    project_log_attenuation,
+    raw_to_log_attenuation,
+)
 
 #: A pixel belongs to the bag when its mean log-attenuation exceeds this (air reads ≈ 0 ± noise; the
 #: thinnest bag fabric reads about 0.05).
@@ -41,8 +52,11 @@ UNPENETRATED_LOG_ATT = 7.0
 #: Share of an item's footprint that must lie on penetrated pixels (partial occlusion stays realistic).
 MIN_VISIBLE_FRACTION = 0.5
 
-#: Quanta per air pixel of a raw scan TIP projects into, when not told: the synthesiser's raw dose.
+#: Quanta per air pixel of a raw scan TIP projects into, when its air is too small to measure them
+#: (`estimate_raw_dose`): the synthesiser's raw dose.
 RAW_TIP_DOSE = ScannerLook().raw_dose
+#: Air pixels a scan needs for its noise to be measured on them.
+MIN_AIR_PIXELS = 400
 
 
 class PlacementError(RuntimeError):
@@ -175,17 +189,43 @@ def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int],
 
 
 def project_into_grey(grey: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None) -> np.ndarray:
-    """A grey single-energy scan (H×W uint8/uint16, bright = transparent) with the item's high-energy
-    transmission multiplied in."""
+    """A grey single-energy scan (H×W uint8/uint16 on `render_grey`'s scale, air white) with the item's
+    high-energy log-attenuation added (its transmission multiplied in)."""
     extra = item_log_attenuation(item, offset_yx, grey.shape[:2], scanner=scanner)[:, :, 1]
-    out = grey.astype(np.float32) * np.exp(-extra)
-    return np.clip(np.round(out), 0, np.iinfo(grey.dtype).max).astype(grey.dtype)
+    # Only the item's footprint changes: elsewhere the scan keeps its pixels exactly (no re-quantisation).
+    changed = extra > 0
+    out = grey.copy()
+    out[changed] = grey_from_log_attenuation(grey_to_log_attenuation(grey)[changed] + extra[changed], dtype=grey.dtype)
+    return out
+
+
+def estimate_raw_dose(raw: np.ndarray, log_att_mean: np.ndarray | None = None) -> tuple[float, float] | None:
+    """Effective quanta per air pixel (low, high) of a raw scan H×W×2 uint16, measured on its air: the counts'
+    variance over their level there (photon statistics: variance = gain·signal, dose = span/gain). This is the
+    noise a pixel of *this* scan carries, whatever made it: the detector's pitch interpolated up, a scan
+    shrunk from a finer grid (both pool or smear quanta), a real scanner's own dose. None when the scan has
+    fewer than MIN_AIR_PIXELS of air away from the bag.
+    """
+    if log_att_mean is None:
+        log_att_mean = _scan_log_att_mean(raw, "raw", "sixray")
+    air = (log_att_mean < BAG_LOG_ATT_THRESHOLD).astype(np.uint8)
+    air = cv2.erode(air, np.ones((7, 7), np.uint8)).astype(bool)  # off the bag's blurred edge
+    air &= (raw < 65535).all(axis=2)  # saturated counts carry no noise
+    if np.count_nonzero(air) < MIN_AIR_PIXELS:
+        return None
+    signal = raw[air].astype(np.float64) - RAW_DARK_LEVEL  # N×2
+    level = np.median(signal, axis=0)
+    sigma = 1.4826 * np.median(np.abs(signal - level), axis=0)  # robust to a stray object in the air
+    if np.any(level <= 0) or np.any(sigma <= 0):
+        return None
+    span = float(RAW_AIR_LEVEL - RAW_DARK_LEVEL)
+    low, high = (span * level / sigma**2).tolist()
+    return float(low), float(high)
 
 
 def _scan_log_att_mean(pixels: np.ndarray, kind: str, palette: str) -> np.ndarray:
     if kind == "grey":
-        full = float(np.iinfo(pixels.dtype).max)
-        return -np.log(np.clip(pixels.astype(np.float32) / full, 1e-4, 1.0))
+        return grey_to_log_attenuation(pixels)
     both = raw_to_log_attenuation(pixels) if kind == "raw" else false_colour_to_pseudo_log_attenuation(pixels, palette)
     return (both[..., 0] + both[..., 1]) * np.float32(0.5)  # numpy's mean over a last axis of 2 is ~15× slower
 
@@ -200,13 +240,14 @@ def project_random(
     count: int = 1,
     pixel_mm: float | None = None,
     scanner: ScannerModel | None = None,
-    raw_dose: float | tuple[float, float] = RAW_TIP_DOSE,
+    raw_dose: float | tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, list[Projection]]:
     """Project `count` random contraband items of `classes` into a scan, inside its bag.
 
     pixels: H×W×2 uint16 raw (kind="raw"), H×W×3 uint8 RGB false colour (kind="rgb", with `palette`), or
     H×W grey (kind="grey"). pixel_mm: the scan's pixel size; guessed from the bag's extent when None.
-    raw_dose: quanta per air pixel of a raw scan, for the quantum noise a projected item leaves (`project_into_raw`).
+    raw_dose: quanta per air pixel of a raw scan, for the quantum noise a projected item leaves (`project_into_raw`);
+    None: measured on the scan's air (`estimate_raw_dose`), RAW_TIP_DOSE when it has too little air.
     Returns the new pixels (same shape and dtype) and one Projection per item placed. An item that does not
     fit is retried smaller-sized with a fresh draw; PlacementError when the scan has no bag at all.
     """
@@ -218,6 +259,8 @@ def project_random(
     if not region.any():
         raise PlacementError("the scan has no bag region (it is all air)")
     pmm = pixel_mm or estimate_pixel_mm(region)
+    if kind == "raw" and raw_dose is None:
+        raw_dose = estimate_raw_dose(pixels, log_att_mean) or RAW_TIP_DOSE
     out = pixels
     done: list[Projection] = []
     for _ in range(count):
