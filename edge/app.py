@@ -146,6 +146,8 @@ def _clear(ctx: ServiceContext) -> None:
 
 
 async def _stop_background(ctx: ServiceContext) -> None:
+    # Record writes that outlived their requests finish first: each is a scan the store must hold.
+    await asyncio.gather(*list(ctx.writes), return_exceptions=True)
     for task in ctx.background:
         task.cancel()
     await asyncio.gather(*ctx.background, return_exceptions=True)

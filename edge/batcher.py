@@ -334,6 +334,12 @@ class MicroBatcher:
         return len(self._running)
 
     @property
+    def _sharing(self) -> bool:
+        """Whether a backlog is ever shared out among parallel calls (`share_from` above `queue_max`: never,
+        when there is a call on every core to run each batch alone instead)."""
+        return self.run_batch_alone is None or self.share_from <= self.queue_max
+
+    @property
     def _running_full(self) -> bool:
         return any(c.full for c in self._running.values())
 
@@ -395,8 +401,8 @@ class MicroBatcher:
         assert self._queue is not None
         waited_until: float | None = None
         while True:
-            if self._running_alone:
-                await self._batch_ended.wait()
+            if self._running_alone or (self._running_batches and not self._sharing):
+                await self._batch_ended.wait()  # (sharing off: every call runs alone, one after another)
                 continue
             if not self._running_batches or self._held + self._queue.qsize() >= self.share_from:
                 return  # idle cores, or a backlog to share out
@@ -471,8 +477,9 @@ class MicroBatcher:
             start = time.monotonic()
             # The whole machine only for a batch that starts on idle cores with nothing queued behind it
             # (anything queued would start beside it at once and share the cores).
-            alone = (self.run_batch_alone is not None and self._running_batches == 0 and self._queue.empty()
-                     and not self._held)
+            # (Sharing off: every call that starts on idle cores runs alone, whatever waits behind it.)
+            alone = (self.run_batch_alone is not None and self._running_batches == 0
+                     and (not self._sharing or (self._queue.empty() and not self._held)))
             run, executor = (self.run_batch_alone, self._alone_executor) if alone else (self.run_batch, self._executor)
             per_scan_s = self._scan_s_alone if alone else self._scan_s_shared
             self._running[index] = _Call(alone=alone, full=len(live) >= self.max_batch,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge.batcher import MicroBatcher
 from edge.metrics import EdgeMetrics
@@ -41,6 +41,9 @@ class ServiceContext:
     decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     ready: bool = False
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Scans' record writes still running (one whose station stopped waiting at its deadline included): the
+    #: service awaits them before it stops.
+    writes: set[asyncio.Future[Any]] = field(default_factory=set)
 
     def require(self) -> tuple[Engine, Store, Auth, MicroBatcher]:
         """The started components; raises RuntimeError while the service is still starting or stopping."""

@@ -226,10 +226,13 @@ def _digest_and_views(store: Store, meta: ScanMeta, upload: Upload) -> tuple[str
     return upload.sha256, store.bag_scans(meta.station, meta.bag_id)
 
 
-async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started: float) -> dict[str, Any]:
+async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started: float,
+                 after: asyncio.Future[Any] | None = None) -> dict[str, Any]:
     """Screen one scan (see the module docstring); returns the `ScanResultOut` fields.
 
     started: `time.perf_counter()` when the request arrived (the deadline and total_ms count from it).
+    after: an earlier view of the same bag (a stream's previous scan of it): this scan is recorded once that
+    one is done, so the bag verdict of its answer covers it.
     Raises `IngestError` for every refusal.
     """
     engine, store, _auth, batcher = ctx.require()
@@ -270,7 +273,7 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         raise _queue_full(ctx, not_queued.retry_after_s)
     if ticket is None:
         raise IngestError(503, str(not_queued), {"Retry-After": "5"})
-    batch = await _screened(ctx, batcher, store, ticket, upload, sha)
+    batch, image_written = await _screened(ctx, batcher, store, ticket, upload, sha)
     decision = decide(batch.detections, engine.class_names, engine.policy)
     scan_info = batch.info
     timings = {"decode_ms": batch.prepare_ms, "queue_ms": batch.queue_ms, "inference_ms": batch.inference_ms}
@@ -279,36 +282,60 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         batch.detections, decision, class_names=tuple(engine.class_names),
         thresholds=engine.policy.threshold_array(), scan_info=scan_info, timings=timings, model=model,
     )
-    record, created, views = await asyncio.to_thread(
-        store.record_scan_in_bag,
-        station=meta.station, lane=meta.lane, bag_id=meta.bag_id, view=meta.view, image_sha256=sha,
-        media_type=upload.media_type, width=scan_info["width"], height=scan_info["height"], result=result,
-        model_name=engine.package.name, model_version=engine.package.version, alarm=decision.alarm,
-        alarm_classes=list(decision.alarm_classes), outbox=webhook_entry if ctx.settings.webhook_url else None,
-    )
-    if created:
-        ctx.metrics.scans.labels(lane=record.lane, alarm=str(record.alarm).lower()).inc()
-        for name in record.alarm_classes:
-            ctx.metrics.alarms.labels(class_name=name, lane=record.lane).inc()
-    await _after_record(ctx, record, enqueued=created)
+
+    async def record_it() -> tuple[ScanRecord, bool, list[ScanRecord]]:
+        await image_written  # the record only ever names an image already on disk
+        if after is not None and not after.done():
+            # An earlier view of this bag is recorded first (within this scan's deadline), so `views` holds it.
+            await asyncio.wait({after}, timeout=max(0.0, deadline - time.monotonic()))
+        record, created, views = await asyncio.to_thread(
+            store.record_scan_in_bag,
+            station=meta.station, lane=meta.lane, bag_id=meta.bag_id, view=meta.view, image_sha256=sha,
+            media_type=upload.media_type, width=scan_info["width"], height=scan_info["height"], result=result,
+            model_name=engine.package.name, model_version=engine.package.version, alarm=decision.alarm,
+            alarm_classes=list(decision.alarm_classes), outbox=webhook_entry if ctx.settings.webhook_url else None,
+        )
+        if created:
+            ctx.metrics.scans.labels(lane=record.lane, alarm=str(record.alarm).lower()).inc()
+            for name in record.alarm_classes:
+                ctx.metrics.alarms.labels(class_name=name, lane=record.lane).inc()
+        await _after_record(ctx, record, enqueued=created)
+        return record, created, views
+
+    # The writes (image, then record) run to their end whatever happens to the request (the service awaits
+    # them before it stops); the station waits for them within its deadline only: a write held up (a database
+    # busy with another writer, a slow disk) answers 504, unacknowledged, and a re-send is answered from the
+    # record once it is written.
+    writing = asyncio.ensure_future(record_it())
+    ctx.writes.add(writing)
+    writing.add_done_callback(ctx.writes.discard)
+    try:
+        record, created, views = await asyncio.wait_for(asyncio.shield(writing),
+                                                        timeout=max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        ctx.metrics.rejections.labels(reason="deadline").inc()
+        raise IngestError(504, f"the scan was screened but its record was not written before the request deadline "
+                               f"({ctx.settings.request_deadline_s:g} s); it is still being written, and a re-send "
+                               "of the same scan is answered from it") from None
     return _answer(record, views, timings, started=started, duplicate=not created)
 
 
 async def _screened(
     ctx: ServiceContext, batcher: MicroBatcher, store: Store, ticket: Ticket, upload: Upload, sha: str
-) -> BatchResult:
-    """The queued scan's model result. Its image is written once it is decoded, while its model call runs
-    (both take milliseconds; in parallel the answer comes sooner); a scan that cannot be decoded is refused
-    and written nowhere, nor is one that never runs (deadline, shutdown)."""
+) -> tuple[BatchResult, asyncio.Future[Any]]:
+    """The queued scan's model result, and its image's durable write (a future the caller awaits before it
+    records the scan). The image is written once it is decoded, while its model call runs (both take
+    milliseconds; in parallel the answer comes sooner); a scan that cannot be decoded is refused and written
+    nowhere, nor is one that never runs (deadline, shutdown)."""
     result = asyncio.ensure_future(batcher.wait(ticket))
-    put: asyncio.Future[str] | None = None
+    put: asyncio.Future[Any] | None = None
     try:
         await asyncio.wait((ticket.prepared, result), return_when=asyncio.FIRST_COMPLETED)
         if ticket.prepared.done() and not ticket.prepared.cancelled() and ticket.prepared.result():
             put = asyncio.ensure_future(asyncio.to_thread(store.put_image, upload.data, suffix=upload.suffix,
                                                           sha256=sha))
         try:
-            return await result
+            batch = await result
         except DeadlineExceededError as exc:
             ctx.metrics.rejections.labels(reason="deadline").inc()
             raise IngestError(504, f"{exc} ({ctx.settings.request_deadline_s:g} s)") from None
@@ -319,13 +346,17 @@ async def _screened(
             if refusal is None:
                 raise
             raise refusal from None
-    finally:
+    except BaseException:
         if not result.done():
             result.cancel()
         if put is not None:
             # The image write runs on even when screening failed: it must not be left half done, and the
             # file is content-addressed, so a later re-send finds it written.
             await put
+        raise
+    if put is None:  # (a scan that ran was prepared: its write started above)
+        put = asyncio.ensure_future(asyncio.to_thread(store.put_image, upload.data, suffix=upload.suffix, sha256=sha))
+    return batch, put
 
 
 def webhook_payload(record: ScanRecord) -> dict[str, Any]:

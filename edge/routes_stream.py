@@ -17,9 +17,10 @@ Protocol (all JSON text frames except the image bytes):
    fields of `POST /v1/scans`'s answer) or `{"type": "error", "seq", "status", "detail"}` (the status an
    HTTP request would have got; 429/503 carry `retry_after_s`).
 
-Up to `MAX_IN_FLIGHT` scans of one connection are screened at once (so they can share a batch); beyond
-that the server stops reading until the oldest is answered, which pushes back on the station through
-TCP. Dual-energy pairs are sent over HTTP only.
+Up to `MAX_IN_FLIGHT` scans of one connection are screened or waiting for their answer at once (so they can
+share a batch); beyond that the server stops reading until the oldest is answered, which pushes back on
+the station through TCP. Views of one bag are recorded in the order they were sent, so the answer to a
+bag's last view carries the verdict fused over all its views. Dual-energy pairs are sent over HTTP only.
 """
 
 from __future__ import annotations
@@ -129,8 +130,12 @@ async def _send_error(ws: WebSocket, seq: Any, status: int, detail: str, retry_a
 
 
 async def _screen_one(ctx: ServiceContext, principal: Principal, header: dict[str, Any], data: bytes | None,
-                      error: IngestError | None, request_id: str | None = None) -> dict[str, Any]:
-    """One scan's answer message (never raises for a refusal: it becomes an error message)."""
+                      error: IngestError | None, request_id: str | None = None,
+                      after: asyncio.Task[Any] | None = None) -> dict[str, Any]:
+    """One scan's answer message (never raises for a refusal: it becomes an error message).
+
+    after: the connection's previous scan of the same bag: this one is recorded after it, so its answer's
+    bag verdict covers every view sent before it (`screen`'s `after`)."""
     started = time.perf_counter()
     seq = header.get("seq")
     status = 200
@@ -150,7 +155,7 @@ async def _screen_one(ctx: ServiceContext, principal: Principal, header: dict[st
         except UnsupportedMediaTypeError as exc:
             raise IngestError(415, str(exc), reason="media_type") from None
         meta = validate_meta(header, station_name=principal.name)
-        result = await screen(ctx, meta, upload, started=started)
+        result = await screen(ctx, meta, upload, started=started, after=after)
         return {"type": "result", "seq": seq, **ScanResultOut.model_validate(result).model_dump(mode="json", by_alias=True)}
     except IngestError as exc:
         count_refusal(ctx, exc)
@@ -173,26 +178,48 @@ async def _screen_one(ctx: ServiceContext, principal: Principal, header: dict[st
                   station=principal.name, latency_ms=round(latency_s * 1000.0, 2))
 
 
-async def _send_in_order(ws: WebSocket, pending: asyncio.Queue[asyncio.Task[dict[str, Any]] | None]) -> None:
+async def _send_in_order(ws: WebSocket, pending: asyncio.Queue[asyncio.Task[dict[str, Any]] | None],
+                         slots: asyncio.Semaphore) -> None:
+    """Answer the scans in the order they came; each answer sent gives its scan's slot back."""
     while True:
         task = await pending.get()
         if task is None:
             return
-        answer = await task
-        await ws.send_json(answer)
+        try:
+            answer = await task
+            await ws.send_json(answer)
+        finally:
+            slots.release()
 
 
-async def _next_scan(ws: WebSocket, *, after_unreadable_header: bool
+class _Frames:
+    """The socket's frames, with room to give one back: a text frame that came where a header's image was
+    due is the next scan's header, read again by the next `_next_scan`."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.held: dict[str, Any] | None = None
+
+    async def receive(self) -> dict[str, Any]:
+        if self.held is not None:
+            message, self.held = self.held, None
+            return message
+        return await self.ws.receive()
+
+
+async def _next_scan(frames: _Frames, *, after_unreadable_header: bool
                      ) -> tuple[dict[str, Any], bytes | None, IngestError | None] | None:
     """Read one header (and its binary frame); None when the client closed the socket.
 
     after_unreadable_header: the previous header was answered with an `_UnreadableHeader` error, so a
     binary frame now is that scan's image and is dropped (answering it too would shift every later answer
     by one for a client that pairs answers with scans by order); a text frame is the next header.
+    A header followed by a text frame instead of its image is refused, and that text frame is the next
+    scan's header (a station whose file read failed loses that scan only, not the next one too).
     """
-    message = await ws.receive()
+    message = await frames.receive()
     if after_unreadable_header and message.get("bytes") is not None:
-        message = await ws.receive()
+        message = await frames.receive()
     if message["type"] == "websocket.disconnect":
         return None
     if message.get("text") is None:
@@ -203,17 +230,19 @@ async def _next_scan(ws: WebSocket, *, after_unreadable_header: bool
         if not isinstance(header, dict):
             raise ValueError("not an object")
     except (ValueError, RecursionError):  # RecursionError: json.loads on deep nesting
-        return {}, None, _UnreadableHeader(400, "the header frame is not a JSON object")
+        return {}, None, _UnreadableHeader(400, "the header frame is not a JSON object", reason="bad_frame")
     if "image_b64" in header:
         try:
             return header, base64.b64decode(header.pop("image_b64"), validate=True), None
         except (ValueError, TypeError):  # ValueError: binascii.Error, or a non-ASCII str
             return header, None, IngestError(400, "image_b64 is not valid base64", reason="bad_frame")
-    frame = await ws.receive()
+    frame = await frames.receive()
     if frame["type"] == "websocket.disconnect":
         return None
     if frame.get("bytes") is None:
-        return header, None, IngestError(400, "expected the image as a binary frame after the header", reason="bad_frame")
+        frames.held = frame
+        return header, None, IngestError(400, "expected the image as a binary frame after the header (a text "
+                                              "frame came: it is read as the next scan's header)", reason="bad_frame")
     return header, frame["bytes"], None
 
 
@@ -226,15 +255,27 @@ async def stream(websocket: WebSocket) -> None:
         return
     principal, key_check = authenticated
     request_id = websocket.scope.get("state", {}).get("request_id")
-    pending: asyncio.Queue[asyncio.Task[dict[str, Any]] | None] = asyncio.Queue(maxsize=MAX_IN_FLIGHT)
-    sender = asyncio.create_task(_send_in_order(websocket, pending))
+    frames = _Frames(websocket)
+    # A slot per scan from before its header is read until its answer is sent: at most MAX_IN_FLIGHT scans
+    # of this connection are in screening or waiting to be answered, and without a free slot nothing is read.
+    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+    pending: asyncio.Queue[asyncio.Task[dict[str, Any]] | None] = asyncio.Queue()  # bounded by the slots
+    sender = asyncio.create_task(_send_in_order(websocket, pending, slots))
     tasks: list[asyncio.Task[dict[str, Any]]] = []
+    last_of_bag: dict[str, asyncio.Task[dict[str, Any]]] = {}  # the latest scan of each bag still screening
     after_unreadable_header = False
     close_code, close_reason = 1000, None
     try:
         while not sender.done():
-            item = await _next_scan(websocket, after_unreadable_header=after_unreadable_header)
+            # Wait for a slot, unless the sender died (client gone).
+            room = asyncio.create_task(slots.acquire())
+            await asyncio.wait({room, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if not room.done():
+                room.cancel()
+                break
+            item = await _next_scan(frames, after_unreadable_header=after_unreadable_header)
             if item is None:
+                slots.release()
                 break
             header, data, error = item
             after_unreadable_header = isinstance(error, _UnreadableHeader)
@@ -242,27 +283,26 @@ async def stream(websocket: WebSocket) -> None:
             if revoked:
                 error = IngestError(401, "this station's key no longer authenticates it (the station was disabled "
                                          "or its key rotated): reconnect with a valid station key")
-            task = asyncio.create_task(_screen_one(ctx, principal, header, data, error, request_id))
+            # Views of one bag are recorded in the order they were sent, so the answer to a later view (the
+            # one a station takes as the bag's verdict) fuses the views before it; their model calls still
+            # run together.
+            bag_id = header.get("bag_id")
+            earlier = last_of_bag.get(bag_id) if isinstance(bag_id, str) else None
+            task = asyncio.create_task(_screen_one(ctx, principal, header, data, error, request_id, after=earlier))
             tasks = [t for t in tasks if not t.done()] + [task]
-            # Wait for room among the in-flight answers, unless the sender died (client gone).
-            put = asyncio.create_task(pending.put(task))
-            await asyncio.wait({put, sender}, return_when=asyncio.FIRST_COMPLETED)
-            if not put.done():
-                put.cancel()
-                break
+            last_of_bag = {b: t for b, t in last_of_bag.items() if not t.done()}
+            if isinstance(bag_id, str):
+                last_of_bag[bag_id] = task
+            pending.put_nowait(task)
             if revoked:
                 close_code, close_reason = _POLICY_VIOLATION, "station key no longer valid"
                 break
     except WebSocketDisconnect:
         pass
     finally:
-        if not sender.done():
-            # Let the sender answer everything queued (the 401 of a revoked key included, so wait for room
-            # rather than drop the queue when it is full), then stop it; if the client is gone the sends
-            # fail and it stops sooner.
-            end = asyncio.create_task(pending.put(None))
-            await asyncio.wait({end, sender}, return_when=asyncio.FIRST_COMPLETED)
-            end.cancel()
+        # Let the sender answer everything queued (the 401 of a revoked key included), then stop; if the
+        # client is gone the sends fail and it stops sooner.
+        pending.put_nowait(None)
         await asyncio.gather(sender, return_exceptions=True)
         # Scans already accepted finish (their records are written) even if nobody reads the answers.
         await asyncio.gather(*tasks, return_exceptions=True)
