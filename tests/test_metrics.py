@@ -401,3 +401,17 @@ def test_metrics_modules_do_not_import_torch():
     code = "import sys, training.metrics, training.plots; sys.exit(1 if 'torch' in sys.modules else 0)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_inverted_or_non_finite_boxes_are_refused():
+    """An x2 < x1 box (a y,x swap, a reader's bug) would reach COCO as a negative width and be scored
+    silently: it is refused, naming the box."""
+    ok = np.array([[1.0, 2.0, 5.0, 6.0]])
+    ImageTruth("a", 10, 10, ok, np.array([0]))
+    ImagePredictions(ok, np.array([0.9]), np.array([0]))
+    with pytest.raises(ValueError, match=r"truth box 0 is not x1 ≤ x2"):
+        ImageTruth("a", 10, 10, np.array([[5.0, 2.0, 1.0, 6.0]]), np.array([0]))
+    with pytest.raises(ValueError, match=r"prediction box 1 is not x1 ≤ x2"):
+        ImagePredictions(np.array([[1.0, 2.0, 5.0, 6.0], [1.0, 6.0, 5.0, 2.0]]), np.array([0.9, 0.8]), np.array([0, 0]))
+    with pytest.raises(ValueError, match="finite"):
+        ImagePredictions(np.array([[1.0, 2.0, np.nan, 6.0]]), np.array([0.9]), np.array([0]))

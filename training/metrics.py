@@ -79,6 +79,7 @@ class ImageTruth:
         n = np.asarray(self.class_ids).reshape(-1).shape[0]
         if np.asarray(self.boxes_xyxy).reshape(-1, 4).shape[0] != n:
             raise ValueError(f"image {self.image_id}: {np.asarray(self.boxes_xyxy).shape} boxes for {n} class ids")
+        _check_boxes(self.boxes_xyxy, f"image {self.image_id}: truth")
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +94,18 @@ class ImagePredictions:
         m = np.asarray(self.scores).reshape(-1).shape[0]
         if np.asarray(self.boxes_xyxy).reshape(-1, 4).shape[0] != m or np.asarray(self.class_ids).size != m:
             raise ValueError("inconsistent prediction arrays")
+        _check_boxes(self.boxes_xyxy, "prediction")
+
+
+def _check_boxes(boxes_xyxy: np.ndarray, what: str) -> None:
+    """Boxes must be finite x1 ≤ x2, y1 ≤ y2: COCO would read an inverted box as a negative width and
+    score it silently (never matched, or matched through a negative area)."""
+    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    if not np.all(np.isfinite(boxes)):
+        raise ValueError(f"{what} boxes must be finite")
+    bad = np.nonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))[0]
+    if bad.size:
+        raise ValueError(f"{what} box {bad[0]} is not x1 ≤ x2, y1 ≤ y2 (xyxy): {boxes[bad[0]].tolist()}")
 
 
 @dataclass(frozen=True, eq=False)
