@@ -282,3 +282,13 @@ def test_train_into_a_folder_that_holds_a_run_needs_resume_or_overwrite(tmp_path
     assert result.exit_code == 2 and "--resume" in result.output and "--overwrite" in result.output
     assert "Traceback" not in result.output
     assert (run / "best.ckpt").read_bytes() == b"hours of training" and not (run / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate"])
+def test_data_in_no_known_layout_is_named_once(command, ckpt, tmp_path):
+    data = tmp_path / "notes"
+    data.mkdir()
+    (data / "readme.txt").write_text("no annotations here\n")
+    result = invoke(command, "--model", ckpt, "--data", data, "--device", "cpu")
+    assert_clear_error(result, "layout not recognised")
+    assert result.output.count(str(data)) == 1, result.output

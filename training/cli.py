@@ -140,13 +140,19 @@ def _load(model: Path, device: str) -> Any:
         raise _fail(f"{model}: cannot load the model: {exc}") from None
 
 
+def _about(path: Path, exc: Exception) -> str:
+    """`path: message`, unless the message names the path already (the readers' errors do)."""
+    message = str(exc)
+    return message if message.startswith(str(path)) else f"{path}: {message}"
+
+
 def _dataset(data: Path, format: str, loaded: Any) -> Any:
     from training.evaluate import build_eval_dataset
 
     try:
         return build_eval_dataset(data, format=format, classes=loaded.classes, spec=loaded.spec)
     except (OSError, ValueError) as exc:  # layout, annotation and class-map errors are ValueErrors
-        raise _fail(f"{data}: {exc}") from None
+        raise _fail(_about(data, exc)) from None
 
 
 def _fmt(v: float | None) -> str:
@@ -241,7 +247,7 @@ def calibrate_command(
             predictions, classes=loaded.classes, target_pfa=target_pfa, score_floor=low.score_floor
         )
     except ValueError as exc:  # e.g. no clean bags
-        raise _fail(f"{data}: {exc}") from None
+        raise _fail(_about(data, exc)) from None
     floor = calibrated_score_floor(cal.thresholds, loaded.postprocess.score_floor)
     operating_point = {
         "target_pfa": cal.target_pfa,
