@@ -180,11 +180,23 @@ class Engine:
         if len(outputs) != 2:
             raise PackageError(f"{where}: the graph has {len(outputs)} outputs; a package has boxes and scores")
         k = len(self.class_names)
-        for out, last, what in zip(outputs, (4, k), ("4 box coordinates", f"{k} classes, one per class name")):
+        wants = list(zip(outputs, (4, k), ("4 box coordinates", f"{k} classes, one per class name")))
+        for out, last, what in wants:
             shape = list(out.shape)
             if len(shape) != 3 or (isinstance(shape[2], int) and shape[2] != last):
                 raise PackageError(f"{where}: graph output {out.name} has shape {shape}; the package expects "
                                    f"(batch, anchors, {last}): {what}")
+        if not all(isinstance(out.shape[2], int) for out, _, _ in wants):
+            # A width the graph leaves symbolic is seen by running it once, on one blank input.
+            blank = np.zeros((1, *want_shape), np.uint16 if self.spec.input_bits == 16 else np.uint8)
+            try:
+                got = self.session.run(names, {inp.name: blank})
+            except Exception as exc:  # ORT's own exception types
+                raise PackageError(f"{where}: the graph fails on a blank input ({exc})") from exc
+            for (out, last, what), value in zip(wants, got):
+                if value.ndim != 3 or value.shape[2] != last:
+                    raise PackageError(f"{where}: graph output {out.name} gives shape {list(value.shape)}; the "
+                                       f"package expects (batch, anchors, {last}): {what}")
         return inp.name, names
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,7 @@ def _package(
     scores: np.ndarray,
     class_names: tuple[str, ...] = CLASSES,
     box_width: int = 4,
+    symbolic_tails: bool = False,
 ) -> Path:
     """A model package whose graph takes B×3×HW×HW uint8 and gives the constant outputs `boxes_xyxy`
     (A×box_width) and `scores` (A×K) for every image of the batch."""
@@ -64,10 +65,22 @@ def _package(
     ]
     graph = helper.make_graph(
         nodes, "review", [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", 3, HW, HW])],
-        [helper.make_tensor_value_info("boxes_xyxy", TensorProto.FLOAT, ["batch", anchors, box_width]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", anchors, k])],
+        [helper.make_tensor_value_info("boxes_xyxy", TensorProto.FLOAT,
+                                       ["batch", anchors, "box_width" if symbolic_tails else box_width]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", anchors, "k" if symbolic_tails else k])],
         inits,
     )
+    if symbolic_tails:
+        # Outputs tiled over the batch by a count read off the input at run time: shape inference cannot see
+        # through Tile's repeats, so the session reports the outputs' widths as the declared symbols.
+        nodes = [
+            helper.make_node("Shape", ["images"], ["shape"]),
+            helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+            helper.make_node("Concat", ["batch", "one", "one"], ["repeats"], axis=0),
+            helper.make_node("Tile", ["box_const", "repeats"], ["boxes_xyxy"]),
+            helper.make_node("Tile", ["score_const", "repeats"], ["scores"]),
+        ]
+        graph = helper.make_graph(nodes, "review", list(graph.input), list(graph.output), inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     package = ModelPackage(
@@ -185,6 +198,17 @@ def test_engine_refuses_a_graph_whose_scores_do_not_match_the_class_names(tmp_pa
     path = _package(tmp_path / "k.onnx", boxes_xyxy=_BOXES, scores=_SCORES, class_names=CLASSES[:2])
     with pytest.raises(PackageError, match=r"scores has shape \[.batch., 2, 3\].*\(batch, anchors, 2\): 2 classes"):
         Engine(path, threads=1)
+
+
+def test_engine_checks_output_widths_the_graph_leaves_symbolic(tmp_path):
+    """A graph may declare its class dimension symbolically ("k"): the engine then runs it once at load to
+    see the real width, instead of loading a 3-class graph under 2 class names."""
+    path = _package(tmp_path / "k.onnx", boxes_xyxy=_BOXES, scores=_SCORES, class_names=CLASSES[:2], symbolic_tails=True)
+    with pytest.raises(PackageError, match=r"scores gives shape \[1, 2, 3\].*\(batch, anchors, 2\): 2 classes"):
+        Engine(path, threads=1)
+    good = _package(tmp_path / "good.onnx", boxes_xyxy=_BOXES, scores=_SCORES, symbolic_tails=True)
+    (pred,) = Engine(good, threads=1).predict([np.zeros((HW, HW, 3), np.uint8)])
+    assert pred.detections.class_ids.tolist() == [0, 2]
 
 
 def test_engine_refuses_a_graph_whose_boxes_are_not_four_numbers(tmp_path):
