@@ -197,12 +197,19 @@ def read_tdr(data: bytes) -> dict[str, Any]:
         return TDRLoader(path).get_data()
 
 
+def tdr_file_name(record: ScanRecord) -> str:
+    """`scan-<id>-<image sha256, 12 hex>.dcs`: the scan's id orders the folder; the image's digest keeps apart
+    the reports of edge nodes with databases of their own (each numbers its scans from 1) that share one
+    TDR folder, while a re-written report of the same scan keeps its name."""
+    return f"scan-{record.id:09d}-{record.image_sha256[:12]}.dcs"
+
+
 def write_tdr_file(record: ScanRecord, tdr_dir: Path, *, thresholds: dict[str, float] | None = None,
                    image: bytes | None = None) -> Path:
-    """Write `<tdr_dir>/scan-<id>.dcs` atomically and durably (`edge.images.write_durable`: safe when a
+    """Write `<tdr_dir>/<tdr_file_name>` atomically and durably (`edge.images.write_durable`: safe when a
     re-send writes the same report at once, from another thread or another process on a shared folder);
     return its path."""
     tdr_dir.mkdir(parents=True, exist_ok=True)
-    final = tdr_dir / f"scan-{record.id:09d}.dcs"
+    final = tdr_dir / tdr_file_name(record)
     write_durable(final, build_tdr(record, thresholds=thresholds, image=image))
     return final

@@ -518,9 +518,11 @@ def test_tdr_is_a_dicos_report_of_the_alarmed_detections(service):
 
 def test_tdr_file_written_and_409_for_a_clear_scan(tmp_path):
     with running_service(tmp_path, tdr_dir=tmp_path / "tdr") as svc:
+        from edge.tdr import tdr_file_name
+
         scan_id = post_png(svc, png_bytes(1), "bag-tdr-file").json()["id"]
-        report = tmp_path / "tdr" / f"scan-{scan_id:09d}.dcs"
-        assert report.is_file()
+        report = tmp_path / "tdr" / tdr_file_name(svc.ctx.store.get_scan(scan_id))
+        assert report.is_file() and report.name.startswith(f"scan-{scan_id:09d}-")
         # The same report written at once by several threads (re-sends): each write lands whole, and no
         # temporary file is left behind.
         from concurrent.futures import ThreadPoolExecutor
@@ -538,6 +540,21 @@ def test_tdr_file_written_and_409_for_a_clear_scan(tmp_path):
         clear_id = post_png(svc, png_bytes(2), "bag-clear").json()["id"]
         r = svc.client.get(f"/v1/scans/{clear_id}/tdr", headers=svc.auth("admin"))
         assert r.status_code == 409 and "did not alarm" in r.json()["detail"]
+
+
+def test_tdr_files_of_nodes_with_databases_of_their_own_share_a_folder(tmp_path):
+    """Two edge nodes, each with its own database (both number their scans from 1), write their TDRs into
+    one shared folder: neither report replaces the other."""
+    shared = tmp_path / "tdr"
+    for node, seed in (("a", 11), ("b", 12)):
+        with running_service(tmp_path / node, tdr_dir=shared) as svc:
+            engine = svc.ctx.engine
+            engine.policy = DecisionPolicy(class_names=engine.class_names,
+                                           thresholds={c: 1e-6 for c in engine.class_names})
+            r = post_png(svc, png_bytes(seed), f"bag-{node}")
+            assert r.status_code == 200 and r.json()["alarm"] and r.json()["id"] == 1, r.text
+    names = sorted(p.name for p in shared.iterdir())
+    assert len(names) == 2 and all(n.startswith("scan-000000001-") for n in names), names
 
 
 class _Receiver(BaseHTTPRequestHandler):

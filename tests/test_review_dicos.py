@@ -192,6 +192,7 @@ def test_tdr_of_a_dicos_scan_links_to_the_dx_uids(template):
 
 
 def test_the_service_tdr_of_a_dicos_scan_references_that_scan(tmp_path, template):
+    from edge.tdr import tdr_file_name
     from vision.decide import DecisionPolicy
 
     grey = (np.random.default_rng(3).random((96, 80)) * 65535).astype(np.uint16)
@@ -205,7 +206,7 @@ def test_the_service_tdr_of_a_dicos_scan_references_that_scan(tmp_path, template
         scan_id = r.json()["id"]
         downloaded = svc.client.get(f"/v1/scans/{scan_id}/tdr", headers=svc.auth("supervisor"))
         assert downloaded.status_code == 200
-        written = (tmp_path / "tdr" / f"scan-{scan_id:09d}.dcs").read_bytes()
+        written = (tmp_path / "tdr" / tdr_file_name(svc.ctx.store.get_scan(scan_id))).read_bytes()
     source = _read(dx)
     for data in (downloaded.content, written):
         report = _read(data)
