@@ -116,8 +116,10 @@ class EdgeSettings(BaseSettings):
     rate_limit_per_s: float = Field(20.0, gt=0.0, description="Sustained scans per second per station.")
     rate_limit_burst: int = Field(40, ge=1, description="Scans a station may send at once before 429.")
 
-    tdr_dir: Path | None = Field(None, description="If set, a DICOS TDR is written here for every alarmed scan, as scan-<id>-<image sha256, 12 hex>.dcs "
-                                                   "(nodes with databases of their own may share the folder).")
+    tdr_dir: Path | None = Field(
+        None, description="If set, a DICOS TDR is written here for every alarmed scan, as "
+                          "scan-<id>-<image sha256, 12 hex>.dcs (nodes with databases of their own may share it).",
+    )
     webhook_url: str | None = Field(None, description="If set, every alarm is POSTed here (at least once).")
     webhook_timeout_s: float = Field(5.0, gt=0.0)
     outbox_poll_s: float = Field(1.0, gt=0.0, description="How often the webhook sender looks for due items.")
