@@ -55,6 +55,8 @@ MIN_VISIBLE_FRACTION = 0.5
 #: Quanta per air pixel of a raw scan TIP projects into, when its air is too small to measure them
 #: (`estimate_raw_dose`): the synthesiser's raw dose.
 RAW_TIP_DOSE = ScannerLook().raw_dose
+#: Detector blur (Gaussian σ, pixels) given to projected items: the synthesiser's own.
+TIP_BLUR_PX = ScannerLook().blur_px
 #: Air pixels a scan needs for its noise to be measured on them.
 MIN_AIR_PIXELS = 400
 
@@ -157,17 +159,29 @@ def _full_mask(item: TipItem, offset_yx: tuple[int, int], shape_hw: tuple[int, i
     return full
 
 
-def item_log_attenuation(item: TipItem, offset_yx: tuple[int, int], shape_hw: tuple[int, int], *, scanner: ScannerModel | None = None) -> np.ndarray:
-    """H×W×2 float32 log-attenuation (low, high) of the item alone, placed at `offset_yx`."""
+def item_log_attenuation(item: TipItem, offset_yx: tuple[int, int], shape_hw: tuple[int, int], *,
+                         scanner: ScannerModel | None = None, blur_px: float = TIP_BLUR_PX) -> np.ndarray:
+    """H×W×2 float32 log-attenuation (low, high) of the item alone, placed at `offset_yx`, as the scanner
+    sees it: its transmission blurred by the detector (Gaussian σ `blur_px`; 0 = sharp), so its edges are
+    as soft as the scan's own instead of a tell-tale sharp outline. The blur reaches ~3σ past the footprint;
+    beyond it the log-attenuation is exactly 0 (the scan's pixels stay as they were)."""
     basis = np.zeros((*shape_hw, 2), np.float32)
     y0, x0 = offset_yx
     h, w = item.mask.shape
     basis[y0 : y0 + h, x0 : x0 + w] = item.basis_cm
-    return lookup_log_attenuation(basis, scanner=scanner or build_scanner())
+    log_att = lookup_log_attenuation(basis, scanner=scanner or build_scanner())
+    if blur_px <= 0:
+        return log_att
+    transmission = cv2.GaussianBlur(cv2.exp(-log_att), (0, 0), sigmaX=blur_px, sigmaY=blur_px,
+                                    borderType=cv2.BORDER_REPLICATE)
+    log_att = -np.log(np.clip(transmission, np.float32(1e-30), np.float32(1.0)))
+    log_att[log_att < np.float32(1e-6)] = 0.0  # the kernel's float round-off far from the item
+    return log_att
 
 
 def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None,
-                     rng: np.random.Generator | None = None, dose: float | tuple[float, float] = RAW_TIP_DOSE) -> np.ndarray:
+                     rng: np.random.Generator | None = None, dose: float | tuple[float, float] = RAW_TIP_DOSE,
+                     blur_px: float = TIP_BLUR_PX) -> np.ndarray:
     """raw H×W×2 uint16 (low, high) → the same scan with the item's transmission multiplied in.
 
     rng: when given, the quantum noise the item leaves is added. Scaling noisy counts by T scales their
@@ -175,8 +189,9 @@ def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int],
     variance gain·signal·(1 − T) in raw counts (binomial thinning of the quanta), is drawn here, with
     gain = (RAW_AIR_LEVEL − RAW_DARK_LEVEL)/dose and `dose` the quanta per air pixel the scan was taken
     at (per channel, or one number for both). Without it a projected object is smoother than its bag.
+    blur_px: the detector blur the item's transmission gets (`item_log_attenuation`).
     """
-    extra = item_log_attenuation(item, offset_yx, raw.shape[:2], scanner=scanner)
+    extra = item_log_attenuation(item, offset_yx, raw.shape[:2], scanner=scanner, blur_px=blur_px)
     transmission = np.exp(-extra)
     signal = raw.astype(np.float32) - np.float32(RAW_DARK_LEVEL)
     out = signal * transmission
@@ -188,11 +203,12 @@ def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int],
     return np.clip(out, 0, 65535).astype(np.uint16)
 
 
-def project_into_grey(grey: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None) -> np.ndarray:
+def project_into_grey(grey: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None,
+                      blur_px: float = TIP_BLUR_PX) -> np.ndarray:
     """A grey single-energy scan (H×W uint8/uint16 on `render_grey`'s scale, air white) with the item's
     high-energy log-attenuation added (its transmission multiplied in)."""
-    extra = item_log_attenuation(item, offset_yx, grey.shape[:2], scanner=scanner)[:, :, 1]
-    # Only the item's footprint changes: elsewhere the scan keeps its pixels exactly (no re-quantisation).
+    extra = item_log_attenuation(item, offset_yx, grey.shape[:2], scanner=scanner, blur_px=blur_px)[:, :, 1]
+    # Only where the item reaches changes: elsewhere the scan keeps its pixels exactly (no re-quantisation).
     changed = extra > 0
     out = grey.copy()
     out[changed] = grey_from_log_attenuation(grey_to_log_attenuation(grey)[changed] + extra[changed], dtype=grey.dtype)
