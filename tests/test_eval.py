@@ -44,6 +44,8 @@ def _item(index: int, orig_hw: tuple[int, int], boxes_orig: list[list[float]], c
         "class_ids": torch.tensor(class_ids, dtype=torch.int64),
         "image_id": f"img{index}",
         "has_threat": bool(class_ids),
+        "scan_boxes_xyxy": np.array(boxes_orig, np.float32).reshape(-1, 4),
+        "scan_class_ids": np.array(class_ids, np.int64),
         "orig_hw": orig_hw,
         "letterbox": params,
     }

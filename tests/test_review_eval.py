@@ -161,3 +161,13 @@ def test_a_bag_whose_only_threat_is_small_in_the_model_input_is_not_a_clean_bag(
     target = _OneScan(classes=("drug_package",), spec=spec, train=False, augment=False, seed=0)[0][1]
     # Evaluation and calibration take the bag labels from here: a clean bag sets the false-alarm budget.
     assert target["has_threat"] is True
+
+
+def test_evaluation_counts_an_object_too_small_to_train_on_as_a_truth():
+    """Training leaves out boxes under MIN_BOX_PX in the model input (nothing to learn from); evaluation must
+    not: a missed tiny object is a miss. The truths come in the scan's own pixels, clipped to it."""
+    spec = PreprocessSpec(height=64, width=64)
+    target = _OneScan(classes=("drug_package",), spec=spec, train=False, augment=False, seed=0)[0][1]
+    assert target["boxes_xyxy"].shape[0] == 0  # (training's view)
+    assert target["scan_boxes_xyxy"].tolist() == [[100.0, 100.0, 106.0, 106.0]]
+    assert target["scan_class_ids"].tolist() == [0]

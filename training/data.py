@@ -168,6 +168,15 @@ class DetectionDataset(Dataset):
         # model's input are dropped below: a bag whose only threat is small is no clean bag (evaluation's
         # false alarms and calibration's thresholds are counted on the clean ones).
         has_threat = bool(np.asarray(ids).size > 0)
+        # Evaluation scores against every annotated object, in the scan's own pixels (clipped to it), however
+        # small it comes out in the model's input: a missed tiny object is a miss, not left out.
+        h, w = pixels.shape[:2]
+        scan_boxes = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+        scan_boxes[:, [0, 2]] = scan_boxes[:, [0, 2]].clip(0, w)
+        scan_boxes[:, [1, 3]] = scan_boxes[:, [1, 3]].clip(0, h)
+        real = (scan_boxes[:, 2] > scan_boxes[:, 0]) & (scan_boxes[:, 3] > scan_boxes[:, 1])
+        scan_ids = np.asarray(ids, np.int64).reshape(-1)[real]
+        scan_boxes = scan_boxes[real]
         arr, params = prepare(pixels, self.spec)
         boxes = letterbox_boxes(boxes, params).reshape(-1, 4)
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, self.spec.width)
@@ -181,6 +190,8 @@ class DetectionDataset(Dataset):
             "class_ids": torch.from_numpy(np.ascontiguousarray(ids, np.int64)),
             "image_id": item.image_id,
             "has_threat": has_threat,
+            "scan_boxes_xyxy": scan_boxes,
+            "scan_class_ids": scan_ids,
             "orig_hw": (int(pixels.shape[0]), int(pixels.shape[1])),
             "letterbox": params,
         }

@@ -40,7 +40,6 @@ from training.metrics import (
     screening_metrics,
 )
 from vision.decide import DecisionPolicy, bag_score
-from vision.letterbox import unletterbox
 from vision.postprocess import Detections, PostprocessParams, postprocess_to_scans
 from vision.preprocess import PreprocessSpec
 
@@ -81,7 +80,8 @@ def predict_dataset(
     workers: int = 0,
 ) -> DatasetPredictions:
     """Run `predictor` over every item of `dataset` (items: image C×H×W tensor, target dict with
-    boxes_xyxy N×4 input px, class_ids N, image_id, has_threat, orig_hw, letterbox) and post-process."""
+    scan_boxes_xyxy N×4 and scan_class_ids N (every annotated object, scan pixels), image_id, has_threat,
+    orig_hw, letterbox) and post-process."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     truths: list[ImageTruth] = []
     detections: list[Detections] = []
@@ -91,16 +91,14 @@ def predict_dataset(
         letterboxes = [target["letterbox"] for target in targets]
         for dets, target in zip(postprocess_to_scans(boxes_xyxy, scores, postprocess, letterboxes), targets, strict=True):
             detections.append(dets)
-            lb = target["letterbox"]
-            gt_boxes = np.asarray(target["boxes_xyxy"], dtype=np.float32).reshape(-1, 4)
             height, width = (int(v) for v in target["orig_hw"])
             truths.append(
                 ImageTruth(
                     image_id=str(target["image_id"]),
                     width=width,
                     height=height,
-                    boxes_xyxy=unletterbox(gt_boxes, lb),
-                    class_ids=np.asarray(target["class_ids"], dtype=np.int64).reshape(-1),
+                    boxes_xyxy=np.asarray(target["scan_boxes_xyxy"], dtype=np.float32).reshape(-1, 4),
+                    class_ids=np.asarray(target["scan_class_ids"], dtype=np.int64).reshape(-1),
                 )
             )
             threat.append(bool(target["has_threat"]))
