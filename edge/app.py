@@ -96,7 +96,9 @@ def _open_store(settings: EdgeSettings) -> tuple[Any, Any]:
     except Exception:
         store.close()
         raise
-    return store, Auth(store)
+    auth = Auth(store)
+    auth.prepare_logins()  # one hash now, so that no login's "no such user" costs one more
+    return store, auth
 
 
 @asynccontextmanager

@@ -91,11 +91,16 @@ class Auth:
     @property
     def _dummy_hash(self) -> str:
         # Verified against when the user does not exist, so that "no such user" takes as long as
-        # "wrong password" and names cannot be probed by timing. Made on first use: hashing costs as much
-        # as a login, and most Auth objects (CLI commands) never need it.
+        # "wrong password" and names cannot be probed by timing. Made by `prepare_logins` (the service does at
+        # start: made on a first login, it would make that login's "no such user" cost a hash more), else on
+        # first use: hashing costs as much as a login, and most Auth objects (CLI commands) never need it.
         if self._dummy_hash_value is None:
             self._dummy_hash_value = self._hasher.hash(secrets.token_urlsafe(16))
         return self._dummy_hash_value
+
+    def prepare_logins(self) -> None:
+        """Do now the one-off work of a first login (the unknown-name hash), so no login costs more than another."""
+        _ = self._dummy_hash
 
     # -- principals --------------------------------------------------------------------------------------
 
@@ -184,8 +189,9 @@ class Auth:
             return None
         return _principal(row)
 
-    def verify_password(self, name: str, password: str) -> Principal | None:
-        """The enabled user `name` if `password` is theirs, else None (same work either way)."""
+    def _checked_password(self, name: str, password: str) -> tuple[Principal, str] | None:
+        """(the enabled user `name`, the stored hash `password` was verified against), else None; the same
+        argon2 work either way."""
         if not isinstance(password, str) or len(password) > _MAX_PASSWORD_LENGTH:
             return None
         row = None
@@ -203,11 +209,56 @@ class Auth:
             return None
         if stored is None or row is None or row.disabled:
             return None
+        return _principal(row), stored
+
+    def _unchanged_user(self, session: Session, name: str, verified_hash: str) -> PrincipalRow | None:
+        """The user's row, locked for this transaction, if it is enabled and still holds the password hash a
+        login verified; None if a reset, a disabling or a removal came in between (the login is refused:
+        its password may be the leaked one the reset was for)."""
+        row = session.execute(
+            select(PrincipalRow).where(PrincipalRow.kind == "user", PrincipalRow.name == name).with_for_update()
+        ).scalar_one_or_none()
+        if row is None or row.disabled or row.password_hash != verified_hash:
+            return None
+        return row
+
+    def verify_password(self, name: str, password: str) -> Principal | None:
+        """The enabled user `name` if `password` is theirs, else None (same work either way). A hash made
+        under older argon2 parameters is replaced, unless the password changed meanwhile."""
+        checked = self._checked_password(name, password)
+        if checked is None:
+            return None
+        principal, stored = checked
         if self._hasher.check_needs_rehash(stored):
             new_hash = self._hasher.hash(password)
             with self.store.transaction(write=True) as session:
-                self._row(session, name, "user").password_hash = new_hash
-        return _principal(row)
+                row = self._unchanged_user(session, name, stored)
+                if row is None:
+                    return None
+                row.password_hash = new_hash
+        return principal
+
+    def login(self, name: str, password: str, *, ttl_s: int = 8 * 3600) -> tuple[Principal, str, str] | None:
+        """Check a user's password and start a session in one step: (principal, session token, CSRF token),
+        or None. The session is made in the transaction that sees the password still the one verified (its
+        row locked), so a password reset or a disabling that lands during the check leaves no session
+        behind, and a rehash under newer argon2 parameters never overwrites a reset."""
+        if ttl_s < 0:
+            raise ValueError("ttl_s must be non-negative")
+        checked = self._checked_password(name, password)
+        if checked is None:
+            return None
+        principal, stored = checked
+        new_hash = self._hasher.hash(password) if self._hasher.check_needs_rehash(stored) else None
+        token, csrf_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        with self.store.transaction(write=True) as session:
+            row = self._unchanged_user(session, name, stored)
+            if row is None:
+                return None
+            if new_hash is not None:
+                row.password_hash = new_hash
+            self._add_session(session, row, token, csrf_token, ttl_s)
+        return principal, token, csrf_token
 
     # -- sessions ----------------------------------------------------------------------------------------
 
@@ -218,16 +269,19 @@ class Auth:
             raise ValueError("ttl_s must be non-negative")
         token = secrets.token_urlsafe(32)
         csrf_token = secrets.token_urlsafe(32)
-        now = self.store.now()
         with self.store.transaction(write=True) as session:
             row = self._row(session, principal.name, principal.kind)
             if row.disabled:
                 raise ValueError(f"{principal.kind} {principal.name!r} is disabled")
-            # Sweep expired sessions here, where a write happens anyway, so the table cannot grow forever.
-            session.execute(delete(AuthSession).where(AuthSession.expires_at <= now))
-            session.add(AuthSession(token_hash=_sha256_hex(token), csrf_token=csrf_token, principal_id=row.id,
-                                    created_at=now, expires_at=now + timedelta(seconds=ttl_s)))
+            self._add_session(session, row, token, csrf_token, ttl_s)
         return token, csrf_token
+
+    def _add_session(self, session: Session, row: PrincipalRow, token: str, csrf_token: str, ttl_s: int) -> None:
+        now = self.store.now()
+        # Sweep expired sessions here, where a write happens anyway, so the table cannot grow forever.
+        session.execute(delete(AuthSession).where(AuthSession.expires_at <= now))
+        session.add(AuthSession(token_hash=_sha256_hex(token), csrf_token=csrf_token, principal_id=row.id,
+                                created_at=now, expires_at=now + timedelta(seconds=ttl_s)))
 
     def session_principal(self, token: str) -> tuple[Principal, str] | None:
         """(principal, CSRF token) of a valid, unexpired session of an enabled principal, else None."""

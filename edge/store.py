@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -62,6 +62,10 @@ _MAX_ERROR_CHARS = 2000
 # (which raises) behave the same: a ValueError before anything is written.
 _MAX_LEN = {"station": 128, "lane": 128, "bag_id": 128, "view": 64, "media_type": 128, "model_name": 128,
             "model_version": 64, "user": 128, "kind": 64, "dedupe_key": 256, "worker": 128}
+
+
+class ReviewConflictError(RuntimeError):
+    """A verdict from a page that did not show the bag's latest reviews (`Store.add_bag_review`)."""
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,40 @@ class Store:
         a form sent twice (a double click, a re-sent POST, two service processes each given one copy) is one
         verdict in the trail. Returns (the review, whether it was added)."""
         return self._add_review(scan_id, user=user, verdict=verdict, note=note, once=True)
+
+    def add_bag_review(self, scan_ids: Sequence[int], *, user: str, verdict: Verdict, note: str = "",
+                       seen_reviews: Mapping[int, int] | None = None) -> bool:
+        """One verdict on several views of a bag, in one transaction holding their rows' locks (in id order).
+
+        Nothing is written, and False returned, when every view's latest review is this very verdict (same
+        user, verdict and note: the form sent twice). seen_reviews: scan id → the id of its latest review
+        when the page was shown (0: none); if the store holds another one now (a colleague's verdict came in
+        between), `ReviewConflictError` and nothing is written: a page that did not show it must not
+        overturn it. Else one review per view is added, True. KeyError for an id that is no scan."""
+        _check_text(user=user)
+        if verdict not in ("confirmed", "cleared"):
+            raise ValueError(f"verdict must be 'confirmed' or 'cleared', got {verdict!r}")
+        ids = sorted(set(int(i) for i in scan_ids))
+        with self.transaction(write=True) as session:
+            found = session.execute(select(Scan.id).where(Scan.id.in_(ids)).order_by(Scan.id).with_for_update()).scalars()
+            missing = sorted(set(ids) - set(found))
+            if missing:
+                raise KeyError(missing[0])
+            last = {
+                i: session.execute(
+                    select(Review).where(Review.scan_id == i).order_by(Review.id.desc()).limit(1)
+                ).scalar_one_or_none()
+                for i in ids
+            }
+            if all(r is not None and (r.reviewer, r.verdict, r.note) == (user, verdict, note) for r in last.values()):
+                return False
+            if seen_reviews is not None:
+                changed = [i for i in ids if (last[i].id if last[i] is not None else 0) != seen_reviews.get(i, 0)]
+                if changed:
+                    raise ReviewConflictError(f"scans {changed} were reviewed since the page was shown")
+            now = self.now()
+            session.add_all([Review(scan_id=i, created_at=now, reviewer=user, verdict=verdict, note=note) for i in ids])
+            return True
 
     def _add_review(self, scan_id: int, *, user: str, verdict: Verdict, note: str, once: bool) -> tuple[ReviewRecord, bool]:
         # The check and the write are one transaction holding the scan's row lock (PostgreSQL; on SQLite the

@@ -33,7 +33,7 @@ from edge.context import ServiceContext
 from edge.deps import CtxDep, csrf_ok
 from edge.schemas import ScanIdPath, StoredText
 from edge.seizures import collect_seizures
-from edge.store import ScanRecord
+from edge.store import ReviewConflictError, ScanRecord
 
 _HERE = Path(__file__).resolve().parent / "ui"
 TEMPLATES = _HERE / "templates"
@@ -182,10 +182,10 @@ async def login(
     address = request.client.host if request.client is not None else ""
     if ctx.login_address_limiter.acquire(address) > 0 or ctx.login_limiter.acquire(username) > 0:
         return _login_page(ctx, "Too many attempts; wait a minute and try again.", status.HTTP_429_TOO_MANY_REQUESTS)
-    principal = await run_in_threadpool(auth.verify_password, username, password)
-    if principal is None or principal.role not in ("supervisor", "admin"):
+    logged_in = await run_in_threadpool(lambda: auth.login(username, password, ttl_s=ctx.settings.session_ttl_s))
+    if logged_in is None:
         return _login_page(ctx, "Wrong name or password.", status.HTTP_401_UNAUTHORIZED)
-    token, _csrf = await run_in_threadpool(lambda: auth.create_session(principal, ttl_s=ctx.settings.session_ttl_s))
+    principal, token, _csrf = logged_in
     request.state.principal = f"{principal.kind}:{principal.name}"
     response = RedirectResponse("/ui/queue", status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(ctx.settings.session_cookie_name, token, httponly=True, samesite="strict", path="/",
@@ -311,8 +311,10 @@ async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTM
     _engine, store, _auth, _batcher = ctx.require()
     record, views = await _bag_views(ctx, scan_id)
     parts = []
+    seen = []  # each view and its latest review, as this page shows them (the form sends it back)
     for v in views:
         trail = await asyncio.to_thread(store.reviews, v.id)
+        seen.append(f"{v.id}:{trail[-1].id if trail else 0}")
         trail_html = "".join(
             f"<li>{e(r.created_at.strftime('%Y-%m-%d %H:%M:%S'))} {e(r.user)}: <b>{e(r.verdict)}</b> {e(r.note)}</li>"
             for r in trail
@@ -324,7 +326,7 @@ async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTM
         ))
     body = _template("bag.html").substitute(
         scan_id=record.id, bag_id=e(record.bag_id), station=e(record.station), lane=e(record.lane),
-        verdict=e(_bag_verdict(views)), views="\n".join(parts), csrf=e(session.csrf),
+        verdict=e(_bag_verdict(views)), views="\n".join(parts), csrf=e(session.csrf), seen=e(",".join(seen)),
     )
     return _page(f"Bag {record.bag_id}", body, principal=session.principal, csrf=session.csrf)
 
@@ -338,16 +340,30 @@ async def review_bag(
     verdict: Annotated[str, Form(pattern="^(confirmed|cleared)$")],
     note: Annotated[StoredText, Form(max_length=2000)] = "",
     csrf_token: Annotated[str, Form(max_length=128)] = "",  # checked by ui_session; declared for the form schema
+    seen: Annotated[str | None, Form(max_length=20_000, pattern=r"^\d+:\d+(,\d+:\d+)*$")] = None,
 ) -> Response:
     _engine, store, _auth, _batcher = ctx.require()
     _record, views = await _bag_views(ctx, scan_id)
     # The verdict is on the bag: it goes on every view that alarmed (on all views if none did), so the
-    # bag leaves the queue whichever view was opened.
+    # bag leaves the queue whichever view was opened; but only as the page showed the bag (`seen`: its views
+    # and their latest reviews). A view that came since, or a colleague's verdict recorded since, would be
+    # decided unseen: the supervisor is sent back to the bag instead.
     # The same form sent twice (a double click, a re-sent POST, copies reaching two service processes) gives
-    # one verdict in the trail: the store checks and writes in one locked transaction (add_review_once).
-    user = session.principal.name
-    for v in _verdict_targets(views):
-        await asyncio.to_thread(store.add_review_once, v.id, user=user, verdict=verdict, note=note)  # type: ignore[arg-type]
+    # one verdict in the trail: the store checks and writes in one locked transaction (add_bag_review).
+    shown = None if seen is None else {int(a): int(b) for a, b in (pair.split(":") for pair in seen.split(","))}
+    back = (f"/ui/bags/{scan_id}", "Back to the bag")
+    if shown is not None and set(shown) != {v.id for v in views}:
+        raise UIPageError(status.HTTP_409_CONFLICT, "The bag has changed",
+                          "A view of this bag arrived after the page was opened; nothing was recorded. "
+                          "Look at the bag again before deciding.", link=back)
+    targets = [v.id for v in _verdict_targets(views)]
+    try:
+        await asyncio.to_thread(store.add_bag_review, targets, user=session.principal.name, verdict=verdict,  # type: ignore[arg-type]
+                                note=note, seen_reviews=shown)
+    except ReviewConflictError:
+        raise UIPageError(status.HTTP_409_CONFLICT, "The bag was reviewed meanwhile",
+                          "Another verdict on this bag was recorded after the page was opened; nothing was recorded. "
+                          "Look at the bag again before deciding.", link=back) from None
     return RedirectResponse("/ui/queue", status_code=status.HTTP_303_SEE_OTHER)
 
 
