@@ -273,8 +273,10 @@ def make_engine(db_url: str) -> Engine:
         shown = url.render_as_string(hide_password=True)
         raise ValueError(f"unsupported database URL {shown!r}: use sqlite or postgresql")
 
-    if url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        # `~` expanded for SQLite too (it would open ./~/…, not the folder made here).
+        url = url.set(database=str(Path(url.database).expanduser()))
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},

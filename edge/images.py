@@ -70,19 +70,29 @@ def write_durable(final: Path, data: bytes) -> None:
     _fsync_dir(final.parent)
 
 
-def _makedirs_durable(path: Path) -> None:
-    """`mkdir -p path`, fsyncing each parent in which a new directory entry was made."""
+def _makedirs_durable(path: Path, root: Path | None = None) -> None:
+    """`mkdir -p path`, fsyncing each parent in which a new directory entry was made, and, when anything was
+    made, every directory above it up to `root`: a directory found there may be another writer's that it
+    has not made durable yet (its fsync still to come), and a file acknowledged under it must not be lost
+    with it."""
     missing: list[Path] = []
     probe = path
     while not probe.is_dir():
         missing.append(probe)
         probe = probe.parent
+    if not missing:
+        return
     for directory in reversed(missing):
         try:
             directory.mkdir()
         except FileExistsError:  # another process made it first; its entry is its to fsync, but be safe
             pass
         _fsync_dir(directory.parent)
+    if root is not None:
+        found = probe  # the deepest directory that existed already
+        while found != root and root in found.parents:
+            _fsync_dir(found.parent)
+            found = found.parent
 
 
 class ImageFiles:
@@ -130,7 +140,7 @@ class ImageFiles:
             # directory: fsync it ourselves, since our caller will acknowledge the scan on our return.
             _fsync_dir(directory)
             return sha256
-        _makedirs_durable(directory)
+        _makedirs_durable(directory, self.root)
         write_durable(final, data)
         return sha256
 

@@ -91,21 +91,36 @@ class WebhookSender:
         lease_ends = self._monotonic() + self.lease_s  # at the latest: the claim is made after this
         items = await asyncio.to_thread(self.store.claim_outbox, worker=self.worker, limit=CLAIM_LIMIT,
                                         lease_s=self.lease_s)
-        for item in items:
-            if item.kind != "webhook":
-                # Not ours: give it back at once (counts as an attempt, so a stray kind cannot loop forever).
-                await asyncio.to_thread(self.store.outbox_failed, item.id, f"no sender for kind {item.kind!r}",
-                                        claim=item)
-                continue
-            # Send only while the lease outlasts a whole delivery (with a second to record it); otherwise
-            # give the item back, rather than risk sending it beside its next holder.
-            if self._monotonic() + self.timeout_s + 1.0 > lease_ends:
-                await asyncio.to_thread(self.store.outbox_release, item.id, claim=item)
-                log_event(_log, "webhook delivery left for a later round", logging.WARNING, outbox_id=item.id,
-                          reason="lease nearly over")
-                continue
-            await self.deliver(client, item)
+        index = -1
+        try:
+            for index, item in enumerate(items):
+                await self._handle(client, item, lease_ends)
+        except asyncio.CancelledError:
+            # The service is stopping: the items of this round not yet begun go back, due at once and not
+            # counted, for the next process (or this one restarted) to send at once instead of after the lease.
+            # The one in flight keeps its lease and its counted attempt (its POST may have arrived).
+            for item in items[index + 1 :]:
+                try:
+                    await asyncio.to_thread(self.store.outbox_release, item.id, claim=item)
+                except Exception as exc:  # noqa: BLE001 - best effort while stopping; the lease still ends
+                    log_event(_log, "outbox item not given back", logging.WARNING, outbox_id=item.id, error=repr(exc))
+            raise
         return len(items)
+
+    async def _handle(self, client: httpx.AsyncClient, item: OutboxItem, lease_ends: float) -> None:
+        if item.kind != "webhook":
+            # Not ours: give it back at once (counts as an attempt, so a stray kind cannot loop forever).
+            await asyncio.to_thread(self.store.outbox_failed, item.id, f"no sender for kind {item.kind!r}",
+                                    claim=item)
+            return
+        # Send only while the lease outlasts a whole delivery (with a second to record it); otherwise
+        # give the item back, rather than risk sending it beside its next holder.
+        if self._monotonic() + self.timeout_s + 1.0 > lease_ends:
+            await asyncio.to_thread(self.store.outbox_release, item.id, claim=item)
+            log_event(_log, "webhook delivery left for a later round", logging.WARNING, outbox_id=item.id,
+                      reason="lease nearly over")
+            return
+        await self.deliver(client, item)
 
     async def run(self) -> None:
         """Deliver until cancelled; sleeps `poll_s` whenever nothing was due. Errors are logged, not fatal."""

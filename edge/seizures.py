@@ -47,22 +47,27 @@ def collect_seizures(store: Store, *, page_size: int = REVIEWED_SCANS_PAGE) -> l
         if r.verdict != "confirmed":
             continue
         key = (r.station, r.bag_id)
+        # This view's latest confirming review (a review added since the scan was read may have changed it);
+        # the bag names the latest of its views' (by review id: the order they were recorded in).
+        review = next((rv for rv in reversed(store.reviews(r.id)) if rv.verdict == "confirmed"), None)
         bag = bags.get(key)
         if bag is None:
-            # The latest confirming review (a review added since the scan was read may have changed it).
-            review = next(rv for rv in reversed(store.reviews(r.id)) if rv.verdict == "confirmed")
             bag = bags[key] = {
                 "station": r.station, "lane": r.lane, "bag_id": r.bag_id, "scan_ids": [], "classes": [],
-                "confirmed_by": review.user, "confirmed_at": review.created_at, "note": review.note,
-                "tdr_urls": [],
+                "confirmed_by": None, "confirmed_at": None, "note": "", "tdr_urls": [], "_review_id": -1,
             }
+        if review is not None and review.id > bag["_review_id"]:
+            bag.update(confirmed_by=review.user, confirmed_at=review.created_at, note=review.note,
+                       _review_id=review.id)
         bag["scan_ids"].append(r.id)
         for c in r.alarm_classes:
             if c not in bag["classes"]:
                 bag["classes"].append(c)
         if r.alarm:
             bag["tdr_urls"].append(f"/v1/scans/{r.id}/tdr")
-    return list(bags.values())
+    # (A view whose confirmation was overturned between the page read and its reviews' read has none: a bag
+    # left with no confirming review at all is no seizure.)
+    return [{k: v for k, v in bag.items() if k != "_review_id"} for bag in bags.values() if bag["_review_id"] >= 0]
 
 
 @router.get(

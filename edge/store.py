@@ -541,7 +541,8 @@ class Store:
                 return False
             if row.leased_by is None:
                 row.attempts += 1
-            row.last_error = str(error)[:_MAX_ERROR_CHARS]
+            # (A receiver's answer may hold NUL, which PostgreSQL text refuses: the failure must still be recorded.)
+            row.last_error = str(error).replace("\x00", "\\x00")[:_MAX_ERROR_CHARS]
             row.leased_by = None
             if row.attempts >= self.outbox_max_attempts:
                 row.status = "dead"
