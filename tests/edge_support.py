@@ -172,3 +172,18 @@ def uvicorn_server(app: FastAPI, *, timeout_s: float = 30.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=timeout_s)
+
+
+def hidden_csrf(page: str) -> str:
+    """The CSRF token a UI page's form carries."""
+    marker = 'name="csrf_token" value="'
+    start = page.index(marker) + len(marker)
+    return page[start : page.index('"', start)]
+
+
+def ui_login(client: Any, name: str = "sup", password: str = SUPERVISOR_PASSWORD) -> Any:
+    """Log in through the login form (its CSRF token included), as a browser does; the response, unfollowed."""
+    form = client.get("/login")
+    return client.post("/login", data={"username": name, "password": password, "csrf_token": hidden_csrf(form.text)},
+                       follow_redirects=False)
+

@@ -10,25 +10,17 @@ import pytest
 
 from edge_support import (
     SUPERVISOR_PASSWORD,
+    hidden_csrf,
     png_bytes,
     post_png,
     running_service,
     served_service,
+    ui_login,
 )
 
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _hidden_csrf(page: str) -> str:
-    marker = 'name="csrf_token" value="'
-    start = page.index(marker) + len(marker)
-    return page[start : page.index('"', start)]
-
-
-def _login(client, name: str = "sup", password: str = SUPERVISOR_PASSWORD):
-    form = client.get("/login")
-    return client.post("/login", data={"username": name, "password": password, "csrf_token": _hidden_csrf(form.text)},
-                       follow_redirects=False)
 
 
 @pytest.fixture()
@@ -38,7 +30,7 @@ def service(tmp_path):
 
 
 def test_login_sets_a_strict_httponly_session_cookie(service):
-    r = _login(service.client)
+    r = ui_login(service.client)
     assert r.status_code == 303 and r.headers["location"] == "/ui/queue"
     cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("xscreen_session="))
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
@@ -50,13 +42,13 @@ def test_login_sets_a_strict_httponly_session_cookie(service):
 def test_secure_flag_follows_the_setting(tmp_path):
     with running_service(tmp_path, session_cookie_secure=True) as svc:
         svc.client.base_url = "https://testserver"  # Secure cookies travel over HTTPS only
-        r = _login(svc.client)
+        r = ui_login(svc.client)
         cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("xscreen_session="))
         assert "Secure" in cookie
 
 
 def test_wrong_password_and_missing_login_token_are_refused(service):
-    r = _login(service.client, password="not the password")
+    r = ui_login(service.client, password="not the password")
     assert r.status_code == 401 and "Wrong name or password" in r.text
     assert not any(c.startswith("xscreen_session=") for c in r.headers.get_list("set-cookie"))
     service.client.cookies.clear()
@@ -68,9 +60,9 @@ def test_wrong_password_and_missing_login_token_are_refused(service):
 
 def test_csrf_is_required_on_every_ui_and_cookie_post(service):
     scan_id = post_png(service, png_bytes(1), "bag-csrf").json()["id"]
-    _login(service.client)
+    ui_login(service.client)
     bag = service.client.get(f"/ui/bags/{scan_id}")
-    token = _hidden_csrf(bag.text)
+    token = hidden_csrf(bag.text)
     url = f"/ui/bags/{scan_id}/review"
     r = service.client.post(url, data={"verdict": "confirmed"}, follow_redirects=False)
     assert r.status_code == 403 and "CSRF" in r.text and r.headers["content-type"].startswith("text/html")
@@ -95,7 +87,7 @@ def test_csrf_is_required_on_every_ui_and_cookie_post(service):
 def test_queue_bag_confirm_seizures_flow_and_escaping(service):
     views = [post_png(service, png_bytes(10 + i), "bag-flow", view=v).json()["id"] for i, v in enumerate(("top", "side"))]
     other = post_png(service, png_bytes(20), "bag-other").json()["id"]
-    _login(service.client)
+    ui_login(service.client)
     queue = service.client.get("/ui/queue").text
     assert "bag-flow" in queue and "bag-other" in queue
     assert f"/v1/scans/{views[0]}/preview.png" in queue and f"/v1/scans/{views[1]}/preview.png" in queue
@@ -105,7 +97,7 @@ def test_queue_bag_confirm_seizures_flow_and_escaping(service):
     assert preview.status_code == 200 and preview.content[:8] == b"\x89PNG\r\n\x1a\n"
     note = "<script>alert(1)</script> found"
     service.client.post(f"/ui/bags/{views[1]}/review",
-                        data={"verdict": "confirmed", "note": note, "csrf_token": _hidden_csrf(bag)})
+                        data={"verdict": "confirmed", "note": note, "csrf_token": hidden_csrf(bag)})
     # The verdict is on the bag: every alarmed view got it, and the bag left the unreviewed queue.
     assert [service.ctx.store.get_scan(i).verdict for i in views] == ["confirmed", "confirmed"]
     queue = service.client.get("/ui/queue").text

@@ -16,19 +16,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from edge import ui
 from edge.seizures import collect_seizures
 from edge.station import StationConfig, StationError, run_station
-from edge_support import SUPERVISOR_PASSWORD, png_bytes, post_png, running_service, uvicorn_server
+from edge_support import hidden_csrf, png_bytes, post_png, running_service, ui_login, uvicorn_server
 
 
-def _hidden_csrf(page: str) -> str:
-    marker = 'name="csrf_token" value="'
-    start = page.index(marker) + len(marker)
-    return page[start : page.index('"', start)]
-
-
-def _login(client, name: str = "sup", password: str = SUPERVISOR_PASSWORD):
-    form = client.get("/login")
-    return client.post("/login", data={"username": name, "password": password, "csrf_token": _hidden_csrf(form.text)},
-                       follow_redirects=False)
 
 
 def _record(store, bag_id: str, *, alarm: bool, view: str = "top", station: str = "st1", lane: str = "1",
@@ -55,7 +45,7 @@ def service(tmp_path):
 
 
 def test_a_bag_that_does_not_exist_gets_an_html_404_page(service):
-    _login(service.client)
+    ui_login(service.client)
     r = service.client.get("/ui/bags/987654")
     assert r.status_code == 404
     assert r.headers["content-type"].startswith("text/html")
@@ -65,8 +55,8 @@ def test_a_bag_that_does_not_exist_gets_an_html_404_page(service):
 
 def test_a_verdict_on_a_scan_that_does_not_exist_is_an_html_404_and_records_nothing(service):
     scan_id = post_png(service, png_bytes(1), "bag-real").json()["id"]
-    _login(service.client)
-    token = _hidden_csrf(service.client.get(f"/ui/bags/{scan_id}").text)
+    ui_login(service.client)
+    token = hidden_csrf(service.client.get(f"/ui/bags/{scan_id}").text)
     r = service.client.post("/ui/bags/987654/review", data={"verdict": "confirmed", "csrf_token": token},
                             follow_redirects=False)
     assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
@@ -75,8 +65,8 @@ def test_a_verdict_on_a_scan_that_does_not_exist_is_an_html_404_and_records_noth
 
 def test_session_expired_mid_review_gets_a_login_page_not_json(service):
     scan_id = post_png(service, png_bytes(2), "bag-expire").json()["id"]
-    _login(service.client)
-    token = _hidden_csrf(service.client.get(f"/ui/bags/{scan_id}").text)
+    ui_login(service.client)
+    token = hidden_csrf(service.client.get(f"/ui/bags/{scan_id}").text)
     # The session ends (expiry, or a logout in another tab) while the supervisor types the note.
     service.ctx.auth.end_session(service.client.cookies.get(service.settings.session_cookie_name))
     form = {"verdict": "confirmed", "note": "bricks", "csrf_token": token}
@@ -88,7 +78,7 @@ def test_session_expired_mid_review_gets_a_login_page_not_json(service):
 
 def test_a_wrong_csrf_token_gets_an_html_page_that_says_nothing_was_recorded(service):
     scan_id = post_png(service, png_bytes(3), "bag-csrf-page").json()["id"]
-    _login(service.client)
+    ui_login(service.client)
     r = service.client.post(f"/ui/bags/{scan_id}/review", data={"verdict": "confirmed", "csrf_token": "forged"},
                             follow_redirects=False)
     assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
@@ -103,9 +93,9 @@ def test_the_bag_verdict_shows_on_every_view_of_the_bag(service):
     store = service.ctx.store
     top = _record(store, "bag-two-views", alarm=True, view="top")
     side = _record(store, "bag-two-views", alarm=False, view="side")
-    _login(service.client)
+    ui_login(service.client)
     page = service.client.get(f"/ui/bags/{top.id}").text
-    form = {"verdict": "confirmed", "csrf_token": _hidden_csrf(page)}
+    form = {"verdict": "confirmed", "csrf_token": hidden_csrf(page)}
     r = service.client.post(f"/ui/bags/{top.id}/review", data=form, follow_redirects=False)
     assert r.status_code == 303
     # Opened from its clear side view (a link to any scan of the bag), the bag is still the confirmed one.
@@ -115,8 +105,8 @@ def test_the_bag_verdict_shows_on_every_view_of_the_bag(service):
 
 def test_a_double_submitted_verdict_is_recorded_once(service):
     scan_id = post_png(service, png_bytes(4), "bag-double").json()["id"]
-    _login(service.client)
-    token = _hidden_csrf(service.client.get(f"/ui/bags/{scan_id}").text)
+    ui_login(service.client)
+    token = hidden_csrf(service.client.get(f"/ui/bags/{scan_id}").text)
     form = {"verdict": "confirmed", "note": "bricks in the lining", "csrf_token": token}
     for _ in range(2):  # a double click on "Confirm"
         assert service.client.post(f"/ui/bags/{scan_id}/review", data=form, follow_redirects=False).status_code == 303
@@ -131,7 +121,7 @@ def test_the_queue_pages_past_its_limit_and_does_not_understate_the_count(servic
     store = service.ctx.store
     for i in range(5):
         _record(store, f"bag-q{i}", alarm=True)
-    _login(service.client)
+    ui_login(service.client)
     first = service.client.get("/ui/queue").text
     unreviewed = first.split('id="reviewed"')[0]
     assert "bag-q4" in unreviewed and "bag-q0" not in unreviewed  # newest first
@@ -147,7 +137,7 @@ def test_stored_names_and_notes_are_escaped_on_every_page(service):
     evil = '"><img src=x onerror=alert(1)>'
     rec = _record(store, "bag-evil", alarm=True, lane=evil, view=evil, classes=(evil,))
     store.add_review(rec.id, user="sup", verdict="confirmed", note=evil)
-    _login(service.client)
+    ui_login(service.client)
     for url in ("/ui/queue", f"/ui/bags/{rec.id}", "/ui/seizures"):
         page = service.client.get(url).text
         assert "<img src=x" not in page, url
@@ -284,7 +274,7 @@ def test_the_simulator_waits_at_most_a_minute_on_one_retry_after():
 
 @pytest.mark.parametrize("path", ["/ui/bags/abc", "/ui/bags/99999999999999999999999"])
 def test_a_bag_id_that_is_no_scan_id_gets_an_html_404_page(service, path):
-    _login(service.client)
+    ui_login(service.client)
     r = service.client.get(path)
     assert r.status_code == 404, r.text
     assert r.headers["content-type"].startswith("text/html")
@@ -293,8 +283,8 @@ def test_a_bag_id_that_is_no_scan_id_gets_an_html_404_page(service, path):
 
 def test_a_form_field_the_route_cannot_read_gets_an_html_page_back_to_the_bag(service):
     scan_id = post_png(service, png_bytes(5), "bag-badform").json()["id"]
-    _login(service.client)
-    token = _hidden_csrf(service.client.get(f"/ui/bags/{scan_id}").text)
+    ui_login(service.client)
+    token = hidden_csrf(service.client.get(f"/ui/bags/{scan_id}").text)
     r = service.client.post(f"/ui/bags/{scan_id}/review", data={"verdict": "maybe", "csrf_token": token},
                             follow_redirects=False)
     assert r.status_code == 422 and r.headers["content-type"].startswith("text/html")
@@ -311,7 +301,7 @@ def test_recently_reviewed_bags_are_listed_in_the_order_they_were_reviewed(servi
     new = _record(store, "bag-new", alarm=True)
     store.add_review(new.id, user="sup", verdict="cleared")
     store.add_review(old.id, user="sup", verdict="confirmed")  # the older scan, reviewed last
-    _login(service.client)
+    ui_login(service.client)
     page = service.client.get("/ui/queue").text
     reviewed = page[page.index('id="reviewed"'):]
     assert reviewed.index("bag-old") < reviewed.index("bag-new")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import cv2
@@ -15,6 +14,7 @@ import pytest
 from edge import routes_stream
 from edge.batcher import MicroBatcher
 from edge_support import png_bytes, post_png, running_service, scan_fields
+from test_edge_batcher import _overlap_recording_run
 from vision.letterbox import LetterboxParams
 from vision.postprocess import Detections
 
@@ -188,22 +188,6 @@ def test_a_stalled_record_write_does_not_hold_the_station_past_its_deadline(tmp_
 # -- the micro-batcher --------------------------------------------------------------------------------------
 
 
-def _overlap_run(sizes: list[int], peak: list[int], running: list[int], delay_s: float):
-    lock = threading.Lock()
-
-    def run(batch: np.ndarray, params) -> list[Detections]:
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-            sizes.append(batch.shape[0])
-        time.sleep(delay_s)
-        with lock:
-            running[0] -= 1
-        return [Detections.from_arrays(np.zeros((1, 4)), [0.5], [0]) for _ in batch]
-
-    return run
-
-
 def test_with_sharing_off_a_burst_runs_alone_one_batch_after_another():
     """`share_from` above `queue_max` turns sharing off: "every batch runs alone, one after another" (all
     cores per call: the lower-latency setting just below saturation). A burst of 5 scans on idle cores with
@@ -213,8 +197,8 @@ def test_with_sharing_off_a_burst_runs_alone_one_batch_after_another():
         shared: list[int] = []
         alone: list[int] = []
         peak, running = [0], [0]
-        b = MicroBatcher(_overlap_run(shared, peak, running, 0.2), max_batch=4, max_wait_ms=0.0, queue_max=16,
-                         workers=2, run_batch_alone=_overlap_run(alone, peak, running, 0.2), share_from=100)
+        b = MicroBatcher(_overlap_recording_run(shared, peak, 0.2, running), max_batch=4, max_wait_ms=0.0, queue_max=16,
+                         workers=2, run_batch_alone=_overlap_recording_run(alone, peak, 0.2, running), share_from=100)
         await b.start()
         try:
             deadline = time.monotonic() + 5

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from edge.auth import Auth
 from edge.seizures import collect_seizures
-from edge_support import ADMIN_PASSWORD, SUPERVISOR_PASSWORD, running_service
+from edge_support import ADMIN_PASSWORD, SUPERVISOR_PASSWORD, running_service, ui_login
 
 NEW_PASSWORD = "a brand new long password"
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -27,16 +27,6 @@ def service(tmp_path):
         yield svc
 
 
-def _hidden_csrf(page: str) -> str:
-    marker = 'name="csrf_token" value="'
-    start = page.index(marker) + len(marker)
-    return page[start : page.index('"', start)]
-
-
-def _login(client, name: str = "sup", password: str = SUPERVISOR_PASSWORD):
-    form = client.get("/login")
-    return client.post("/login", data={"username": name, "password": password, "csrf_token": _hidden_csrf(form.text)},
-                       follow_redirects=False)
 
 
 def _record(store, bag_id: str, *, alarm: bool, view: str = "top", classes: tuple[str, ...] = ("drug_package",)) -> Any:
@@ -108,7 +98,7 @@ def test_a_verdict_does_not_reach_a_view_that_arrived_after_the_page_was_shown(s
     for a reload), never on a view that arrived after it."""
     store = service.ctx.store
     top = _record(store, "bag-late-view", alarm=True, view="top")
-    assert _login(service.client).status_code == 303
+    assert ui_login(service.client).status_code == 303
     page = service.client.get(f"/ui/bags/{top.id}").text
     assert "View top" in page
     side = _record(store, "bag-late-view", alarm=True, view="side", classes=("gun",))  # arrives after the page
@@ -127,11 +117,11 @@ def test_a_stale_bag_page_does_not_silently_overturn_another_supervisors_confirm
     store = service.ctx.store
     bag = _record(store, "bag-two-supervisors", alarm=True)
     sup = service.client
-    assert _login(sup).status_code == 303
+    assert ui_login(sup).status_code == 303
     stale = sup.get(f"/ui/bags/{bag.id}").text
     assert '<b id="verdict">unreviewed</b>' in stale
     adm = TestClient(service.app)  # a second browser, same service
-    assert _login(adm, "adm", ADMIN_PASSWORD).status_code == 303
+    assert ui_login(adm, "adm", ADMIN_PASSWORD).status_code == 303
     fresh = adm.get(f"/ui/bags/{bag.id}").text
     assert _submit_review(adm, fresh, "confirmed", note="heroin in the lining").status_code == 303
     assert store.get_scan(bag.id).verdict == "confirmed"
@@ -150,10 +140,10 @@ def test_the_first_login_with_an_unknown_name_costs_no_more_than_one_with_a_real
     time too."""
     auth = service.ctx.auth
     hasher = auth._hasher = _HookedHasher(auth._hasher)
-    assert _login(service.client, "nobody-by-this-name", "whatever-long").status_code == 401
+    assert ui_login(service.client, "nobody-by-this-name", "whatever-long").status_code == 401
     unknown = list(hasher.ops)
     hasher.ops.clear()
-    assert _login(service.client, "sup", "whatever-long").status_code == 401
+    assert ui_login(service.client, "sup", "whatever-long").status_code == 401
     known = list(hasher.ops)
     assert unknown == known == ["verify"], (unknown, known)
 
@@ -167,7 +157,7 @@ def test_a_login_racing_a_password_reset_gets_no_session_that_outlives_the_reset
     hasher = auth._hasher = _HookedHasher(auth._hasher)
     admin = Auth(service.ctx.store, password_hasher=FAST_HASHER)  # `xscreen admin set-password`, another process
     hasher.after_verify = lambda: admin.set_password("sup", NEW_PASSWORD)
-    r = _login(service.client)  # the old password
+    r = ui_login(service.client)  # the old password
     assert admin.verify_password("sup", NEW_PASSWORD) is not None  # the reset took effect
     if r.status_code == 303:
         page = service.client.get("/ui/queue", follow_redirects=False)
@@ -186,6 +176,6 @@ def test_a_password_reset_during_a_login_rehash_is_not_undone(service):
     hasher.needs_rehash = True  # the parameters were raised since sup's password was set
     admin = Auth(service.ctx.store, password_hasher=FAST_HASHER)
     hasher.before_hash = lambda: admin.set_password("sup", NEW_PASSWORD)  # lands while the login rehashes
-    _login(service.client)  # the old password
+    ui_login(service.client)  # the old password
     assert admin.verify_password("sup", NEW_PASSWORD) is not None, "the admin's reset was undone"
     assert admin.verify_password("sup", SUPERVISOR_PASSWORD) is None, "the leaked password works again"
