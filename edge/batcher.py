@@ -264,8 +264,8 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_exception(BatcherStoppedError("the service is shutting down"))
         for executor in (self._executor, self._alone_executor):
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
+            if executor is not None:  # (waited for off the loop: a model call may still be running)
+                await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         self._executor = self._alone_executor = None
 
     def retry_after_s(self) -> float:
