@@ -177,6 +177,12 @@ def convert_command(
             f"(nothing left inside), {summary.missing_images} images missing (not linked)",
             err=True,
         )
+    if summary.incomplete_images:
+        typer.echo(
+            f"note: {summary.incomplete_images} images left out: their image-level labels name a class no box "
+            "marks (they would be clean bags holding it)",
+            err=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -39,6 +39,7 @@ ProblemKind = Literal[
     "no_annotation",  # an image with no annotation file where the layout requires one; dropped
     "label_mismatch",  # image-level labels disagree with the boxes (SIXray positives without boxes)
     "unsupported_layout",  # a part of the dataset in a variant this reader does not read; skipped
+    "duplicate_image",  # one image listed twice (a merged COCO export); read as one scan with all its boxes
 ]
 
 
@@ -139,6 +140,15 @@ class Sample:
     @property
     def num_boxes(self) -> int:
         return int(self.boxes_xyxy.shape[0])
+
+    @property
+    def unboxed_labels(self) -> tuple[str, ...]:
+        """Classes the image-level labels say are in the scan but no box marks (some SIXray positives have
+        no boxes at all). Such a scan is no detection sample: its unmarked objects would be learned, and
+        scored, as background; writers and training leave it out."""
+        if not self.image_level_labels:
+            return ()
+        return tuple(c for c, present in self.image_level_labels.items() if present and c not in self.class_names)
 
 
 @dataclass(frozen=True)

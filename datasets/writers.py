@@ -10,7 +10,9 @@ YOLO (ultralytics layout): `OUT/images/<name>` are symbolic links to the origina
 hold `<class index> cx cy w h` normalised with 6 decimals, plus `OUT/classes.txt`, `OUT/data.yaml` (names, and
 train/val both pointing at images/, to be split by the trainer) and `OUT/images.txt` (the linked paths).
 YOLO cannot hold a box outside the image: such boxes are clipped to it, and dropped when nothing is left;
-the summary counts both.
+the summary counts both. Both writers record the dataset's name (`info.source`, data.yaml `source`) and leave
+out a scan whose image-level labels name a class no box marks (`Sample.unboxed_labels`: it would be a clean
+bag holding a gun), counting it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class WriteSummary:
     clipped_boxes: int = 0
     dropped_boxes: int = 0
     missing_images: int = 0
+    #: scans left out because their image-level labels name a class no box marks (`Sample.unboxed_labels`)
+    incomplete_images: int = 0
 
 
 def _class_index(classes: Sequence[str]) -> dict[str, int]:
@@ -56,16 +60,33 @@ def _index_of(index: dict[str, int], name: str, sample: Sample) -> int:
     return index[name]
 
 
+def _complete(samples: Sequence[Sample]) -> tuple[list[Sample], int]:
+    """The samples whose boxes mark every class their image-level labels name, and how many others there were."""
+    kept = [s for s in samples if not s.unboxed_labels]
+    return kept, len(samples) - len(kept)
+
+
+def _common_source(samples: Sequence[Sample], source: str | None) -> str | None:
+    """The dataset the samples come from: `source`, else the one name they all carry."""
+    names = {s.source for s in samples}
+    return source or (names.pop() if len(names) == 1 else None)
+
+
 def write_coco(
-    samples: Sequence[Sample], classes: Sequence[str], out_json: Path | str, *, image_root: Path | str | None = None
+    samples: Sequence[Sample], classes: Sequence[str], out_json: Path | str, *, image_root: Path | str | None = None,
+    source: str | None = None,
 ) -> WriteSummary:
     """Write `samples` as one COCO detection JSON at `out_json` (see the module docstring).
 
+    source: the dataset's name, recorded in `info.source` (default: the one all samples carry) so that a
+    reader names the set as before and keeps its class list (SIXray's names are all PIDray's too).
     Raises ValueError for a box whose class is not in `classes`, or an image outside `image_root`.
     """
     out_json = Path(out_json)
     index = _class_index(classes)
     root = Path(image_root).absolute() if image_root is not None else None
+    source = _common_source(samples, source)
+    samples, incomplete = _complete(samples)
     images, annotations = [], []
     for image_id, sample in enumerate(samples, start=1):
         path = sample.image_path.absolute()
@@ -101,13 +122,14 @@ def write_coco(
         "info": {
             "description": "written by xscreen",
             "image_root": recorded_root,
+            **({"source": source} if source else {}),
         },
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(classes)],
     }
     write_text_atomic(out_json, json.dumps(doc))  # never a half-written JSON a reader would take for complete
-    return WriteSummary(path=out_json, images=len(images), boxes=len(annotations))
+    return WriteSummary(path=out_json, images=len(images), boxes=len(annotations), incomplete_images=incomplete)
 
 
 def _link(link: Path, target: Path) -> None:
@@ -121,16 +143,33 @@ def _link(link: Path, target: Path) -> None:
         ) from exc
 
 
-def write_yolo(samples: Sequence[Sample], classes: Sequence[str], out_dir: Path | str) -> WriteSummary:
-    """Write `samples` as a YOLO folder at `out_dir` (see the module docstring).
+def _clear_yolo_folder(out_dir: Path) -> None:
+    """Empty what an earlier write left in `out_dir` (links in images/, .txt in labels/), so the folder holds
+    this write only; refuse (ValueError) a folder holding anything else there: it is not one of ours."""
+    foreign = [p for p in (out_dir / "images").glob("*") if not p.is_symlink()]
+    foreign += [p for p in (out_dir / "labels").glob("*") if p.suffix != ".txt" or not p.is_file()]
+    if foreign:
+        raise ValueError(f"{out_dir}: holds {foreign[0]}, not written by the YOLO writer; give an empty or new folder")
+    for path in (*(out_dir / "images").glob("*"), *(out_dir / "labels").glob("*.txt")):
+        path.unlink()
 
-    Raises ValueError for a class not in `classes`, or two images with one file stem (their labels would
-    collide in labels/).
+
+def write_yolo(samples: Sequence[Sample], classes: Sequence[str], out_dir: Path | str, *,
+               source: str | None = None) -> WriteSummary:
+    """Write `samples` as a YOLO folder at `out_dir` (see the module docstring). What an earlier write left
+    there is replaced.
+
+    source: the dataset's name, recorded in data.yaml (default: the one all samples carry).
+    Raises ValueError for a class not in `classes`, two images with one file stem (their labels would
+    collide in labels/), or a folder holding files this writer did not write.
     """
     out_dir = Path(out_dir)
     index = _class_index(classes)
+    source = _common_source(samples, source)
+    samples, incomplete = _complete(samples)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "labels").mkdir(parents=True, exist_ok=True)
+    _clear_yolo_folder(out_dir)
     by_name: dict[str, Path] = {}
     linked: list[str] = []
     boxes_written = clipped = dropped = missing = 0
@@ -162,7 +201,7 @@ def write_yolo(samples: Sequence[Sample], classes: Sequence[str], out_dir: Path 
         boxes_written += len(lines)
         if sample.image_path.is_file():
             _link(out_dir / "images" / name, sample.image_path.resolve())
-            linked.append(str((out_dir / "images" / name).resolve()))
+            linked.append(str(out_dir.resolve() / "images" / name))  # the link, not its target
         else:
             missing += 1
     (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
@@ -173,6 +212,7 @@ def write_yolo(samples: Sequence[Sample], classes: Sequence[str], out_dir: Path 
         "val": "images",
         "nc": len(classes),
         "names": {i: c for i, c in enumerate(classes)},
+        **({"source": source} if source else {}),
     }
     (out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return WriteSummary(
@@ -182,4 +222,5 @@ def write_yolo(samples: Sequence[Sample], classes: Sequence[str], out_dir: Path 
         clipped_boxes=clipped,
         dropped_boxes=dropped,
         missing_images=missing,
+        incomplete_images=incomplete,
     )

@@ -226,7 +226,10 @@ class DatasetSource(DetectionDataset):
             raise ValueError("a dataset source needs a path")
         read = remap_read(read_source(Path(source.path), source.format), self.classes, source.class_map)
         # Missing images are already listed in read.problems; training skips them rather than dying mid-epoch.
-        self.entries = _entries([s for s in read.samples if s.image_path.is_file()], self.classes)
+        # So are scans whose image-level labels name a class no box marks (SIXray positives without boxes):
+        # their unmarked objects would be learned, and scored, as background.
+        self.entries = _entries([s for s in read.samples if s.image_path.is_file() and not s.unboxed_labels],
+                                self.classes)
         if not self.entries:
             raise DatasetLayoutError(f"{source.path}: no readable images")
         if self.spec.input_kind == "dual_energy" and raw_pair_paths(self.entries[0].image_path) is None:
@@ -309,7 +312,8 @@ def read_source(path: Path, format: str = "auto") -> DatasetRead:
 
 def scan_samples(path: Path, format: str = "auto") -> list[Sample]:
     """The scans of a folder: an annotated dataset in any layout `read_source` knows, else the plain images
-    in it or in its `images/` (no boxes). Samples whose image is missing are left out."""
+    in it or in its `images/` (no boxes). Samples whose image is missing, or whose image-level labels name a
+    class no box marks, are left out."""
     from datasets.readers.images import header_size, list_images
 
     try:
@@ -322,7 +326,7 @@ def scan_samples(path: Path, format: str = "auto") -> list[Sample]:
             size = header_size(p)
             if isinstance(size, tuple):
                 samples.append(Sample(p, size[0], size[1], np.zeros((0, 4), np.float32), (), "images"))
-    return [s for s in samples if s.image_path.is_file()]
+    return [s for s in samples if s.image_path.is_file() and not s.unboxed_labels]
 
 
 def _shrink(pixels: np.ndarray, boxes_xyxy: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:

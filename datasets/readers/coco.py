@@ -22,16 +22,21 @@ import numpy as np
 
 from datasets.readers.catalog import recognise, recognise_any
 from datasets.readers.images import header_size
-from datasets.sample import AnnotationError, DatasetRead, Problem, Sample, box_problems, parse_number
+from datasets.sample import (
+    AnnotationError,
+    DatasetRead,
+    Problem,
+    Sample,
+    box_problems,
+    parse_number,
+    read_annotation_text,
+)
 
 _PROBE_IMAGES = 8  # how many file names are tried per candidate image root
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(path, f"not UTF-8 text ({exc})") from None
+    text = read_annotation_text(path)  # (a byte-order mark dropped; a non-UTF-8 byte named by its line)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -133,9 +138,13 @@ def read_coco(
         raise AnnotationError(json_path, f"top level must be an object, got {type(doc).__name__}", record="top level")
     categories = _categories(doc, json_path)
     file_classes = tuple(categories.values())
-    known = recognise("coco", file_classes)
+    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    # `write_coco` records the dataset's name: SIXray's classes are all PIDray's too, so its categories (in
+    # their order) are its class list, not a guess from the names.
+    recorded = info.get("source") if isinstance(info.get("source"), str) and info.get("source") else None
+    known = None if recorded else recognise("coco", file_classes)
     # A JSON converted from another layout (xscreen data convert) still names its dataset by its classes.
-    name = source or (known[0] if known else recognise_any(file_classes) or "coco")
+    name = source or recorded or (known[0] if known else recognise_any(file_classes) or "coco")
     if classes is None:
         classes = known[1] if known else file_classes
     images = _list_field(doc, "images", json_path)
@@ -192,7 +201,6 @@ def read_coco(
 
     if image_root is None:
         # `datasets.writers.write_coco` records the root its file_names are relative to.
-        info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
         recorded = Path(str(info.get("image_root", ""))) if info.get("image_root") else None
         if recorded is not None and not recorded.is_absolute():
             recorded = json_path.parent / recorded  # a set that records its root relative to itself can move
@@ -204,9 +212,23 @@ def read_coco(
         else resolve_image_root(json_path, [str(im["file_name"]) for im in images])
     )
     samples: list[Sample] = []
+    first_entry: dict[Path, int] = {}  # image → the index in `samples` of its first entry
     for i, img in enumerate(images):
         record = f"images[{i}]"
         image_path = root / img["file_name"]
+        if image_path in first_entry:  # listed again (a merged export): one scan, every box of both entries
+            k = first_entry[image_path]
+            anns = per_image.get(img["id"], [])
+            before = samples[k]
+            boxes = np.concatenate([before.boxes_xyxy, np.array([a[0] for a in anns], np.float64).reshape(-1, 4)])
+            old_masks = before.masks or (None,) * before.num_boxes
+            masks = (*old_masks, *(a[2] for a in anns))
+            samples[k] = Sample(image_path=image_path, width=before.width, height=before.height, boxes_xyxy=boxes,
+                                class_names=(*before.class_names, *(a[1] for a in anns)), source=name,
+                                masks=masks if any(m is not None for m in masks) else None)
+            problems.append(Problem("duplicate_image", json_path, f"image {image_path} is listed again; its boxes "
+                                    "are read with the first entry's", record=record))
+            continue
         width, height = img.get("width"), img.get("height")
         if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
             if not image_path.is_file():
@@ -236,6 +258,7 @@ def read_coco(
                 masks=masks,
             )
         )
+        first_entry[image_path] = len(samples) - 1
     return DatasetRead(
         samples=tuple(samples),
         classes=tuple(classes),

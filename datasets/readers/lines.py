@@ -29,6 +29,7 @@ from datasets.sample import (
     Sample,
     box_problems,
     parse_number,
+    read_annotation_text,
 )
 
 _ANNOTATION_DIR = re.compile(r"^(annotations?|txt|.*_annotations?)$", re.IGNORECASE)
@@ -65,10 +66,7 @@ def parse_lines_file(path: Path) -> list[tuple[str, str, list[float], int]]:
 
     Raises `AnnotationError` with the line number for a line without 6 fields or a non-numeric corner.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a few files carry a byte-order mark
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(path, f"not UTF-8 text ({exc})") from None
+    text = read_annotation_text(path)  # (a few files carry a byte-order mark)
     out = []
     for line_no, raw in enumerate(text.splitlines(), start=1):
         tokens = raw.split()
@@ -124,7 +122,9 @@ def read_lines(path: Path, *, source: str | None = None, classes: tuple[str, ...
                     image = find_by_stem(img_dir, Path(image_name).stem) or image
                 annotated.setdefault(image, txt)
                 objects[image].append((cls, box, txt, line))
-        if not path.is_file():
+    if not path.is_file():
+        # Once every folder is read: annotation folders may share an image folder (annotations/ and txt/).
+        for img_dir in dict.fromkeys(img_dir for _ann_dir, img_dir, _txts in pairs):
             for image in list_images(img_dir):
                 if image not in annotated:
                     problems.append(Problem("no_annotation", image, "image has no annotation txt; skipped"))

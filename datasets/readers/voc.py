@@ -72,7 +72,10 @@ def read_labels_csv(path: Path) -> tuple[tuple[str, ...], dict[str, tuple[dict[s
                 raise AnnotationError(path, f"label for {cls} must be 1, 0 or -1, got {value!r}", line=line)
             labels[cls] = value == "1"
         stem = Path(row[0].strip()).stem  # rows name images with or without the extension
-        rows[stem] = (labels, line)
+        if stem in rows and rows[stem][0] != labels:
+            raise AnnotationError(path, f"image {stem} is listed again with other labels (first on line "
+                                        f"{rows[stem][1]})", line=line)
+        rows.setdefault(stem, (labels, line))
     return classes, rows
 
 

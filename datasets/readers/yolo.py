@@ -63,6 +63,19 @@ def read_class_names(root: Path) -> tuple[tuple[str, ...], Path] | None:
     return None
 
 
+def _recorded_source(root: Path) -> str | None:
+    """The dataset name `datasets.writers.write_yolo` records in data.yaml (`source:`), if any."""
+    path = root / "data.yaml"
+    if not path.is_file():
+        return None
+    try:
+        doc = yaml.safe_load(read_annotation_text(path))
+    except yaml.YAMLError:
+        return None  # (read_class_names reports it)
+    value = doc.get("source") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def parse_label_file(path: Path) -> list[tuple[int, list[float], list[float] | None, int]]:
     """Parse one label txt: [(class index, [cx, cy, w, h] normalised, polygon normalised or None, line)].
 
@@ -134,7 +147,7 @@ def read_yolo(root: Path, *, source: str | None = None, classes: tuple[str, ...]
                 f"{root}: YOLO labels need a class list: data.yaml ('names:'), classes.txt or obj.names"
             )
         classes = found[0]
-    name = source or recognise_any(classes) or "yolo"
+    name = source or _recorded_source(root) or recognise_any(classes) or "yolo"
     pairs = _image_label_pairs(root)
     if not pairs:
         raise DatasetLayoutError(f"{root}: no images found in images/, */images/ or the folder itself")
