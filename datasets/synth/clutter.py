@@ -200,22 +200,12 @@ def _bottle_item(
 def bottle_shell(rng: np.random.Generator, pixel_mm: float) -> tuple[Item, np.ndarray]:
     """An empty glass or PET bottle and its inner chord (h, w cm) — the volume a liquid (or liquid drug) fills."""
     length, r_body, wall = rng.uniform(22, 30), rng.uniform(3.2, 4.2), rng.uniform(0.3, 0.5)
-    item = _bottle_item(
-        rng,
-        pixel_mm,
-        "bottle_glass",
-        length,
-        r_body,
-        rng.uniform(1.2, 1.6),
-        rng.uniform(3, 6),
-        rng.uniform(6, 9),
-        wall,
-        "glass",
-        None,
-    )
+    r_neck, shoulder, neck = rng.uniform(1.2, 1.6), rng.uniform(3, 6), rng.uniform(6, 9)
+    item = _bottle_item(rng, pixel_mm, "bottle_glass", length, r_body, r_neck, shoulder, neck, wall, "glass", None)
     w = shapes.canvas_px(length, pixel_mm)
     _, x = shapes.coords_cm((1, w), pixel_mm)
-    radius = _bottle_radius_cm(x[0], length, r_body, 1.4, 4.5, 7.5)
+    # The liquid fills this very bottle: its own neck and shoulder, inside its wall.
+    radius = _bottle_radius_cm(x[0], length, r_body, r_neck, shoulder, neck)
     inner = np.maximum(radius - wall, 0.0) * (x[0] + length / 2 < rng.uniform(0.6, 0.95) * length)
     return item, pad_to(shapes.revolved(inner, shapes.canvas_px(2 * r_body, pixel_mm), pixel_mm), item.shape_hw)
 

@@ -151,11 +151,22 @@ def _inside_item(rng: np.random.Generator, class_name: str, frame: BagFrame) -> 
         host = clutter.shoes(rng, pixel_mm)
         h, w = host.shape_hw
         step = pixel_mm / 10.0
-        inner = contraband.build_contraband(rng, class_name, pixel_mm, max_size_cm=(w * step * 0.55, h * step * 0.35))
+        # Sized for one shoe of the pair (each about half the canvas high), centred in it; what still reaches
+        # past its outline (a stack of notes wider than the shoe) is pressed into it, as stuffed notes or a
+        # wrapped package take the shape of the shoe they fill.
+        inner = contraband.build_contraband(rng, class_name, pixel_mm, max_size_cm=(w * step * 0.55, h * step * 0.3))
         item = embed(inner, host.shape_hw, (int(rng.choice([-1, 1])) * h // 4, int(rng.integers(-w // 8, w // 8 + 1))))
+        item = _within(item, host.total_thickness_cm() > 0.0)
     pose = frame.random_pose(rng, host, aligned_p=0.6, spill=0.1, must_fit=True)
     assert pose is not None
     return [Placement(item, pose, class_name, "inside_item"), Placement(host, pose)]
+
+
+def _within(item: Item, outline: np.ndarray) -> Item:
+    """`item` (on its host's canvas) cut to the host's outline (H×W bool)."""
+    keep = outline.astype(np.float32)
+    return Item(item.name, tuple(Layer(la.material, la.density_g_cm3, la.thickness_cm * keep) for la in item.layers),
+                item.scale)
 
 
 def _hollow_book(rng: np.random.Generator, pixel_mm: float, length: float, width: float) -> Item:
