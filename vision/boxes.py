@@ -106,6 +106,12 @@ def batched_nms_xyxy(
         raise ValueError(f"class-aware NMS needs one class id per box: {b.shape[0]} boxes but {cls.shape[0]} class ids")
     if b.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    # Offset each class into its own region of the plane (the standard trick), so one NMS pass suffices.
-    offset = cls.astype(np.float64)[:, None] * (float(np.abs(b).max()) + 1.0) * 2.0
-    return nms_xyxy(b + offset, scores, iou_threshold, max_keep=max_keep)
+    # One pass per class (not the trick of offsetting each class into its own region of the plane: one
+    # huge box of a diverged model makes that offset so large that other boxes lose their area in float).
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    kept = np.concatenate([
+        np.flatnonzero(cls == c)[nms_xyxy(b[cls == c], s[cls == c], iou_threshold, max_keep=max_keep)]
+        for c in np.unique(cls)
+    ])
+    kept = kept[np.lexsort((kept, -s[kept]))]  # highest score first, ties by index (as nms_xyxy)
+    return kept if max_keep is None else kept[:max_keep]

@@ -107,6 +107,21 @@ def _header_size(data: bytes, fmt: str) -> tuple[int, int, str]:
         raise TruncatedImageError(f"{fmt} header cannot be read ({exc}); the file is truncated or corrupt") from exc
 
 
+def _tiff_layout(data: bytes) -> tuple[int, int | None, int, int]:
+    """(PlanarConfiguration, PhotometricInterpretation, SamplesPerPixel, BitsPerSample) of a TIFF's first
+    page, from its header."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tags = Image.open(io.BytesIO(data)).tag_v2
+            bits = tags.get(258, (1,))
+            bits = max(bits) if isinstance(bits, tuple) else int(bits)
+            return (int(tags.get(284, 1)), (int(tags[262]) if 262 in tags else None), int(tags.get(277, 1)),
+                    int(bits))
+    except Exception:  # noqa: BLE001 - the header was read once already; the decode reports a broken file
+        return 1, None, 1, 8
+
+
 def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     """Decode image bytes into a `Scan`.
 
@@ -136,6 +151,11 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
         raise TruncatedImageError("JPEG is truncated: the end-of-image marker is missing")
     if fmt == "PNG" and not _png_has_end(data):
         raise TruncatedImageError("PNG is truncated: the IEND chunk is missing")
+    planar, photometric, samples, bits = _tiff_layout(data) if fmt == "TIFF" else (1, None, 1, 8)
+    if planar == 2 and samples > 1 and bits > 8:
+        # OpenCV reads 16-bit colour stored one plane per channel as if interleaved: scrambled pixels.
+        raise UnsupportedDepthError("TIFF with 16-bit colour in separate planes (PlanarConfiguration 2) is not "
+                                    "supported; save it with interleaved samples (contiguous)")
     buf = np.frombuffer(data, dtype=np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -152,6 +172,10 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
         raise UnsupportedDepthError(f"{fmt} with {pixels.dtype} samples is not supported (8 or 16 bit only)")
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
+    if pixels.ndim == 2 and depth == 16 and photometric == 0:
+        # WhiteIsZero: OpenCV inverts 8-bit files so that white is bright, but hands 16-bit ones back as
+        # stored; inverted here alike, or metal would reach the model bright and air black.
+        pixels = np.uint16(65535) - pixels
     if pixels.ndim == 2:
         layout: Layout = "grey"
     elif pixels.shape[2] == 3:

@@ -21,6 +21,8 @@ def to_display_rgb(pixels: np.ndarray) -> np.ndarray:
     arr = pixels
     if arr.dtype != np.uint8:
         arr = (arr.astype(np.float32) / 257.0).clip(0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:  # H×W×1 grey, as vision.preprocess takes it
+        arr = arr[:, :, 0]
     if arr.ndim == 2:
         return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
     if arr.shape[2] == 2:  # dual-energy: show the high-energy layer
@@ -42,9 +44,12 @@ def draw_boxes(
     t = thickness or max(1, round(min(h, w) / 300))
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     for i, (box, label) in enumerate(zip(boxes, labels)):
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        # Boxes end exclusive (x2, y2); OpenCV draws inclusive corners: the last pixel inside is x2 − 1, so a
+        # box clipped to the scan keeps its right and bottom sides on the image.
+        x1, y1 = (int(round(v)) for v in box[:2])
+        x2, y2 = min(int(np.ceil(box[2])) - 1, w - 1), min(int(np.ceil(box[3])) - 1, h - 1)
         colour = _colour_for(label)
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, t)
+        cv2.rectangle(out, (x1, y1), (max(x1, x2), max(y1, y2)), colour, t)
         text = label if scores is None else f"{label} {scores[i]:.2f}"
         scale = max(0.35, t * 0.4)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
