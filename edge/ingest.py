@@ -18,6 +18,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -308,7 +309,7 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
     # record once it is written.
     writing = asyncio.ensure_future(record_it())
     ctx.writes.add(writing)
-    writing.add_done_callback(ctx.writes.discard)
+    writing.add_done_callback(_write_finished(ctx, meta))
     try:
         record, created, views = await asyncio.wait_for(asyncio.shield(writing),
                                                         timeout=max(0.0, deadline - time.monotonic()))
@@ -318,6 +319,19 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
                                f"({ctx.settings.request_deadline_s:g} s); it is still being written, and a re-send "
                                "of the same scan is answered from it") from None
     return _answer(record, views, timings, started=started, duplicate=not created)
+
+
+def _write_finished(ctx: ServiceContext, meta: ScanMeta) -> Callable[[asyncio.Future[Any]], None]:
+    """The done-callback of a scan's writes: forget them, and log a failure nobody waits for any more (the
+    request that did was answered at its deadline, or its client went away)."""
+
+    def done(writing: asyncio.Future[Any]) -> None:
+        ctx.writes.discard(writing)
+        if not writing.cancelled() and writing.exception() is not None:
+            log_event(_log, "scan not recorded", logging.ERROR, station=meta.station, bag_id=meta.bag_id,
+                      error=repr(writing.exception()))
+
+    return done
 
 
 async def _screened(

@@ -210,3 +210,24 @@ def test_with_sharing_off_a_burst_runs_alone_one_batch_after_another():
 
     alone, shared, peak = asyncio.run(main())
     assert (alone, shared, peak) == ([4, 1], [], 1)
+
+
+def test_a_write_that_fails_after_its_station_stopped_waiting_is_logged(tmp_path, caplog):
+    """A record write that fails once its request was answered 504 has nobody to raise to: it is logged
+    (with the bag), not lost as an unretrieved task exception."""
+    with running_service(tmp_path, tdr_dir=None, request_deadline_s=0.3) as svc:
+        store = svc.ctx.store
+
+        def failing_record(**kwargs):  # noqa: ANN003, ANN202
+            time.sleep(0.6)
+            raise OSError("disk full")
+
+        store.record_scan_in_bag = failing_record
+        with caplog.at_level("ERROR", logger="xscreen.edge.ingest"):
+            r = post_png(svc, png_bytes(5), "bag-write-fails")
+            assert r.status_code == 504
+            deadline = time.monotonic() + 5
+            while not any("scan not recorded" in m for m in caplog.messages) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    logged = [r for r in caplog.records if r.getMessage() == "scan not recorded"]
+    assert logged and logged[0].fields["bag_id"] == "bag-write-fails" and "disk full" in logged[0].fields["error"]
