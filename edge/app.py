@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -36,6 +35,7 @@ from edge.logs import configure_logging, log_event
 from edge.metrics import EdgeMetrics, RequestMetricsMiddleware
 from edge.ratelimit import RateLimiter
 from edge.settings import EdgeSettings
+from inference.cores import usable_cores
 
 _log = logging.getLogger("xscreen.edge.app")
 
@@ -77,7 +77,7 @@ def _start_engine_alone(settings: EdgeSettings, engine: Any) -> Any | None:
     threads per model call are the service's own choice (cores shared among parallel calls)."""
     from inference.engine import Engine
 
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if settings.engine_threads is not None or settings.model_workers < 2 or cores <= settings.model_threads:
         return None
     alone = Engine(settings.model_path, threads=cores, max_batch=settings.batch_max_size, spin=settings.engine_spin)

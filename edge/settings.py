@@ -10,7 +10,6 @@ lifespan does that.
 
 from __future__ import annotations
 
-import os
 
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from pydantic_settings import (
 )
 
 from edge.defaults import DEFAULT_DATA_DIR, DEFAULT_DB_URL
+from inference.cores import usable_cores
 from vision.decode import LANE_MAX_PIXELS
 
 #: 32 MP: a 2,000-line belt scan at 1.5 mm/px over 3 m is about 4 MP, a high-resolution cabinet scanner
@@ -172,14 +172,14 @@ class EdgeSettings(BaseSettings):
         (bench/service_load.py: ~23–25 vs ~19–22 scans/s at saturation)."""
         if self.batch_workers is not None:
             return self.batch_workers
-        return 2 if (os.cpu_count() or 1) >= 2 else 1
+        return 2 if usable_cores() >= 2 else 1
 
     @property
     def model_threads(self) -> int:
         """ONNX Runtime intra-op threads per model call: the cores shared among the parallel calls."""
         if self.engine_threads is not None:
             return self.engine_threads
-        return max(1, (os.cpu_count() or 1) // self.model_workers)
+        return max(1, usable_cores() // self.model_workers)
 
     @field_validator("db_url")
     @classmethod

@@ -40,7 +40,7 @@ def predict(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from inference.engine import Engine
-    from inference.predict import collect_inputs, predict_inputs
+    from inference.predict import check_overlays_dir, collect_inputs, predict_inputs
     from vision.package import PackageError
 
     _check_out_file("--json", json_out)
@@ -52,6 +52,10 @@ def predict(
     if not inputs:
         raise _fail("no images found in the given paths")
     if overlays is not None:
+        try:
+            check_overlays_dir(overlays, inputs)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
         try:
             overlays.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -12,7 +12,6 @@ The file is read once; the bytes whose checksum was verified are the bytes the s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Literal, get_args
 import numpy as np
 import onnxruntime as ort
 
+from inference.cores import usable_cores
 from inference.modelfile import ModelFile, ModelFileError, package_sha256, read_model_file
 from vision.decide import BagDecision, decide
 from vision.letterbox import LetterboxParams
@@ -94,7 +94,7 @@ def session_options(threads: int | None = None, *, profile_prefix: str | None = 
     if spin not in SPIN_MODES:
         raise ValueError(f"spin must be one of {SPIN_MODES}, got {spin!r}")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or usable_cores()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -150,6 +150,14 @@ class Engine:
             )
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             raise PackageError(f"{self.path}: ONNX Runtime cannot load the graph ({exc})") from exc
+        # ONNX Runtime leaves out, with a warning only, a provider it cannot start (a CUDA library missing):
+        # what was asked for by name must run; what was picked by default is reported as it really is.
+        running = list(self.session.get_providers())
+        lost = [p for p in self.providers if p not in running]
+        if lost and providers:
+            raise ValueError(f"execution provider(s) {lost} could not be started (ONNX Runtime fell back to {running}); "
+                             "check the GPU driver and CUDA libraries, or run on the CPU")
+        self.providers = running
         self._input, self._outputs = self._check_io()
         self.input_dtype = np.dtype(np.uint16 if self.spec.input_bits == 16 else np.uint8)
 

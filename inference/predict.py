@@ -137,6 +137,17 @@ def _error_record(name: str, message: str) -> dict[str, Any]:
     return {"image": name, "alarm": None, "alarm_classes": [], "detections": [], "error": message}
 
 
+def check_overlays_dir(overlays_dir: Path, inputs: Sequence[ScanInput]) -> None:
+    """ValueError when the overlays would go where scans being predicted lie: they could replace a scan of the
+    same name, and the next run over that folder would screen the drawings."""
+    folder = overlays_dir.resolve()
+    for scan in inputs:
+        for path in scan.paths:
+            if folder == path.resolve().parent or folder in path.resolve().parents:
+                raise ValueError(f"the overlays folder {overlays_dir} holds scans being predicted ({path}); "
+                                 "give a folder of its own")
+
+
 def _overlay_path(folder: Path, scan: ScanInput, used: set[str]) -> Path:
     stem = Path(scan.name).stem if len(scan.paths) == 1 else Path(scan.name).name
     candidate, k = stem, 1
@@ -163,6 +174,7 @@ def predict_inputs(
     records: list[dict[str, Any] | None] = [None] * len(inputs)
     used: set[str] = set()
     if overlays_dir is not None:
+        check_overlays_dir(overlays_dir, inputs)
         overlays_dir.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(inputs), engine.max_batch):
         chunk = [(i, inputs[i]) for i in range(start, min(start + engine.max_batch, len(inputs)))]

@@ -3,9 +3,11 @@
 - parity images: synthetic bags of a fixed seed, the same for every export of every model, in the model's
   own layout (false colour, grey or the raw dual-energy pair);
 - validation set: synthetic bags of other fixed seeds with their boxes, plus the labelled images of the
-  calibration folder when it is a dataset the readers recognise;
+  calibration folder when it is a dataset the readers recognise, those INT8 was not calibrated on;
 - calibration inputs: images of a folder (any images, or a dataset; masks and raw pairs are told apart)
-  plus synthetic bags, each through vision.preprocess exactly as the lane prepares scans.
+  plus synthetic bags, each through vision.preprocess exactly as the lane prepares scans. The folder's
+  scans alternate (in path order) between calibration and validation: ranges fitted to the very images
+  they are checked on never clip there, and the check would understate the loss on unseen scans.
 
 Every set is returned as prepared model input (N×C×H×W) with the letterbox parameters of each image, so
 detections can be compared in the scans' own pixels.
@@ -102,7 +104,8 @@ def validation_set(
     truths = [_truth(b.stem, s, b.boxes_xyxy, b.class_names, classes) for b, s in zip(bags, scans)]
     names = [b.stem for b in bags]
     if calib_dir is not None:
-        for name, pixels, boxes, box_names in _labelled_scans(Path(calib_dir), spec, max_calib):
+        calibrated = {p.resolve() for p in calibration_files(Path(calib_dir), spec)[0]}
+        for name, pixels, boxes, box_names in _labelled_scans(Path(calib_dir), spec, max_calib, leave_out=calibrated):
             scans.append(pixels)
             truths.append(_truth(name, pixels, boxes, box_names, classes))
             names.append(name)
@@ -139,8 +142,10 @@ def _raw_pair_for(path: Path) -> tuple[Path, Path] | None:
     return (low, high) if low.is_file() and high.is_file() else None
 
 
-def _labelled_scans(folder: Path, spec: PreprocessSpec, limit: int) -> list[tuple[str, np.ndarray, np.ndarray, tuple[str, ...]]]:
-    """(name, pixels, boxes_xyxy, class names) of a recognised dataset's images; [] for a plain folder."""
+def _labelled_scans(folder: Path, spec: PreprocessSpec, limit: int, *, leave_out: set[Path] = frozenset()
+                    ) -> list[tuple[str, np.ndarray, np.ndarray, tuple[str, ...]]]:
+    """(name, pixels, boxes_xyxy, class names) of a recognised dataset's images, but those in `leave_out`
+    (resolved paths); [] for a plain folder."""
     from datasets.readers import read_dataset
     from datasets.sample import AnnotationError, DatasetLayoutError
 
@@ -150,7 +155,8 @@ def _labelled_scans(folder: Path, spec: PreprocessSpec, limit: int) -> list[tupl
         log.info("calibration folder %s is not a labelled dataset (%s): used unlabelled", folder, exc)
         return []
     out = []
-    for sample in _evenly(list(read.samples), limit):
+    samples = [s for s in read.samples if s.image_path.resolve() not in leave_out]
+    for sample in _evenly(samples, limit):
         pixels = _decode_file(sample.image_path, spec)
         if pixels is not None:
             out.append((str(sample.image_path), pixels, np.asarray(sample.boxes_xyxy), tuple(sample.class_names)))
@@ -168,13 +174,26 @@ def _evenly(items: list, limit: int) -> list:
 def folder_scan_files(folder: Path, spec: PreprocessSpec) -> list[Path]:
     """Scan files under `folder` (recursively, sorted): `_low` files of raw pairs for dual-energy models,
     else images, leaving out masks and raw layers."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    found = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    # Each scan once: `xscreen synth` writes yolo/images/ as links to images/ (the first path of a file is kept).
+    files, seen = [], set()
+    for p in found:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            files.append(p)
     if spec.input_kind == "dual_energy":
         return [p for p in files if p.stem.endswith("_low")]
     return [
         p for p in files
         if "masks" not in p.parts[len(Path(folder).parts):] and not p.stem.endswith(("_low", "_high"))
     ]
+
+
+def calibration_files(folder: Path, spec: PreprocessSpec) -> tuple[list[Path], list[Path]]:
+    """The folder's scans split in two, alternating in path order: (those INT8 is calibrated on, those held
+    out for its validation). A folder of one scan calibrates on it."""
+    files = folder_scan_files(folder, spec)
+    return files[0::2], files[1::2]
 
 
 def calibration_set(spec: PreprocessSpec, calib_dir: Path | None, *, max_images: int = 64, synthetic: int = 32) -> PreparedSet:
@@ -184,7 +203,7 @@ def calibration_set(spec: PreprocessSpec, calib_dir: Path | None, *, max_images:
         folder = Path(calib_dir)
         if not folder.is_dir():
             raise FileNotFoundError(f"calibration folder {folder} does not exist")
-        files = folder_scan_files(folder, spec)
+        files = calibration_files(folder, spec)[0]
         for path in _evenly(files, max_images):
             pixels = _decode_file(path, spec)
             if pixels is not None:

@@ -223,9 +223,10 @@ def _raw_int8_agreement(
             same = d8.class_ids == cid
             found += bool(same.any() and iou_xyxy(box[None], d8.boxes_xyxy[same]).max() >= 0.5)
     recall = found / confident if confident else 1.0
-    if score_p99 > tol.raw_score_p99:
+    # (Written so that a NaN figure fails: NaN compares false both ways.)
+    if not score_p99 <= tol.raw_score_p99:
         failures.append(f"99th percentile of the score error {score_p99:.3g} > {tol.raw_score_p99}")
-    if median_iou < tol.raw_box_median_iou:
+    if not median_iou >= tol.raw_box_median_iou:
         failures.append(f"median IoU of the top-{tol.top_k} boxes {median_iou:.3f} < {tol.raw_box_median_iou}")
     if recall < tol.det_recall:
         failures.append(f"INT8 finds {found}/{confident} of FP32's detections scoring ≥ {tol.det_min_score}")
@@ -251,6 +252,8 @@ def int8_check(
     figures: dict[str, float | int | str | None] = {"map50_fp32": m32, "map50_int8": m8, "images": len(truths)}
     raw_figures, raw_failures = _raw_int8_agreement(fp32, int8, d32, d8, tol)
     figures |= raw_figures
+    # Non-finite outputs fail whatever the criterion (post-processing drops them, so the mAP cannot see them).
+    broken = [] if np.isfinite(int8[0]).all() and np.isfinite(int8[1]).all() else ["non-finite values in the INT8 outputs"]
     if m32 is not None and m32 >= tol.min_meaningful_map50:
         figures["criterion"] = "map50"
         drop = m32 - (m8 or 0.0)
@@ -258,10 +261,11 @@ def int8_check(
         failures = [] if drop <= tol.max_map50_drop else [
             f"INT8 mAP@0.5 {m8:.4f} is {100 * drop:.2f} points below FP32's {m32:.4f} (allowed {100 * tol.max_map50_drop:.1f})"
         ]
-        return GateCheck(name="onnx int8 vs onnx fp32 (validation mAP)", figures=figures, failures=tuple(failures))
+        return GateCheck(name="onnx int8 vs onnx fp32 (validation mAP)", figures=figures,
+                         failures=tuple(broken + failures))
     figures["criterion"] = "raw agreement"
     why = "has no ground truth of the model's classes" if m32 is None else f"gives FP32 mAP@0.5 {m32:.4f}"
     note = (f"the validation set {why} (< {tol.min_meaningful_map50}: an untrained or unrelated model), so the "
             "raw-output agreement criterion was used instead of the mAP drop")
-    return GateCheck(name="onnx int8 vs onnx fp32 (raw agreement)", figures=figures, failures=tuple(raw_failures),
-                     notes=(note,))
+    return GateCheck(name="onnx int8 vs onnx fp32 (raw agreement)", figures=figures,
+                     failures=tuple(broken + raw_failures), notes=(note,))
