@@ -4,7 +4,9 @@ Import this module freely: nothing heavy happens at import or in `create_app`. T
 1. loads the model package (`inference.Engine`, refusing a package whose metadata or checksum is wrong);
 2. opens the store and migrates the schema; builds `Auth` on it;
 3. starts the micro-batcher worker(s) and, if a webhook URL is set, the outbox sender;
-then marks the service ready (`/readyz` 200). Shutdown stops them in reverse order.
+then marks the service ready (`/readyz` 200). Shutdown stops them in reverse order. Under `xscreen serve`
+this runs in the background (`create_app(..., start_in_background=True)`): the port is open while the model
+loads, `/healthz` answers 200 and `/readyz` 503, and a failed start ends the process with an error.
 
     uvicorn --factory edge.app:app_from_env      # settings from XSCREEN_* variables
     xscreen serve --model model.onnx            # the same, from the command line
@@ -101,45 +103,74 @@ def _open_store(settings: EdgeSettings) -> tuple[Any, Any]:
     return store, auth
 
 
+async def _start(ctx: ServiceContext, stack: AsyncExitStack) -> None:
+    """Make the heavy objects, pushing their undoing onto `stack` as each is made, then mark the service
+    ready. Blocking work runs in threads, so the loop (and /healthz, /readyz) answers meanwhile."""
+    settings = ctx.settings
+    engine = await asyncio.to_thread(_start_engine, settings)
+    engine_alone = await asyncio.to_thread(_start_engine_alone, settings, engine)
+    ctx.metrics.set_model(name=engine.package.name, version=engine.package.version,
+                          sha256=engine.package.weights_sha256, classes=list(engine.class_names),
+                          providers=list(engine.providers))
+    store, auth = await asyncio.to_thread(_open_store, settings)
+    stack.push_async_callback(asyncio.to_thread, store.close)
+    batcher = MicroBatcher(engine.detect_prepared, max_batch=settings.batch_max_size,
+                           max_wait_ms=settings.batch_max_wait_ms, queue_max=settings.queue_max,
+                           workers=settings.model_workers, metrics=ctx.metrics,
+                           share_from=settings.batch_share_from, share_max=settings.batch_share_max,
+                           run_batch_alone=engine_alone.detect_prepared if engine_alone is not None else None,
+                           prepare=scan_preparer(engine, max_pixels=settings.max_pixels))
+    await batcher.start()
+    stack.push_async_callback(batcher.stop)
+    ctx.engine, ctx.store, ctx.auth, ctx.batcher = engine, store, auth, batcher
+    stack.callback(_clear, ctx)
+    if settings.webhook_url:
+        from edge.outbox import WebhookSender
+
+        sender = WebhookSender(store, settings.webhook_url, timeout_s=settings.webhook_timeout_s,
+                               poll_s=settings.outbox_poll_s, metrics=ctx.metrics)
+        ctx.background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
+    stack.push_async_callback(_stop_background, ctx)
+    ctx.ready = True
+    log_event(_log, "service ready", model=engine.package.name, version=engine.package.version,
+              providers=list(engine.providers), db=_redacted(settings.db_url))
+
+
+async def _start_in_background(app: FastAPI, stack: AsyncExitStack) -> None:
+    """`_start`, its failure logged and kept in `ctx.start_error`, and the server asked to stop
+    (`app.state.on_start_failure`, which `xscreen serve` sets)."""
+    ctx: ServiceContext = app.state.ctx
+    try:
+        await _start(ctx, stack)
+    except Exception as exc:  # noqa: BLE001 - reported, and the process told to end
+        ctx.start_error = exc
+        _log.error("start-up failed", exc_info=exc, extra={"fields": {"error": str(exc)}})
+        stop = getattr(app.state, "on_start_failure", None)
+        if stop is not None:
+            stop()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     ctx: ServiceContext = app.state.ctx
-    settings = ctx.settings
-    ctx.decode_slots = asyncio.Semaphore(settings.decode_workers)
+    ctx.decode_slots = asyncio.Semaphore(ctx.settings.decode_workers)
     # The exit stack undoes whatever was started, in reverse order, also when a later step fails.
     async with AsyncExitStack() as stack:
-        # Blocking start-up work runs in threads so the loop (and /healthz) stays responsive meanwhile.
-        engine = await asyncio.to_thread(_start_engine, settings)
-        engine_alone = await asyncio.to_thread(_start_engine_alone, settings, engine)
-        ctx.metrics.set_model(name=engine.package.name, version=engine.package.version,
-                              sha256=engine.package.weights_sha256, classes=list(engine.class_names),
-                              providers=list(engine.providers))
-        store, auth = await asyncio.to_thread(_open_store, settings)
-        stack.push_async_callback(asyncio.to_thread, store.close)
-        batcher = MicroBatcher(engine.detect_prepared, max_batch=settings.batch_max_size,
-                               max_wait_ms=settings.batch_max_wait_ms, queue_max=settings.queue_max,
-                               workers=settings.model_workers, metrics=ctx.metrics,
-                               share_from=settings.batch_share_from, share_max=settings.batch_share_max,
-                               run_batch_alone=engine_alone.detect_prepared if engine_alone is not None else None,
-                               prepare=scan_preparer(engine, max_pixels=settings.max_pixels))
-        await batcher.start()
-        stack.push_async_callback(batcher.stop)
-        ctx.engine, ctx.store, ctx.auth, ctx.batcher = engine, store, auth, batcher
-        stack.callback(_clear, ctx)
-        if settings.webhook_url:
-            from edge.outbox import WebhookSender
-
-            sender = WebhookSender(store, settings.webhook_url, timeout_s=settings.webhook_timeout_s,
-                                   poll_s=settings.outbox_poll_s, metrics=ctx.metrics)
-            ctx.background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
-        stack.push_async_callback(_stop_background, ctx)
-        ctx.ready = True
-        log_event(_log, "service ready", model=engine.package.name, version=engine.package.version,
-                  providers=list(engine.providers), db=_redacted(settings.db_url))
-        try:
-            yield
-        finally:
-            ctx.ready = False
+        if not app.state.start_in_background:
+            await _start(ctx, stack)  # a failure fails the start-up itself
+            try:
+                yield
+            finally:
+                ctx.ready = False
+        else:
+            # The server listens at once; /healthz answers and /readyz says 503 until the start is done.
+            starting = asyncio.create_task(_start_in_background(app, stack), name="start-up")
+            try:
+                yield
+            finally:
+                ctx.ready = False
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
     log_event(_log, "service stopped")
 
 
@@ -188,8 +219,13 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error (request id {request_id})"}, status_code=500)
 
 
-def create_app(settings: EdgeSettings) -> FastAPI:
-    """The lane service app for `settings` (cheap: the lifespan does the heavy work)."""
+def create_app(settings: EdgeSettings, *, start_in_background: bool = False) -> FastAPI:
+    """The lane service app for `settings` (cheap: the lifespan does the heavy work).
+
+    start_in_background: the lifespan's start-up returns at once and loads the model, the store and the
+    batcher in a task, so a server listens meanwhile (`/healthz` 200, `/readyz` and every route 503 until
+    ready: `xscreen serve`, for probes); a failure is logged and `app.state.on_start_failure()` called. By
+    default the start-up completes (or fails) before the lifespan yields, as tests and embedding want."""
     from edge import routes_ops, routes_scans, routes_stream, seizures, ui
 
     configure_logging(settings.log_level)
@@ -205,6 +241,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.start_in_background = start_in_background
     app.state.ctx = ServiceContext(
         settings=settings,
         metrics=metrics,

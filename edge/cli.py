@@ -22,7 +22,8 @@ def _fail(message: str) -> typer.Exit:
 
 
 def serve_command(
-    model: Annotated[Path, typer.Option("--model", exists=True, dir_okay=False, help="Model package (.onnx).")],
+    model: Annotated[Optional[Path], typer.Option("--model", exists=True, dir_okay=False,
+                                                  help="Model package (.onnx) (or XSCREEN_MODEL_PATH).")] = None,
     db: Annotated[Optional[str], typer.Option("--db", help=f"Database URL (default {DEFAULT_DB_URL}, or XSCREEN_DB_URL).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help=f"Image store (default {DEFAULT_DATA_DIR}, or XSCREEN_DATA_DIR).")] = None,
     host: Annotated[Optional[str], typer.Option("--host", help="Bind address (default 127.0.0.1).")] = None,
@@ -32,6 +33,8 @@ def serve_command(
     insecure_cookies: Annotated[bool, typer.Option("--insecure-cookies", help="Session cookies without Secure (plain-HTTP development only).")] = False,
 ) -> None:
     """Run the lane service (FastAPI + uvicorn). Other settings come from XSCREEN_* variables or .env."""
+    import signal
+
     import uvicorn
     from pydantic import ValidationError
 
@@ -47,18 +50,37 @@ def serve_command(
         settings = EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         # Each error without its input value: a database or webhook URL may carry a password or a token.
-        errors = [f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()]
+        errors = [f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                  + (" (give --model, or set XSCREEN_MODEL_PATH)" if e["loc"] == ("model_path",) else "")
+                  for e in exc.errors()]
         raise _fail("invalid settings:\n" + "\n".join(errors)) from None
     except ValueError as exc:  # the .env file's own refusal (a misspelt XSCREEN_* key), raised before validation
         raise _fail(f"invalid settings: {exc}") from None
+    if not settings.model_path.is_file():  # (from the environment or .env: --model's own check did not run)
+        raise _fail(f"model package {settings.model_path} is not a file")
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    # The port opens at once, and /healthz and /readyz answer while the model loads (probes tell a lane that
+    # is starting from one that is down); a failed start stops the server as Ctrl-C does, then exits 2.
+    app = create_app(settings, start_in_background=True)
+    # (SIGINT, as Ctrl-C: uvicorn re-raises the signal that stopped it once it is down, and a KeyboardInterrupt
+    # can be caught here, a SIGTERM's default action could not.)
+    app.state.on_start_failure = lambda: signal.raise_signal(signal.SIGINT)
     # uvicorn's own access log is off: the service writes one structured line per request itself.
     # WS /v1/stream refuses permessage-deflate, which clients offer by default: scans come compressed
     # already (a 556-kB PNG deflates by 5 %), and inflating each frame would cost the lane's cores about
     # 1.7 ms a scan (docs/lane_bench.md).
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=uvicorn_log_config(settings.log_level),
-                ws_max_size=settings.max_body_bytes + 65536, ws_per_message_deflate=False, timeout_graceful_shutdown=10)
+    # A stream frame holds a scan's bytes, or its header with the scan in base64 (4/3 of its size), and the
+    # header's fields: the scan limit itself is the stream handler's (413 for that scan, the stream going on).
+    ws_max_size = -(-settings.max_body_bytes * 4 // 3) + 65536
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, access_log=False,
+                    log_config=uvicorn_log_config(settings.log_level), ws_max_size=ws_max_size,
+                    ws_per_message_deflate=False, timeout_graceful_shutdown=10)
+    except KeyboardInterrupt:
+        if app.state.ctx.start_error is None:
+            raise
+    if app.state.ctx.start_error is not None:
+        raise _fail(f"the service did not start: {app.state.ctx.start_error}")
 
 
 def station_command(

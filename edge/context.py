@@ -40,6 +40,8 @@ class ServiceContext:
     #: (scans being screened are decoded in their model calls' threads, bounded by the model workers).
     decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     ready: bool = False
+    #: Why a start-up run in the background failed (`edge.app.create_app(start_in_background=True)`).
+    start_error: BaseException | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     #: Scans' record writes still running (one whose station stopped waiting at its deadline included): the
     #: service awaits them before it stops.

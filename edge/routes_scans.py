@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from edge.auth import Principal
 from edge.deps import AnyRoleDep, CtxDep, ReviewerDep, StationDep
@@ -58,6 +59,10 @@ _INGEST_BODY: dict[str, Any] = {
         },
     }
 }
+
+
+#: The status counted for a request whose client hung up before it was read (nginx's "client closed request").
+CLIENT_CLOSED = 499
 
 
 def _error(exc: IngestError) -> HTTPException:
@@ -132,7 +137,13 @@ async def post_scan(
     started = time.perf_counter()
     try:
         check_rate(ctx, principal.name)
-        upload, form_fields = await _read_upload(request)
+        try:
+            upload, form_fields = await _read_upload(request)
+        except ClientDisconnect:
+            # The station hung up before its upload ended (its timeout, a network drop): nobody reads the
+            # answer, and nothing went wrong here. Counted as nginx's 499 (client closed), never as a 500.
+            raise IngestError(CLIENT_CLOSED, "the station closed the connection before its upload ended",
+                              reason="client_closed") from None
         query = {"station": station, "lane": lane, "bag_id": bag_id, "view": view}
         meta = validate_meta({**{k: v for k, v in query.items() if v is not None}, **form_fields},
                              station_name=principal.name)

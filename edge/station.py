@@ -81,6 +81,9 @@ class StationSummary:
     latencies_ms: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    #: The offered interval between bags (1/rate): the figure's time runs from the first send to the last
+    #: answer, which holds one interval fewer than bags (`bags_per_s`).
+    interval_s: float = 0.0
 
     def _pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else 0.0
@@ -97,21 +100,55 @@ class StationSummary:
         return {"sent": self.sent, "alarms": self.alarms, "errors": self.errors, "retries": self.retries,
                 "duplicates": self.duplicates, "latency_ms_p50": round(self.latency_ms_p50, 1),
                 "latency_ms_p95": round(self.latency_ms_p95, 1), "elapsed_s": round(self.elapsed_s, 2),
-                "bags_per_s": round(self.sent / self.elapsed_s, 2) if self.elapsed_s else 0.0}
+                "bags_per_s": self.bags_per_s}
+
+    @property
+    def bags_per_s(self) -> float:
+        """Answered bags per second: B bags take B − 1 intervals from the first send, plus one for the first."""
+        span = self.elapsed_s + self.interval_s
+        return round(self.sent / span, 2) if span > 0 else 0.0
 
 
-BagSource = Callable[[int], tuple[bytes, str, str]]  # bag index → (file bytes, content type, name)
+@dataclass(frozen=True)
+class Pair:
+    """A raw dual-energy scan: its low- and high-energy grey images (sent as form parts `low` and `high`)."""
+
+    low: bytes
+    high: bytes
+
+
+#: bag index → (file bytes, or a dual-energy Pair; content type; name)
+BagSource = Callable[[int], tuple["bytes | Pair", str, str]]
+
+
+def _folder_scans(folder: Path) -> list[tuple[Path, ...]]:
+    """The scans of a folder in name order: one file each, or a `<stem>_low`/`<stem>_high` pair (as
+    `xscreen predict` reads them) as one scan."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _SUFFIX_TYPES and p.is_file())
+    names = {p.name for p in files}
+    scans: list[tuple[Path, ...]] = []
+    for p in files:
+        stem = p.stem
+        if stem.endswith("_low") and stem != "_low" and f"{stem[:-4]}_high{p.suffix}" in names:
+            scans.append((p, p.with_name(f"{stem[:-4]}_high{p.suffix}")))
+        elif not (stem.endswith("_high") and f"{stem[:-5]}_low{p.suffix}" in names):
+            scans.append((p,))
+    return scans
 
 
 def folder_source(folder: Path) -> BagSource:
-    """Scans of a folder, cycled in name order."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _SUFFIX_TYPES and p.is_file())
-    if not files:
+    """Scans of a folder, cycled in name order (a `_low`/`_high` pair is one dual-energy scan). A file gone
+    or unreadable meanwhile raises OSError naming it, for that bag."""
+    scans = _folder_scans(folder)
+    if not scans:
         raise StationError(f"{folder} holds no scans ({', '.join(sorted(_SUFFIX_TYPES))})")
 
-    def get(k: int) -> tuple[bytes, str, str]:
-        path = files[k % len(files)]
-        return path.read_bytes(), _SUFFIX_TYPES[path.suffix.lower()], path.stem
+    def get(k: int) -> tuple[bytes | Pair, str, str]:
+        paths = scans[k % len(scans)]
+        if len(paths) == 2:
+            return Pair(paths[0].read_bytes(), paths[1].read_bytes()), _SUFFIX_TYPES[paths[0].suffix.lower()], \
+                paths[0].stem[:-4]
+        return paths[0].read_bytes(), _SUFFIX_TYPES[paths[0].suffix.lower()], paths[0].stem
 
     return get
 
@@ -206,9 +243,15 @@ _TRANSPORT_ERRORS = (httpx.HTTPError, OSError, TimeoutError, WebSocketException)
 SendOnce = Callable[[], Awaitable[tuple[int, Any, float]]]
 
 
-def _post_once(client: httpx.AsyncClient, fields: dict[str, str], bag_id: str, data: bytes, content_type: str) -> SendOnce:
+def _post_once(client: httpx.AsyncClient, fields: dict[str, str], bag_id: str, data: bytes | Pair,
+               content_type: str) -> SendOnce:
+    if isinstance(data, Pair):
+        files = {"low": (f"{bag_id}_low", data.low, content_type), "high": (f"{bag_id}_high", data.high, content_type)}
+    else:
+        files = {"image": (bag_id, data, content_type)}
+
     async def send() -> tuple[int, Any, float]:
-        r = await client.post("/v1/scans", files={"image": (bag_id, data, content_type)}, data=fields)
+        r = await client.post("/v1/scans", files=files, data=fields)
         body: Any = r.text
         if r.status_code == 200:
             try:
@@ -327,7 +370,7 @@ async def run_station_async(cfg: StationConfig, source: BagSource | None = None)
     check_config(cfg)
     if source is None:
         source = synth_source(seed=cfg.seed, size_px=cfg.synth_size_px) if cfg.source == "synth" else folder_source(Path(cfg.source))
-    summary = StationSummary()
+    summary = StationSummary(interval_s=1.0 / cfg.rate)
     run_id = uuid.uuid4().hex[:8]  # bag ids unique per run, so a second run is not answered as duplicates
     counter = itertools.count()
     headers = {"Authorization": f"Bearer {cfg.key}"}
@@ -341,10 +384,16 @@ async def run_station_async(cfg: StationConfig, source: BagSource | None = None)
                 while (k := next(counter)) < cfg.bags:
                     due = t0 + k / cfg.rate
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
-                    data, content_type, name = await asyncio.to_thread(source, k)
+                    try:
+                        data, content_type, name = await asyncio.to_thread(source, k)
+                    except OSError as exc:  # a scan file gone or unreadable: that bag's error, the run goes on
+                        summary.errors += 1
+                        summary.error_samples = (summary.error_samples + [f"bag {k}: {exc}"])[-5:]
+                        continue
                     bag_id = bag_id_for(run_id, k, name)
                     fields = {"station": station, "lane": f"lane-{lane}", "bag_id": bag_id, "view": cfg.view}
-                    send = (stream.send_once(fields, data, content_type) if stream is not None
+                    # (Dual-energy pairs go over HTTP even when streaming: the stream takes one image a scan.)
+                    send = (stream.send_once(fields, data, content_type) if stream is not None and isinstance(data, bytes)
                             else _post_once(client, fields, bag_id, data, content_type))
                     await _send_bag(send, cfg, summary)
             finally:

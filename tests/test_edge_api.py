@@ -118,7 +118,7 @@ def test_settings_from_environment_and_unknown_keys(tmp_path, monkeypatch):
     (2, None, 2, (2, 2)),  # explicit settings win
 ])
 def test_model_workers_and_threads_follow_the_cores(monkeypatch, cores, workers, threads, want):
-    monkeypatch.setattr("edge.settings.os.cpu_count", lambda: cores)
+    monkeypatch.setattr("edge.settings.usable_cores", lambda: cores)
     settings = EdgeSettings(_env_file=None, model_path="m.onnx", batch_workers=workers, engine_threads=threads)
     assert (settings.model_workers, settings.model_threads) == want
     assert settings.engine_spin == "run"
@@ -128,8 +128,8 @@ def test_model_workers_and_threads_follow_the_cores(monkeypatch, cores, workers,
 def test_an_all_core_session_for_batches_alone_only_with_the_default_threads(tmp_path, monkeypatch):
     from edge.app import _start_engine, _start_engine_alone
 
-    monkeypatch.setattr("edge.settings.os.cpu_count", lambda: 4)
-    monkeypatch.setattr("edge.app.os.cpu_count", lambda: 4)
+    monkeypatch.setattr("edge.settings.usable_cores", lambda: 4)
+    monkeypatch.setattr("edge.app.usable_cores", lambda: 4)
     defaults = make_settings(tmp_path, engine_threads=None)  # 2 model calls of 2 threads on 4 cores
     engine = _start_engine(defaults)
     alone = _start_engine_alone(defaults, engine)

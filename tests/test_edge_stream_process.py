@@ -32,8 +32,12 @@ def test_stream_through_the_real_server(tmp_path: Path):
     key = add_station("st1", db_url=db_url, data_dir=data_dir, workdir=work)
     server = new_server(tiny_package(), db_url, data_dir, work, env={"XSCREEN_MAX_BODY_BYTES": str(MAX_BODY_BYTES)})
     url = "ws" + server.url.removeprefix("http") + "/v1/stream"
-    big = png_bytes(1, hw=(300, 300))  # random pixels do not compress: 270 kB
-    assert len(big) > MAX_BODY_BYTES + 65536
+    over = png_bytes(1, hw=(300, 300))  # random pixels do not compress: 270 kB, over the scan limit
+    # A frame may hold a scan in base64 (4/3 of its size) and its header: xscreen serve's frame limit.
+    frame_limit = -(-MAX_BODY_BYTES * 4 // 3) + 65536
+    assert MAX_BODY_BYTES < len(over) < frame_limit
+    big = png_bytes(2, hw=(400, 400))  # 480 kB: over the frame limit itself
+    assert len(big) > frame_limit
 
     with server_processes(server):
         with connect(url, additional_headers={"Authorization": f"Bearer {key}"}, compression="deflate") as ws:
@@ -48,8 +52,12 @@ def test_stream_through_the_real_server(tmp_path: Path):
         with connect(url, additional_headers={"Authorization": f"Bearer {key}"}, compression=None,
                      max_size=None) as ws:
             assert json.loads(ws.recv(timeout=30))["type"] == "ready"
-            ws.send(_header("bag-real-big", 1))
-            ws.send(big)
+            ws.send(_header("bag-real-over", 1))
+            ws.send(over)  # a scan over the limit: refused, the stream goes on
+            answer = json.loads(ws.recv(timeout=30))
+            assert (answer["type"], answer["seq"], answer["status"]) == ("error", 1, 413), answer
+            ws.send(_header("bag-real-big", 2))
+            ws.send(big)  # a frame over the frame limit: the stream is closed
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=30)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
