@@ -136,7 +136,10 @@ class TaskAlignedAssigner:
         align = align * positive
         max_align = align.amax(-1, keepdim=True)  # B×M×1
         max_iou = (overlaps * positive).amax(-1, keepdim=True)  # B×M×1
-        norm = (align * max_iou / (max_align + 1e-9)).amax(1)  # B×A
+        # (A box's alignment can be tiny, ~1e-16 for a small box against an untrained model's boxes: an
+        # additive epsilon would swamp it and give its best point a target of ~0 instead of its IoU.)
+        safe = torch.where(max_align > 0, max_align, torch.ones_like(max_align))
+        norm = torch.where(max_align > 0, align * max_iou / safe, torch.zeros_like(align)).amax(1)  # B×A
         target_scores = torch.zeros(b, a, k, device=device)
         target_scores.scatter_(-1, target_labels[..., None], 1.0)
         target_scores = target_scores * (norm * fg_mask)[..., None]

@@ -36,6 +36,11 @@ class ModelConfig:
     input_size: int = 512
     backbone_weights: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.input_size < 32 or self.input_size % 32:
+            raise ConfigError(f"model.input_size: must be a positive multiple of 32 (the detector's largest "
+                              f"stride), got {self.input_size}")
+
 
 @dataclass(frozen=True)
 class SourceConfig:
@@ -69,6 +74,13 @@ class DataConfig:
     augment: bool = True
     #: Training samples per epoch, drawn from the sources by weight; default: the sum of the sources' sizes.
     epoch_len: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ConfigError("data.classes: the model needs at least one class")
+        twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if twice:
+            raise ConfigError(f"data.classes: {twice} listed more than once")
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,10 @@ class TrainConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     device: str = "auto"
     log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ConfigError(f"log_every: must be at least 1 (steps between progress lines), got {self.log_every}")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

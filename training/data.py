@@ -178,11 +178,11 @@ class DetectionDataset(Dataset):
         scan_ids = np.asarray(ids, np.int64).reshape(-1)[real]
         scan_boxes = scan_boxes[real]
         arr, params = prepare(pixels, self.spec)
-        boxes = letterbox_boxes(boxes, params).reshape(-1, 4)
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, self.spec.width)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, self.spec.height)
+        # Training targets come from the boxes clipped to the scan: a box reaching past its edge must not
+        # reach into the letterbox's padding (nothing is scanned there).
+        boxes = letterbox_boxes(scan_boxes, params).reshape(-1, 4)
         keep = (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_PX) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_PX)
-        boxes, ids = boxes[keep], np.asarray(ids, np.int64).reshape(-1)[keep]
+        boxes, ids = boxes[keep], scan_ids[keep]
         # torch's uint16 support is thin (no arithmetic on CPU in older builds): carry 16-bit data as int32.
         image = torch.from_numpy(arr) if arr.dtype == np.uint8 else torch.from_numpy(arr.astype(np.int32))
         target = {

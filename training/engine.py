@@ -262,6 +262,10 @@ def _check_resume(state: dict[str, Any], config: TrainConfig, model: Detector) -
         raise ResumeError("cannot resume: the checkpoint's model differs from the config's (size, input or classes)")
     if "train_state_dict" not in state or "optimizer" not in state:
         raise ResumeError("cannot resume from this checkpoint: it holds no training state (use last.ckpt)")
+    saved_freeze = tuple((state.get("config") or {}).get("finetune", {}).get("freeze") or ())
+    if tuple(saved_freeze) != tuple(config.finetune.freeze):
+        raise ResumeError(f"cannot resume: the checkpoint trained with finetune.freeze={list(saved_freeze)}, the config "
+                          f"says {list(config.finetune.freeze)} (the optimiser's state is for the parts it trained)")
     if int(state["epoch"]) + 1 >= config.optim.epochs:
         raise ResumeError(
             f"the checkpoint already holds {int(state['epoch']) + 1} of {config.optim.epochs} epochs; "
@@ -400,6 +404,10 @@ def _train(config: TrainConfig, out: Path, resume: Path | None, ctx: DistContext
     start_epoch, step, best_map50 = 0, 0, None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+        # The config's weight decay, not the old run's (load_state_dict brings back its groups' settings);
+        # `build_optimizer`'s groups: decayed weights, then the undecayed rest.
+        optimizer.param_groups[0]["weight_decay"] = config.optim.weight_decay
+        optimizer.param_groups[1]["weight_decay"] = 0.0
         if use_scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         ema.load_state_dict(state["ema"], state["state_dict"])

@@ -136,7 +136,9 @@ class DetectionLoss(nn.Module):
         if bool(((gt_labels < 0) | (gt_labels >= k))[gt_valid].any()):
             raise ValueError(f"class ids must lie in [0, {k})")
         assigned = self.assigner(
-            cls_logits.detach().sigmoid(), pred_boxes.detach(), points, point_strides, gt_boxes, gt_labels, gt_valid
+            # (float32 whatever the autocast: the alignment of a small box, ~1e-16, is 0 in float16)
+            cls_logits.detach().float().sigmoid(), pred_boxes.detach().float(), points, point_strides, gt_boxes,
+            gt_labels, gt_valid,
         )
         target_scores = assigned.target_scores
         score_sum = target_scores.sum().clamp(min=1.0)
