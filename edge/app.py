@@ -1,7 +1,7 @@
 """The lane service: `create_app(settings)` builds the FastAPI app; its lifespan makes the heavy objects.
 
 Import this module freely: nothing heavy happens at import or in `create_app`. The lifespan, in order:
-1. loads the model package (`inference.Engine`, refusing a package whose metadata or checksum is wrong);
+1. loads the model package (`inference.engine.Engine`, refusing a package whose metadata or checksum is wrong);
 2. opens the store and migrates the schema; builds `Auth` on it;
 3. starts the micro-batcher worker(s) and, if a webhook URL is set, the outbox sender;
 then marks the service ready (`/readyz` 200). Shutdown stops them in reverse order. Under `xscreen serve`

@@ -155,7 +155,13 @@ def folder_source(folder: Path) -> BagSource:
 
 def synth_source(*, seed: int, size_px: int) -> BagSource:
     """Synthetic bags (false-colour PNG) from datasets.synth; StationError if its dependencies are missing."""
+    import importlib.util
+
+    # (xraydb and spekpy are imported only once a scanner is built: look for them now, not at the first bag.)
+    missing = [m for m in ("xraydb", "spekpy") if importlib.util.find_spec(m) is None]
     try:
+        if missing:
+            raise ImportError(name=missing[0])
         from datasets.synth.pipeline import SynthConfig, make_bag
     except ImportError as exc:
         raise StationError(

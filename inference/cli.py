@@ -30,7 +30,7 @@ def predict(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the records here (default: stdout).")] = None,
     overlays: Annotated[Optional[Path], typer.Option("--overlays", help="Folder for PNG overlays of the alarm detections.")] = None,
     overlay_all: Annotated[bool, typer.Option("--overlay-all", help="Draw every detection, not only those at alarm level.")] = False,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads (default: all cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads (default: the cores this process may run on).")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Scans per ONNX Runtime call.")] = 8,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar (stderr).")] = True,
 ) -> None:

@@ -78,8 +78,9 @@ SPIN_MODES: tuple[str, ...] = get_args(SpinMode)
 
 def session_options(threads: int | None = None, *, profile_prefix: str | None = None,
                     spin: SpinMode = "on") -> ort.SessionOptions:
-    """CPU session settings of the lane: `threads` intra-op threads (default all cores), one inter-op
-    thread (the graph is a chain; parallel branches gain nothing on 2 cores), every graph optimisation.
+    """CPU session settings of the lane: `threads` intra-op threads (default: the cores this process may run
+    on), one inter-op thread (the graph is a chain; parallel branches gain nothing on 2 cores), every graph
+    optimisation.
 
     spin: how idle intra-op threads wait for the next operator.
     - "on" (ONNX Runtime's default): they busy-wait, and go on spinning for a while after a call ends.
@@ -119,7 +120,7 @@ class Prediction:
 class Engine:
     """An ONNX Runtime session for one model package.
 
-    threads: intra-op threads (default: all cores); providers: as `choose_providers`;
+    threads: intra-op threads (default: the cores this process may run on); providers: as `choose_providers`;
     max_batch: `detect`/`predict` run at most this many scans per session call (memory stays bounded);
     spin: how idle intra-op threads wait for work, "on", "run" or "off" (see `session_options`).
     """

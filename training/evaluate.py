@@ -8,7 +8,7 @@ The model is reached only through a *predictor*: a callable
         boxes_xyxy: B×A×4 float32, input pixels (the letterboxed frame)
         scores:     B×A×K float32 per-class probabilities
 
-made from a torch Detector (`torch_predictor`) or from the ONNX Runtime engine (`inference.Engine.run`),
+made from a torch Detector (`torch_predictor`) or from the ONNX Runtime engine (`inference.engine.Engine.run`),
 so a PyTorch model and its exported package are measured by exactly the same code.
 
 Coordinates: detections and ground truth are both compared in the *original scan's* pixels. Detections are
@@ -224,12 +224,12 @@ class LoadedModel:
 
 
 class OnnxEngineUnavailableError(RuntimeError):
-    """Evaluating a .onnx package needs `inference.Engine` (ONNX Runtime), which is not installed here."""
+    """Evaluating a .onnx package needs `inference.engine.Engine` (ONNX Runtime), which is not installed here."""
 
 
 def load_model(path: Path | str, *, device: str = "auto") -> LoadedModel:
     """A training checkpoint (.ckpt/.pt: its EMA weights, thresholds and settings) or an exported ONNX
-    package (through `inference.Engine`, so the package metadata is checked as a lane would)."""
+    package (through `inference.engine.Engine`, so the package metadata is checked as a lane would)."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path)
@@ -256,7 +256,7 @@ def _load_onnx(path: Path) -> LoadedModel:
         from inference.engine import Engine
     except ImportError as exc:
         raise OnnxEngineUnavailableError(
-            f"{path}: evaluating an ONNX package needs the ONNX engine (inference.Engine, ONNX Runtime), "
+            f"{path}: evaluating an ONNX package needs the ONNX engine (inference.engine.Engine, ONNX Runtime), "
             f"which this install lacks ({exc}); evaluate the training checkpoint instead"
         ) from exc
     engine = Engine(path)

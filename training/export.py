@@ -12,7 +12,7 @@ bench/latency.py), so no second NMS implementation can drift from it.
 
 Nothing is written until every gate check passed (training.parity): PyTorch vs ONNX FP32 on fixed images,
 then INT8 vs FP32 on the validation set (or FP16 vs PyTorch). The checksum is computed on the final graph
-and the file is written atomically, then read back through `inference.Engine` as a lane would.
+and the file is written atomically, then read back through `inference.engine.Engine` as a lane would.
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def _gate_failed(checks: list[GateCheck]) -> ExportGateError:
 
 
 def _write_checked(proto: onnx.ModelProto, out: Path, inputs: np.ndarray, expected: RawOutputs) -> None:
-    """Write next to `out`, read the file back as a lane would (inference.Engine: metadata, checksum,
+    """Write next to `out`, read the file back as a lane would (inference.engine.Engine: metadata, checksum,
     interface) and check it gives the outputs that were gated, then move it into place. A file that fails
     is removed, and an existing `out` is left untouched."""
     out.parent.mkdir(parents=True, exist_ok=True)

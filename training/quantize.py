@@ -4,7 +4,7 @@ INT8: onnxruntime's `quantize_static` in QDQ format, activations QUInt8, weights
 calibrated (MinMax) on prepared scans. On the lane CPU (AVX-512 VNNI) unsigned activations with signed
 weights is what ORT's x86 kernels run fastest (its NHWC QLinearConv): a YOLO11n measured 1.6–1.7× over
 FP32 that way, while signed activations and dynamic quantisation were slower than FP32; bench/latency.py
-measures ours (s, 512 px: about 1.7–1.9× at batch 1–8).
+measures ours (s, 512 px: 1.6–1.8× FP32's speed at batch 1–8, README).
 
 Left in float:
 - the input normalisation (`/normalize/…`): a few element-wise ops on raw counts, and for dual-energy

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -151,6 +152,14 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
         raise TruncatedImageError("JPEG is truncated: the end-of-image marker is missing")
     if fmt == "PNG" and not _png_has_end(data):
         raise TruncatedImageError("PNG is truncated: the IEND chunk is missing")
+    if fmt == "PNG" and _png_pillow_reads(data):
+        # 8-bit grey and RGB, 16-bit grey (the scans' own layouts): Pillow, which stops inflating at the last
+        # row, where OpenCV's libpng inflates any data past it too (a bomb of a few MB: seconds).
+        return _png_with_pillow(data, width, height)
+    if fmt == "PNG":
+        _check_png_data_size(data)  # OpenCV's path: the data inflated first, up to its declared size only
+    if fmt == "JPEG":
+        _check_jpeg_scans(data)
     planar, photometric, samples, bits = _tiff_layout(data) if fmt == "TIFF" else (1, None, 1, 8)
     if planar == 2 and samples > 1 and bits > 8:
         # OpenCV reads 16-bit colour stored one plane per channel as if interleaved: scrambled pixels.
@@ -213,6 +222,89 @@ def _jpeg_has_end(data: bytes) -> bool:
         else:
             pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return False
+
+
+#: Colour type → samples per pixel (PNG spec, IHDR).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+#: Adam7 passes: (x0, y0, dx, dy).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_size(width: int, height: int, bit_depth: int, colour_type: int, interlaced: bool) -> int:
+    """Bytes the image data inflates to: each row's filter byte and its packed samples (per Adam7 pass)."""
+    bits = _PNG_SAMPLES.get(colour_type, 4) * bit_depth
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            total += h * (1 + -(-w * bits // 8))
+    return total
+
+
+def _png_pillow_reads(data: bytes) -> bool:
+    """Whether the PNG is 8-bit grey or RGB, or 16-bit grey, not interlaced (IHDR): the layouts Pillow gives
+    as they are stored (it would reduce 16-bit colour to 8 bits)."""
+    bit_depth, colour_type, interlace = data[24], data[25], data[28]
+    return interlace == 0 and ((bit_depth == 8 and colour_type in (0, 2)) or (bit_depth == 16 and colour_type == 0))
+
+
+def _png_with_pillow(data: bytes, width: int, height: int) -> Scan:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises several types for a broken file
+        raise TruncatedImageError(f"PNG could not be decoded ({exc}); the file is truncated or corrupt") from None
+    pixels = np.asarray(image)
+    if pixels.shape[:2] != (height, width):
+        raise TruncatedImageError(f"PNG decoded to {pixels.shape[1]}×{pixels.shape[0]}, header says {width}×{height}")
+    if pixels.dtype != np.uint8:  # 16-bit grey ("I;16": little-endian uint16, or a wider int from "I")
+        pixels = pixels.astype(np.uint16)
+    layout: Layout = "grey" if pixels.ndim == 2 else "rgb"
+    return Scan(pixels=np.ascontiguousarray(pixels), bit_depth=8 if pixels.dtype == np.uint8 else 16, layout=layout,
+                format="PNG")
+
+
+def _check_png_data_size(data: bytes) -> None:
+    """`DecodeError` when the image data inflates past what the header declares. libpng inflates every byte
+    of the data, past the last row too, before it gives up on the extra: a 1-MB 64×64 PNG whose data
+    inflates to a gigabyte took seconds of a model thread. The data is inflated here only up to one byte
+    past the declared size, so a bomb costs what a right-sized image would."""
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    bit_depth, colour_type, interlace = data[24], data[25], data[28]
+    expected = _png_raw_size(width, height, bit_depth, colour_type, interlace == 1)
+    inflater = zlib.decompressobj()
+    produced, pos, n = 0, 8, len(data)
+    while pos + 8 <= n:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            try:
+                produced += len(inflater.decompress(data[pos + 8 : pos + 8 + length], expected + 1 - produced))
+            except zlib.error as exc:
+                raise TruncatedImageError(f"PNG image data is corrupt ({exc})") from None
+            if produced > expected or inflater.unconsumed_tail:
+                raise TooManyPixelsError(f"PNG image data inflates past the {expected:,} bytes its "
+                                         f"{width}×{height} header declares (a decompression bomb?)")
+        pos += 12 + length
+
+
+#: At most this many scans in a JPEG: each makes the decoder walk every block of the image again; real
+#: encoders write about 10 (progressive), and a file of thousands of near-empty ones costs seconds.
+MAX_JPEG_SCANS = 100
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """`DecodeError` for a JPEG of more than MAX_JPEG_SCANS scans (counted by their start-of-scan markers,
+    which entropy-coded data cannot hold: 0xFF is stuffed as 0xFF00 there)."""
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise UnsupportedDepthError(f"JPEG with {scans} scans is not accepted (at most {MAX_JPEG_SCANS}): each "
+                                    "scan costs a pass over the whole image")
 
 
 def _png_has_end(data: bytes) -> bool:
