@@ -62,6 +62,7 @@ def read_dicos_dx(data: bytes, *, max_pixels: int) -> Scan:
             f"DICOS DX declares {columns}×{rows}" + (f"×{frames} frames" if frames > 1 else "")
             + f" = {rows * columns * max(1, frames):,} pixels, over the budget of {max_pixels:,}"
         )
+    _check_compressed_frames(data, rows, columns)
     try:
         from pydicos import DXLoader
     except ImportError as exc:  # pragma: no cover - pydicos comes with the `edge` extra
@@ -135,6 +136,55 @@ def load_pydicom():
         raise DicosError(f"DICOS needs pydicom, which is not installed here ({exc})") from exc
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     return pydicom
+
+
+#: JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic), and JPEG-LS's.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+
+
+def _frame_size(frame: bytes) -> tuple[int, int] | None:
+    """(height, width) a compressed frame's own header declares: a JPEG or JPEG-LS start of frame, or a
+    JPEG 2000 codestream's SIZ segment; None when it has neither (RLE: its size is the header's)."""
+    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 16:  # JPEG 2000: SOC, SIZ (Xsiz, Ysiz at 8, 12)
+        return int.from_bytes(frame[12:16], "big"), int.from_bytes(frame[8:12], "big")
+    pos, n = 2, len(frame)
+    while frame[:2] == b"\xff\xd8" and pos + 9 <= n:  # JPEG: walk the marker segments to the frame's
+        if frame[pos] != 0xFF:
+            return None
+        marker = frame[pos + 1]
+        if marker in _SOF_MARKERS:
+            return int.from_bytes(frame[pos + 5 : pos + 7], "big"), int.from_bytes(frame[pos + 7 : pos + 9], "big")
+        if marker == 0xFF:
+            pos += 1
+            continue
+        pos += 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
+    return None
+
+
+def _check_compressed_frames(data: bytes, rows: int, columns: int) -> None:
+    """`DicosError` when a compressed frame declares another size than the header's Rows × Columns: the
+    toolkit's decoder allocates what the frame says (a 1.6-kB file whose 6×8 header hides a 40000×40000
+    frame took 3 GB and 8 s), so that is checked on the bytes before the toolkit reads them."""
+    pydicom = load_pydicom()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data))
+            syntax = ds.file_meta.TransferSyntaxUID
+            if not syntax.is_compressed or "PixelData" not in ds:
+                return
+            from pydicom.encaps import generate_frames
+
+            frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    except DicosError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom's many kinds, for a damaged file
+        raise DicosError(f"DICOS pixel data cannot be read ({type(exc).__name__}: {str(exc)[:160]})") from None
+    for k, frame in enumerate(frames):
+        size = _frame_size(bytes(frame))
+        if size is not None and size != (rows, columns):
+            raise DicosError(f"DICOS DX frame {k} is compressed as {size[1]}×{size[0]} pixels, its header says "
+                             f"{columns}×{rows}: refused unread")
 
 
 def dx_header(data: bytes) -> dict:
