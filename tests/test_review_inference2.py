@@ -1,7 +1,7 @@
 """Second review of export and the lane engine (training.export*, training.parity, inference/): each test
 asserts the correct behaviour and failed on the code as reviewed.
 
-The engine tests use hand-built model packages (onnx.helper: constant outputs broadcast over the batch,
+The engine tests use the hand-built model packages of test_review_vision_inference (constant outputs over the batch,
 complete metadata, matching checksum), so they need neither torch nor an export.
 """
 
@@ -11,57 +11,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from inference.engine import Engine, session_options
-from inference.modelfile import package_sha256
-from vision.package import ModelPackage, PackageError
+from test_review_vision_inference import CLASSES, HW, _package
+from vision.package import PackageError
 from vision.postprocess import PostprocessParams
 from vision.preprocess import PreprocessSpec
-
-CLASSES = ("drug_package", "cannabis", "cash_bundle")
-HW = 16
-
-
-def _package(path: Path, *, boxes_xyxy: np.ndarray, scores: np.ndarray) -> Path:
-    """A package whose graph takes B×3×HW×HW uint8 and gives the constant outputs `boxes_xyxy` (A×4) and
-    `scores` (A×K) for every image of the batch."""
-    anchors, k = scores.shape
-    nodes = [
-        helper.make_node("Shape", ["images"], ["shape"]),
-        helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
-        helper.make_node("Concat", ["batch", "box_tail"], ["box_shape"], axis=0),
-        helper.make_node("Concat", ["batch", "score_tail"], ["score_shape"], axis=0),
-        helper.make_node("Expand", ["box_const", "box_shape"], ["boxes_xyxy"]),
-        helper.make_node("Expand", ["score_const", "score_shape"], ["scores"]),
-    ]
-    inits = [
-        numpy_helper.from_array(np.array([0], np.int64), "zero"),
-        numpy_helper.from_array(np.array([1], np.int64), "one"),
-        numpy_helper.from_array(np.array([anchors, 4], np.int64), "box_tail"),
-        numpy_helper.from_array(np.array([anchors, k], np.int64), "score_tail"),
-        numpy_helper.from_array(np.asarray(boxes_xyxy, np.float32)[None], "box_const"),
-        numpy_helper.from_array(np.asarray(scores, np.float32)[None], "score_const"),
-    ]
-    graph = helper.make_graph(
-        nodes, "review2", [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", 3, HW, HW])],
-        [helper.make_tensor_value_info("boxes_xyxy", TensorProto.FLOAT, ["batch", anchors, 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", anchors, k])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    package = ModelPackage(
-        name="review2", version="0.0.1", created_at="2024-01-01T00:00:00Z", weights_sha256=package_sha256(model),
-        class_names=CLASSES, thresholds={c: 0.5 for c in CLASSES},
-        preprocess=PreprocessSpec(input_kind="rgb", input_bits=8, height=HW, width=HW),
-        postprocess=PostprocessParams(), operational_use=False,
-    )
-    helper.set_model_props(model, package.to_metadata())
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture()

@@ -10,36 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from datasets.readers import read_dataset
 from datasets.readers.catalog import KNOWN_CLASSES
 from datasets.sample import AnnotationError, Sample
 from datasets.writers import write_coco, write_yolo
+from test_review_datasets import _voc_object, image, write
 
 SIXRAY = KNOWN_CLASSES["voc"]["sixray"]
 
 
-def image(path: Path, width: int = 100, height: int = 50) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (width, height), (200, 180, 120)).save(path)
-    return path
-
-
-def write(path: Path, content: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8")
-    return path
-
-
-def _voc_object(name: str, xmin: int, ymin: int, xmax: int, ymax: int) -> str:
-    return (
-        f"<object><name>{name}</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
-        f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
-    )
 
 
 def sixray_fixture(root: Path) -> Path:

@@ -22,15 +22,7 @@ import numpy as np
 
 from datasets.readers.catalog import recognise, recognise_any
 from datasets.readers.images import header_size
-from datasets.sample import (
-    AnnotationError,
-    DatasetRead,
-    Problem,
-    Sample,
-    box_problems,
-    parse_number,
-    read_annotation_text,
-)
+from datasets.sample import AnnotationError, DatasetRead, Problem, Sample, box_problems, parse_number, read_annotation_text
 
 _PROBE_IMAGES = 8  # how many file names are tried per candidate image root
 
