@@ -112,7 +112,10 @@ async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
     description=(
         "Decode, screen (micro-batched with every lane), store and answer. The answer comes only after the "
         "image and the record are durably written. Re-sending the same image of the same bag returns the "
-        "stored answer with `duplicate: true`. Role: station (the `station` field must be the key's station)."
+        "stored answer with `duplicate: true`. The bag verdict (`bag_alarm`, `bag_views`) is fused over the "
+        "bag's views recorded by then: send a bag's views one after another (or over `WS /v1/stream`, which "
+        "records them in the order sent) for the last answer to cover them all. "
+        "Role: station (the `station` field must be the key's station)."
     ),
     responses={
         **_ERRORS,
