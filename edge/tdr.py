@@ -21,6 +21,7 @@ import hashlib
 import io
 import tempfile
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,9 @@ def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None,
             tdr.write(path)
         except Exception as exc:
             raise TdrError(f"pydicos could not write the TDR of scan {record.id}: {exc}") from exc
-        return _with_sop_instance_uid(path.read_bytes(), _uid("tdr-sop", record.id, record.image_sha256))
+        study = (source.get("study_date"), source.get("study_time"))  # a DICOS scan's own study: the report joins it
+        return _finish_report(path.read_bytes(), _uid("tdr-sop", record.id, record.image_sha256), when=when,
+                              study=study if study[0] else None)
 
 
 def stored_dicos_image(store: Any, record: ScanRecord) -> bytes | None:
@@ -172,14 +175,22 @@ def _dicos_source(image: bytes | None) -> dict[str, Any]:
         return {}
 
 
-def _with_sop_instance_uid(data: bytes, uid: str) -> bytes:
-    """The TDR file with its SOP instance UID (the toolkit makes up its own and has no setter) set to `uid`,
-    in the data set and the file meta, rewritten by pydicom (which recomputes the meta group's length)."""
+def _finish_report(data: bytes, uid: str, *, when: datetime, study: tuple[str, str | None] | None) -> bytes:
+    """The toolkit's TDR file, rewritten by pydicom (which recomputes the meta group's length) with what the
+    toolkit cannot set: its SOP instance UID (it makes up its own) in the data set and the file meta; its
+    character set, UTF-8 (a class name such as "couteau_café" is written as UTF-8, which a reader takes for
+    ASCII without it); and its study and series dates and times, the scan's (the toolkit puts the time of
+    writing there, so a report rewritten today filed last year's bag under today). `study`: the DICOS scan's
+    own (date, time), which the report's study is."""
     pydicom = load_pydicom()
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
         ds.SOPInstanceUID = uid
         ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        scan_date, scan_time = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
+        ds.StudyDate, ds.StudyTime = (study[0], study[1] or "") if study else (scan_date, scan_time)
+        ds.SeriesDate, ds.SeriesTime = scan_date, scan_time
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
     except Exception as exc:

@@ -122,7 +122,7 @@ _HEADER_KEYWORDS = {
     "FrameOfReferenceUID": "frame_of_reference_uid", "SamplesPerPixel": "samples",
     "PhotometricInterpretation": "photometric", "NumberOfFrames": "frames", "Rows": "rows", "Columns": "columns",
     "BitsAllocated": "bits_allocated", "BitsStored": "bits_stored", "HighBit": "high_bit",
-    "PixelRepresentation": "pixel_representation",
+    "PixelRepresentation": "pixel_representation", "StudyDate": "study_date", "StudyTime": "study_time",
 }
 
 
