@@ -166,3 +166,19 @@ def test_to_display_rgb_turns_an_h_w_1_grey_scan_into_rgb():
     rgb = to_display_rgb(grey)
     assert rgb.shape == (4, 5, 3)
     np.testing.assert_array_equal(rgb, np.repeat(grey, 3, axis=2))
+
+
+def test_decoding_in_threads_leaves_pillows_own_pixel_limit_as_it_was():
+    """`decode` switches Pillow's process-wide pixel limit off while it reads a header (its own budget
+    applies); two threads doing so at once could each restore the other's "off" and leave it off for good."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from vision.decode import encode_png
+
+    before = Image.MAX_IMAGE_PIXELS
+    data = encode_png(np.zeros((32, 32, 3), np.uint8))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: decode(data), range(400)))
+    assert Image.MAX_IMAGE_PIXELS == before

@@ -8,8 +8,11 @@ before a single pixel is decoded; the pixels are then decoded by OpenCV, which k
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -134,12 +137,8 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     fmt = sniff_format(data)
     if fmt is None:
         raise NotAnImageError("not an image: expected JPEG, PNG or TIFF (unrecognised leading bytes)")
-    prev = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # we apply our own budget, with our own message
-    try:
+    with _no_pillow_limit():  # we apply our own budget, with our own message
         width, height, mode = _header_size(data, fmt)
-    finally:
-        Image.MAX_IMAGE_PIXELS = prev
     if width <= 0 or height <= 0:
         raise NotAnImageError(f"{fmt} header declares an empty image ({width}×{height})")
     if width * height > max_pixels:
@@ -242,6 +241,23 @@ def _png_raw_size(width: int, height: int, bit_depth: int, colour_type: int, int
     return total
 
 
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _no_pillow_limit() -> Iterator[None]:
+    """Pillow's own pixel limit (a process-wide setting) off for the block, which opens a file whose size our
+    budget checks. One block at a time: two threads each saving and restoring the setting could leave it off
+    for good."""
+    with _PILLOW_LIMIT_LOCK:
+        prev = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = prev
+
+
 def _png_pillow_reads(data: bytes) -> bool:
     """Whether the PNG is 8-bit grey or RGB, or 16-bit grey, not interlaced (IHDR): the layouts Pillow gives
     as they are stored (it would reduce 16-bit colour to 8 bits)."""
@@ -253,7 +269,8 @@ def _png_with_pillow(data: bytes, width: int, height: int) -> Scan:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            with _no_pillow_limit():  # (the size is within the caller's budget, checked on the header)
+                image = Image.open(io.BytesIO(data))
             image.load()
     except Exception as exc:  # noqa: BLE001 - Pillow raises several types for a broken file
         raise TruncatedImageError(f"PNG could not be decoded ({exc}); the file is truncated or corrupt") from None
