@@ -368,8 +368,8 @@ async def _screened(
             # file is content-addressed, so a later re-send finds it written.
             await put
         raise
-    if put is None:  # (a scan that ran was prepared: its write started above)
-        put = asyncio.ensure_future(asyncio.to_thread(store.put_image, upload.data, suffix=upload.suffix, sha256=sha))
+    # A scan that ran was prepared first (the batcher signals it before the model call), so its write started.
+    assert put is not None
     return batch, put
 
 

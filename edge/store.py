@@ -369,23 +369,27 @@ class Store:
 
     def add_review(self, scan_id: int, *, user: str, verdict: Verdict, note: str = "") -> ReviewRecord:
         """Record a verdict on a scan; it becomes the scan's verdict. KeyError if the scan does not exist."""
-        return self._add_review(scan_id, user=user, verdict=verdict, note=note, once=False)[0]
+        return self.add_bag_review([scan_id], user=user, verdict=verdict, note=note, once=False)[0][0]
 
     def add_review_once(self, scan_id: int, *, user: str, verdict: Verdict, note: str = "") -> tuple[ReviewRecord, bool]:
         """`add_review`, unless the scan's latest review is this one already (same user, verdict and note):
         a form sent twice (a double click, a re-sent POST, two service processes each given one copy) is one
         verdict in the trail. Returns (the review, whether it was added)."""
-        return self._add_review(scan_id, user=user, verdict=verdict, note=note, once=True)
+        reviews, added = self.add_bag_review([scan_id], user=user, verdict=verdict, note=note)
+        return reviews[0], added
 
     def add_bag_review(self, scan_ids: Sequence[int], *, user: str, verdict: Verdict, note: str = "",
-                       seen_reviews: Mapping[int, int] | None = None) -> bool:
-        """One verdict on several views of a bag, in one transaction holding their rows' locks (in id order).
+                       seen_reviews: Mapping[int, int] | None = None, once: bool = True
+                       ) -> tuple[list[ReviewRecord], bool]:
+        """One verdict on several views of a bag, in one transaction holding their rows' locks (in id order;
+        PostgreSQL's row locks, SQLite's write transaction), so that copies arriving at once are told apart.
 
-        Nothing is written, and False returned, when every view's latest review is this very verdict (same
-        user, verdict and note: the form sent twice). seen_reviews: scan id → the id of its latest review
-        when the page was shown (0: none); if the store holds another one now (a colleague's verdict came in
-        between), `ReviewConflictError` and nothing is written: a page that did not show it must not
-        overturn it. Else one review per view is added, True. KeyError for an id that is no scan."""
+        once: nothing is written when every view's latest review is this very verdict (same user, verdict and
+        note: the form sent twice). seen_reviews: scan id → the id of its latest review when the page was
+        shown (0: none); if the store holds another one now (a colleague's verdict came in between),
+        `ReviewConflictError` and nothing is written: a page that did not show it must not overturn it.
+        Returns (each view's review, in id order: the new one, or the one already there; whether they were
+        added). KeyError for an id that is no scan."""
         _check_text(user=user)
         if verdict not in ("confirmed", "cleared"):
             raise ValueError(f"verdict must be 'confirmed' or 'cleared', got {verdict!r}")
@@ -401,35 +405,18 @@ class Store:
                 ).scalar_one_or_none()
                 for i in ids
             }
-            if all(r is not None and (r.reviewer, r.verdict, r.note) == (user, verdict, note) for r in last.values()):
-                return False
+            if once and all(r is not None and (r.reviewer, r.verdict, r.note) == (user, verdict, note)
+                            for r in last.values()):
+                return [_review_record(last[i]) for i in ids], False
             if seen_reviews is not None:
                 changed = [i for i in ids if (last[i].id if last[i] is not None else 0) != seen_reviews.get(i, 0)]
                 if changed:
                     raise ReviewConflictError(f"scans {changed} were reviewed since the page was shown")
             now = self.now()
-            session.add_all([Review(scan_id=i, created_at=now, reviewer=user, verdict=verdict, note=note) for i in ids])
-            return True
-
-    def _add_review(self, scan_id: int, *, user: str, verdict: Verdict, note: str, once: bool) -> tuple[ReviewRecord, bool]:
-        # The check and the write are one transaction holding the scan's row lock (PostgreSQL; on SQLite the
-        # write transaction excludes every other writer), so two copies arriving at once are told apart.
-        _check_text(user=user)
-        if verdict not in ("confirmed", "cleared"):
-            raise ValueError(f"verdict must be 'confirmed' or 'cleared', got {verdict!r}")
-        with self.transaction(write=True) as session:
-            if session.execute(select(Scan.id).where(Scan.id == scan_id).with_for_update()).scalar_one_or_none() is None:
-                raise KeyError(scan_id)
-            if once:
-                last = session.execute(
-                    select(Review).where(Review.scan_id == scan_id).order_by(Review.id.desc()).limit(1)
-                ).scalar_one_or_none()
-                if last is not None and (last.reviewer, last.verdict, last.note) == (user, verdict, note):
-                    return _review_record(last), False
-            review = Review(scan_id=scan_id, created_at=self.now(), reviewer=user, verdict=verdict, note=note)
-            session.add(review)
+            added = [Review(scan_id=i, created_at=now, reviewer=user, verdict=verdict, note=note) for i in ids]
+            session.add_all(added)
             session.flush()
-            return _review_record(review), True
+            return [_review_record(r) for r in added], True
 
     def reviews(self, scan_id: int) -> list[ReviewRecord]:
         """All reviews of a scan, oldest first."""

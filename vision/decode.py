@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -98,32 +98,26 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _header_size(data: bytes, fmt: str) -> tuple[int, int, str]:
-    """Width, height and Pillow mode read from the header only."""
+def _header_size(data: bytes, fmt: str) -> tuple[int, int, str, tuple[int, int | None, int, int]]:
+    """Width, height and Pillow mode read from the header only, and for a TIFF its layout (`_tiff_layout`)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data))
-            return int(img.width), int(img.height), str(img.mode)
+            layout = _tiff_layout(img.tag_v2) if fmt == "TIFF" else (1, None, 1, 8)
+            return int(img.width), int(img.height), str(img.mode), layout
     except Image.DecompressionBombError as exc:  # Pillow's own guard fires before ours on huge headers
         raise TooManyPixelsError(f"{fmt} header declares too many pixels: {exc}") from exc
     except Exception as exc:
         raise TruncatedImageError(f"{fmt} header cannot be read ({exc}); the file is truncated or corrupt") from exc
 
 
-def _tiff_layout(data: bytes) -> tuple[int, int | None, int, int]:
+def _tiff_layout(tags: Any) -> tuple[int, int | None, int, int]:
     """(PlanarConfiguration, PhotometricInterpretation, SamplesPerPixel, BitsPerSample) of a TIFF's first
-    page, from its header."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tags = Image.open(io.BytesIO(data)).tag_v2
-            bits = tags.get(258, (1,))
-            bits = max(bits) if isinstance(bits, tuple) else int(bits)
-            return (int(tags.get(284, 1)), (int(tags[262]) if 262 in tags else None), int(tags.get(277, 1)),
-                    int(bits))
-    except Exception:  # noqa: BLE001 - the header was read once already; the decode reports a broken file
-        return 1, None, 1, 8
+    page, from its header's tags (Pillow's `tag_v2`)."""
+    bits = tags.get(258, (1,))
+    bits = max(bits) if isinstance(bits, tuple) else int(bits)
+    return int(tags.get(284, 1)), (int(tags[262]) if 262 in tags else None), int(tags.get(277, 1)), int(bits)
 
 
 def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
@@ -138,7 +132,7 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     if fmt is None:
         raise NotAnImageError("not an image: expected JPEG, PNG or TIFF (unrecognised leading bytes)")
     with _no_pillow_limit():  # we apply our own budget, with our own message
-        width, height, mode = _header_size(data, fmt)
+        width, height, mode, (planar, photometric, samples, bits) = _header_size(data, fmt)
     if width <= 0 or height <= 0:
         raise NotAnImageError(f"{fmt} header declares an empty image ({width}×{height})")
     if width * height > max_pixels:
@@ -159,7 +153,6 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
         _check_png_data_size(data)  # OpenCV's path: the data inflated first, up to its declared size only
     if fmt == "JPEG":
         _check_jpeg_scans(data)
-    planar, photometric, samples, bits = _tiff_layout(data) if fmt == "TIFF" else (1, None, 1, 8)
     if planar == 2 and samples > 1 and bits > 8:
         # OpenCV reads 16-bit colour stored one plane per channel as if interleaved: scrambled pixels.
         raise UnsupportedDepthError("TIFF with 16-bit colour in separate planes (PlanarConfiguration 2) is not "

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,8 @@ def read_dicos_dx(data: bytes, *, max_pixels: int) -> Scan:
         raise DicosError("empty DICOS file")
     if not is_dicos(data):
         raise DicosError("not a DICOS file: the 'DICM' marker at byte 128 is missing")
-    header = dx_header(data)
+    ds = _read_dataset(data, pixels=True)  # (read once: the header's checks and the compressed frames')
+    header = _header_fields(ds)
     rows, columns, frames = header.get("rows"), header.get("columns"), header.get("frames", 1)
     if not rows or not columns:
         raise DicosError(f"DICOS file declares no image size (Rows {rows}, Columns {columns})")
@@ -62,7 +64,7 @@ def read_dicos_dx(data: bytes, *, max_pixels: int) -> Scan:
             f"DICOS DX declares {columns}×{rows}" + (f"×{frames} frames" if frames > 1 else "")
             + f" = {rows * columns * max(1, frames):,} pixels, over the budget of {max_pixels:,}"
         )
-    _check_compressed_frames(data, rows, columns)
+    _check_compressed_frames(ds, rows, columns)
     try:
         from pydicos import DXLoader
     except ImportError as exc:  # pragma: no cover - pydicos comes with the `edge` extra
@@ -161,23 +163,19 @@ def _frame_size(frame: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_compressed_frames(data: bytes, rows: int, columns: int) -> None:
+def _check_compressed_frames(ds: Any, rows: int, columns: int) -> None:
     """`DicosError` when a compressed frame declares another size than the header's Rows × Columns: the
     toolkit's decoder allocates what the frame says (a 1.6-kB file whose 6×8 header hides a 40000×40000
     frame took 3 GB and 8 s), so that is checked on the bytes before the toolkit reads them."""
-    pydicom = load_pydicom()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data))
             syntax = ds.file_meta.TransferSyntaxUID
             if not syntax.is_compressed or "PixelData" not in ds:
                 return
             from pydicom.encaps import generate_frames
 
             frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
-    except DicosError:
-        raise
     except Exception as exc:  # noqa: BLE001 - pydicom's many kinds, for a damaged file
         raise DicosError(f"DICOS pixel data cannot be read ({type(exc).__name__}: {str(exc)[:160]})") from None
     for k, frame in enumerate(frames):
@@ -189,22 +187,35 @@ def _check_compressed_frames(data: bytes, rows: int, columns: int) -> None:
 
 def dx_header(data: bytes) -> dict:
     """The image attributes of a DICOS file's header (rows, columns, frames, bits_stored, photometric, ...,
-    its SOP class and instance UIDs, its scan (study) and frame-of-reference UIDs), read with pydicom up to
-    the pixel data, which is never read. Absent attributes are absent from the dict. `DicosError` if the
-    header cannot be read."""
+    its SOP class and instance UIDs, its scan (study) and frame-of-reference UIDs, its study date and time),
+    read with pydicom up to the pixel data, which is never read. Absent attributes are absent from the dict.
+    `DicosError` if the header cannot be read."""
+    return _header_fields(_read_dataset(data, pixels=False))
+
+
+def _read_dataset(data: bytes, *, pixels: bool) -> Any:
+    """The file as a pydicom dataset; its pixel data (kept as the file's bytes, never decoded) only with
+    `pixels`. `DicosError` if it cannot be read."""
     if not is_dicos(data):
         raise DicosError("not a DICOS file: the 'DICM' marker at byte 128 is missing")
     pydicom = load_pydicom()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            out: dict = {}
-            for keyword, name in _HEADER_KEYWORDS.items():
-                value = ds.get(keyword)
-                if value is not None and value != "":
-                    out[name] = str(value) if isinstance(value, str) else value
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
     except Exception as exc:  # pydicom raises many kinds on a damaged header (InvalidDicomError, EOFError, ...)
+        raise DicosError(f"DICOS header cannot be read ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
+def _header_fields(ds: Any) -> dict:
+    """`dx_header`'s dict from a read dataset."""
+    out: dict = {}
+    try:
+        for keyword, name in _HEADER_KEYWORDS.items():
+            value = ds.get(keyword)
+            if value is not None and value != "":
+                out[name] = str(value) if isinstance(value, str) else value
+    except Exception as exc:  # a value pydicom cannot convert (read lazily, as it is asked for)
         raise DicosError(f"DICOS header cannot be read ({type(exc).__name__}: {str(exc)[:160]})") from None
     for name in ("samples", "rows", "columns", "bits_allocated", "bits_stored", "high_bit", "pixel_representation",
                  "frames"):
