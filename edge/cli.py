@@ -28,7 +28,7 @@ def serve_command(
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help=f"Image store (default {DEFAULT_DATA_DIR}, or XSCREEN_DATA_DIR).")] = None,
     host: Annotated[Optional[str], typer.Option("--host", help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port (default 8000).")] = None,
-    tdr_dir: Annotated[Optional[Path], typer.Option("--tdr-dir", help="Write a DICOS TDR per alarm here.")] = None,
+    tdr_dir: Annotated[Optional[Path], typer.Option("--tdr-dir", help="Write a DICOS TDR per alarmed bag here.")] = None,
     webhook_url: Annotated[Optional[str], typer.Option("--webhook-url", help="POST every alarm here.")] = None,
     insecure_cookies: Annotated[bool, typer.Option("--insecure-cookies", help="Session cookies without Secure (plain-HTTP development only).")] = False,
 ) -> None:

@@ -8,7 +8,7 @@
 The answer is sent only after `put_image` and `record_scan` returned, i.e. after the image file and the
 record are on disk: a station that got an answer can forget the scan; one that did not re-sends it, and
 the (station, bag_id, image sha256) key makes the re-send return the stored record (`duplicate: true`).
-Side effects of an alarm are re-applied on a duplicate (the outbox dedupes, the TDR file is rewritten),
+Side effects of an alarm are re-applied on a duplicate (the outbox dedupes, the bag's TDR file is rewritten),
 so a crash between recording and enqueueing loses nothing once the station retries.
 """
 
@@ -18,7 +18,8 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ from edge.formats import DicosError, UnsupportedMediaTypeError, Upload, decode_u
 from edge.logs import log_event
 from edge.ratelimit import retry_after_header
 from edge.store import OutboxEntry, ScanRecord, Store
-from edge.tdr import stored_dicos_image, write_tdr_file
+from edge.tdr import alarmed_views, stored_dicos_images, write_tdr_file
 from vision.decide import BagDecision, decide, fuse_views
 from vision.decode import DecodeError, TooManyPixelsError
 from vision.postprocess import Detections
@@ -404,32 +405,55 @@ def _queue_full(ctx: ServiceContext, retry_after_s: float) -> IngestError:
                        {"Retry-After": retry_after_header(retry_after_s)})
 
 
-def package_thresholds(engine: Engine, record: ScanRecord) -> dict[str, float] | None:
-    """The running package's thresholds if `record` was screened by this very package, else None (a TDR
-    must not claim thresholds of a model that did not raise the alarm)."""
+def package_thresholds(engine: Engine, views: Sequence[ScanRecord]) -> dict[str, float] | None:
+    """The running package's thresholds if every alarmed view in `views` was screened by this very package,
+    else None (a TDR must not claim thresholds of a model that did not raise the alarm)."""
     pkg = engine.package
-    if (record.model_name, record.model_version) != (pkg.name, pkg.version):
+    if any((v.model_name, v.model_version) != (pkg.name, pkg.version) for v in alarmed_views(views)):
         return None
     return dict(pkg.thresholds)
+
+
+#: Times one scan's TDR writer reads its bag again after writing, when views keep arriving meanwhile.
+_TDR_ROUNDS = 8
 
 
 async def _after_record(ctx: ServiceContext, record: ScanRecord, *, enqueued: bool) -> None:
     """Durable side effects of an alarm: the webhook outbox item, unless the record's own transaction added
     it (`enqueued`: a scan recorded just now; a re-send of a scan recorded before the webhook was
-    configured still gets one, before the answer), and, if configured, the TDR file."""
+    configured still gets one, before the answer), and, if configured, the bag's TDR file."""
     if not record.alarm:
         return
-    engine, store, _auth, _batcher = ctx.require()
+    _engine, store, _auth, _batcher = ctx.require()
     entry = webhook_entry(record) if ctx.settings.webhook_url and not enqueued else None
     if entry is not None:
         await asyncio.to_thread(store.enqueue, entry.kind, entry.payload, dedupe_key=entry.dedupe_key)
     if ctx.settings.tdr_dir is not None:
         try:
-            image = await asyncio.to_thread(stored_dicos_image, store, record)
-            await asyncio.to_thread(write_tdr_file, record, ctx.settings.tdr_dir,
-                                    thresholds=package_thresholds(engine, record), image=image)
-        except Exception as exc:  # the report can be regenerated from the record: never fail the scan for it
+            await _write_bag_tdr(ctx, record, ctx.settings.tdr_dir)
+        except Exception as exc:  # the report can be regenerated from the records: never fail the scan for it
             log_event(_log, "TDR file not written", logging.ERROR, scan_id=record.id, error=repr(exc))
+
+
+async def _write_bag_tdr(ctx: ServiceContext, record: ScanRecord, tdr_dir: Path) -> None:
+    """Write (or rewrite) the TDR file of `record`'s bag, covering its alarmed views. Views of one bag
+    recorded at once (by this process or another sharing the folder) each rewrite the report, and the
+    slower writer may hold fewer views: so each writer reads the bag again after writing, and writes once
+    more if an alarmed view came meanwhile. The last report written then covers every alarmed view
+    recorded before it."""
+    engine, store, _auth, _batcher = ctx.require()
+    written: list[tuple[int, str]] | None = None
+    for _ in range(_TDR_ROUNDS):
+        views = await asyncio.to_thread(store.bag_scans, record.station, record.bag_id)
+        covered = [(v.id, v.image_sha256) for v in alarmed_views(views)]
+        if covered == written:
+            return
+        images = await asyncio.to_thread(stored_dicos_images, store, views)
+        await asyncio.to_thread(write_tdr_file, views, tdr_dir, thresholds=package_thresholds(engine, views),
+                                images=images)
+        written = covered
+    log_event(_log, "TDR file may not cover the bag's latest views", logging.WARNING, scan_id=record.id,
+              bag_id=record.bag_id, rounds=_TDR_ROUNDS)
 
 
 def _answer(

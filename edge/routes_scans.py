@@ -20,7 +20,7 @@ from edge.preview import render_preview
 from edge.schemas import (DB_INT_MAX, ErrorOut, ReviewIn, ReviewOut, ScanIdPath, ScanListOut, ScanRecordOut,
                           ScanResultOut)
 from edge.store import ScanRecord
-from edge.tdr import TDR_MEDIA_TYPE, TdrError, build_tdr, stored_dicos_image
+from edge.tdr import TDR_MEDIA_TYPE, TdrError, alarmed_views, build_tdr, stored_dicos_images, tdr_file_name
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 
@@ -291,22 +291,26 @@ async def post_review(scan_id: ScanIdPath, body: ReviewIn, principal: ReviewerDe
 
 @router.get(
     "/{scan_id}/tdr",
-    summary="DICOS Threat Detection Report of an alarmed scan",
-    description="Built with pydicos from the stored record (one PTO per alarmed detection). Role: "
-                "supervisor, admin. 409 if the scan did not alarm.",
+    summary="DICOS Threat Detection Report of the bag this scan is a view of",
+    description="One report per bag, built with pydicos from the stored records of the bag's views recorded "
+                "so far: one PTO per alarmed detection of each view, referencing that view's image (so "
+                "every view of a bag gives the same report). Role: supervisor, admin. 409 if no view of the "
+                "bag alarmed.",
     response_class=Response,
-    responses={**_ERRORS, **_NOT_FOUND, 409: {"model": ErrorOut, "description": "The scan did not alarm."},
+    responses={**_ERRORS, **_NOT_FOUND, 409: {"model": ErrorOut, "description": "No view of the bag alarmed."},
                200: {"content": {TDR_MEDIA_TYPE: {}}}},
 )
 async def get_tdr(scan_id: ScanIdPath, principal: ReviewerDep, ctx: CtxDep) -> Response:
     engine, store, _auth, _batcher = ctx.require()
     record = await _get_record(ctx, scan_id)
-    if not record.alarm:
-        return JSONResponse({"detail": f"scan {scan_id} did not alarm; there is no threat report"}, status_code=409)
+    views = await asyncio.to_thread(store.bag_scans, record.station, record.bag_id)
+    if not alarmed_views(views):
+        return JSONResponse({"detail": f"no view of bag {record.bag_id!r} (scan {scan_id}) alarmed; "
+                                       "there is no threat report"}, status_code=409)
     try:
-        image = await asyncio.to_thread(stored_dicos_image, store, record)
-        data = await asyncio.to_thread(build_tdr, record, thresholds=package_thresholds(engine, record), image=image)
+        images = await asyncio.to_thread(stored_dicos_images, store, views)
+        data = await asyncio.to_thread(build_tdr, views, thresholds=package_thresholds(engine, views), images=images)
     except TdrError as exc:
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, detail=str(exc)) from None
-    return Response(data, media_type=TDR_MEDIA_TYPE,
-                    headers={"Content-Disposition": f'attachment; filename="tdr-scan-{scan_id}.dcs"'})
+    name = tdr_file_name(views)
+    return Response(data, media_type=TDR_MEDIA_TYPE, headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -138,7 +138,8 @@ class SeizureOut(_Out):
     confirmed_by: str
     confirmed_at: datetime
     note: str
-    tdr_urls: list[str]
+    tdr_url: str | None = Field(description="The bag's DICOS TDR, covering its alarmed views (null if none of "
+                                            "the confirmed views alarmed).")
 
 
 class SeizuresOut(_Out):

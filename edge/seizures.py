@@ -54,7 +54,7 @@ def collect_seizures(store: Store, *, page_size: int = REVIEWED_SCANS_PAGE) -> l
         if bag is None:
             bag = bags[key] = {
                 "station": r.station, "lane": r.lane, "bag_id": r.bag_id, "scan_ids": [], "classes": [],
-                "confirmed_by": None, "confirmed_at": None, "note": "", "tdr_urls": [], "_review_id": -1,
+                "confirmed_by": None, "confirmed_at": None, "note": "", "tdr_url": None, "_review_id": -1,
             }
         if review is not None and review.id > bag["_review_id"]:
             bag.update(confirmed_by=review.user, confirmed_at=review.created_at, note=review.note,
@@ -63,8 +63,8 @@ def collect_seizures(store: Store, *, page_size: int = REVIEWED_SCANS_PAGE) -> l
         for c in r.alarm_classes:
             if c not in bag["classes"]:
                 bag["classes"].append(c)
-        if r.alarm:
-            bag["tdr_urls"].append(f"/v1/scans/{r.id}/tdr")
+        if r.alarm and bag["tdr_url"] is None:  # the bag's report, reached through any of its views
+            bag["tdr_url"] = f"/v1/scans/{r.id}/tdr"
     # (A view whose confirmation was overturned between the page read and its reviews' read has none: a bag
     # left with no confirming review at all is no seizure.)
     return [{k: v for k, v in bag.items() if k != "_review_id"} for bag in bags.values() if bag["_review_id"] >= 0]
@@ -74,8 +74,8 @@ def collect_seizures(store: Store, *, page_size: int = REVIEWED_SCANS_PAGE) -> l
     "/v1/seizures",
     response_model=SeizuresOut,
     summary="Export of confirmed bags (JSON)",
-    description="Every bag with a view confirmed by a supervisor, with links to each alarmed view's DICOS "
-                "TDR. Role: supervisor, admin.",
+    description="Every bag with a view confirmed by a supervisor, with a link to its DICOS TDR "
+                "(one per bag, covering its alarmed views). Role: supervisor, admin.",
     responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}},
 )
 async def seizures(

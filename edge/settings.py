@@ -117,8 +117,9 @@ class EdgeSettings(BaseSettings):
     rate_limit_burst: int = Field(40, ge=1, description="Scans a station may send at once before 429.")
 
     tdr_dir: Path | None = Field(
-        None, description="If set, a DICOS TDR is written here for every alarmed scan, as "
-                          "scan-<id>-<image sha256, 12 hex>.dcs (nodes with databases of their own may share it).",
+        None, description="If set, a DICOS TDR is written here for every alarmed bag, covering its alarmed views "
+                          "(rewritten as they arrive), as bag-<first scan id>-<digest of station and bag id, 12 "
+                          "hex>.dcs (nodes with databases of their own may share the folder).",
     )
     webhook_url: str | None = Field(None, description="If set, every alarm is POSTed here (at least once).")
     webhook_timeout_s: float = Field(5.0, gt=0.0)

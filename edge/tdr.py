@@ -1,16 +1,19 @@
 """DICOS Threat Detection Reports (TDR) for alarmed scans, written with pydicos.
 
-One TDR per alarmed scan (one view of a bag): a machine (ATR) TDR whose object of inspection is the bag
-(`OOIID` = bag id), with one potential threat object (PTO) per detection that reached its class
-threshold — its bounding box as the region of interest, the class name as the assessment description, the
-score as its probability. The ATR block names the model and its per-class thresholds, so a report says
-which calibration raised it.
+One TDR per alarmed bag: a machine (ATR) TDR whose object of inspection is the bag (`OOIID` = bag id),
+with one potential threat object (PTO) per detection that reached its class threshold, in every view of
+the bag that alarmed: its bounding box as the region of interest, in its view's image coordinates, and a
+reference to that view's image; the class name as the assessment description, the score as its
+probability. The ATR block names the model and its per-class thresholds, so a report says which
+calibration raised it. A view that arrives later makes a new report of the bag (a new instance in the
+bag's series) covering it too.
 
 Identifiers are DICOM UIDs under the `2.25` root (UUID-derived, ITU-T X.667), computed from the scan
-record, so regenerating a report gives the same UIDs: the report's SOP instance, series and frame of
-reference too (the toolkit would make up random ones, not even valid UIDs, on every write). A scan sent as
-DICOS DX is linked to by its own UIDs: pass its bytes as `image` and the PTOs reference the DX's SOP
-instance and the report joins the DX's scan; other scans get UIDs derived from their sha256.
+records, so regenerating a report gives the same UIDs: the report's SOP instance (from the views it
+covers), series (the bag's) and frame of reference too (the toolkit would make up random ones, not even
+valid UIDs, on every write). A view sent as DICOS DX is linked to by its own UIDs: pass its bytes in
+`images` and its PTOs reference the DX's SOP instance, and the report joins the DX's scan and study; other
+views' images get UIDs derived from their sha256.
 
 pydicos writes only to files whose name ends in `.dcs`; reports go through a private temporary file.
 """
@@ -23,6 +26,7 @@ import tempfile
 import threading
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edge.formats import DICOM_MEDIA_TYPE
@@ -63,11 +67,28 @@ def alarm_detections(record: ScanRecord) -> list[dict[str, Any]]:
     return [d for d in record.result.get("detections", []) if d.get("alarm")]
 
 
-def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None, image: bytes | None = None) -> bytes:
-    """The TDR file bytes for an alarmed scan. image: the stored scan file (a DICOS DX's own UIDs are then
-    referenced). Raises `TdrError` if pydicos fails, ValueError if the scan did not alarm."""
-    if not record.alarm:
-        raise ValueError(f"scan {record.id} did not alarm; a TDR is written only for alarms")
+def bag_key(record: ScanRecord) -> str:
+    """The bag a scan is a view of, as one string: its station and bag id (a bag is one station's)."""
+    return f"{len(record.station)}:{record.station}:{record.bag_id}"
+
+
+def alarmed_views(views: Sequence[ScanRecord]) -> list[ScanRecord]:
+    """The views of a bag that alarmed, in the order they were recorded: the ones a report covers."""
+    return sorted((v for v in views if v.alarm), key=lambda v: v.id)
+
+
+def build_tdr(views: Sequence[ScanRecord], *, thresholds: dict[str, float] | None = None,
+              images: Mapping[str, bytes] | None = None) -> bytes:
+    """The TDR file bytes of an alarmed bag: `views` are its scans (one bag; those that did not alarm add
+    nothing), each alarmed detection of each view a PTO that references its view's image. images: stored
+    files by sha256, for the views sent as DICOS DX (their own UIDs are then referenced). Raises `TdrError` if
+    pydicos fails, ValueError if no view alarmed or the views are not of one bag."""
+    if len({bag_key(v) for v in views}) > 1:
+        raise ValueError("a TDR covers one bag; these scans are of several")
+    alarmed = alarmed_views(views)
+    if not alarmed:
+        ids = ", ".join(str(v.id) for v in views)
+        raise ValueError(f"no view of this bag (scans {ids}) alarmed; a TDR is written only for alarms")
     try:
         from pyDICOS import (
             ABILITY_ASSESSMENT,
@@ -83,76 +104,86 @@ def build_tdr(record: ScanRecord, *, thresholds: dict[str, float] | None = None,
     except ImportError as exc:  # pragma: no cover - pydicos is an `edge` dependency
         raise TdrError(f"pydicos is not installed ({exc})") from exc
 
-    when = record.created_at
-    date = (when.year, when.month, when.day)
-    time_ = (when.hour, when.minute, when.second, when.microsecond)
-    timings = record.result.get("timings", {})
-    processing_ms = float(timings.get("inference_ms", 0.0)) + float(timings.get("decode_ms", 0.0))
-    image_uid, image_class = _uid("image", record.image_sha256), _DICOS_DX_SOP_CLASS
-    scan_uid = _uid("tdr", record.id, record.image_sha256)
-    source = _dicos_source(image)
-    image_uid = source.get("sop_instance_uid") or image_uid
-    image_class = source.get("sop_class_uid") or image_class
-    scan_uid = source.get("scan_instance_uid") or scan_uid
-    frame_uid = source.get("frame_of_reference_uid") or _uid("frame", record.image_sha256)
-    # ATR parameters are DICOS long strings ("-key=value", at most 64 characters each).
-    params = {"model": record.model_name[:48], **{f"thr_{k}"[:40]: f"{v:g}" for k, v in (thresholds or {}).items()}}
+    first, latest = alarmed[0], alarmed[-1]
+    key = bag_key(first)
+    sources = [_dicos_source((images or {}).get(v.image_sha256)) for v in alarmed]
     ptos = []
-    for i, det in enumerate(alarm_detections(record)):
-        x1, y1, x2, y2 = (float(v) for v in det["box_xyxy"])
-        name = str(det["class"])
-        category = THREAT_CATEGORY.enumPharmaceutical if name in _PHARMACEUTICAL else THREAT_CATEGORY.enumContraband
-        ptos.append({
-            # pydicos builds Point3Dfloat(Base["z"], Base["y"], Base["x"]) while the toolkit's constructor is
-            # (x, y, z): so "z" here is the image x and "x" the slice index (0 for a 2-D view). Reading the
-            # file back with TDRLoader.get_data gives x = the image x, as intended.
-            "Base": {"z": x1, "y": y1, "x": 0.0},
-            "Extent": {"z": max(x2 - x1, 1.0), "y": max(y2 - y1, 1.0), "x": 1.0},
-            "ID": i,
-            "Assessment": {
-                "flag": ASSESSMENT_FLAG.enumThreat,
-                "category": category,
-                "ability": ABILITY_ASSESSMENT.enumNoInterference,
-                "description": name,
-                "probability": float(det["score"]),
-            },
-            "ReferencedInstance": {"SopClassUID": image_class, "SopInstanceUID": image_uid},
-            "PTOProcessingTime": {
-                "ProcessingStartTime": {"date": date, "time": time_},
-                "ProcessingEndTime": {"date": date, "time": time_},
-                "fTotalTimeMS": processing_ms,
-            },
-        })
+    for view, source in zip(alarmed, sources):
+        image_uid = source.get("sop_instance_uid") or _uid("image", view.image_sha256)
+        image_class = source.get("sop_class_uid") or _DICOS_DX_SOP_CLASS
+        for det in alarm_detections(view):
+            x1, y1, x2, y2 = (float(v) for v in det["box_xyxy"])
+            name = str(det["class"])
+            category = THREAT_CATEGORY.enumPharmaceutical if name in _PHARMACEUTICAL else THREAT_CATEGORY.enumContraband
+            ptos.append({
+                # pydicos builds Point3Dfloat(Base["z"], Base["y"], Base["x"]) while the toolkit's constructor is
+                # (x, y, z): so "z" here is the image x and "x" the slice index (0 for a 2-D view). Reading the
+                # file back with TDRLoader.get_data gives x = the image x, as intended.
+                "Base": {"z": x1, "y": y1, "x": 0.0},
+                "Extent": {"z": max(x2 - x1, 1.0), "y": max(y2 - y1, 1.0), "x": 1.0},
+                "ID": len(ptos),
+                "Assessment": {
+                    "flag": ASSESSMENT_FLAG.enumThreat,
+                    "category": category,
+                    "ability": ABILITY_ASSESSMENT.enumNoInterference,
+                    "description": name,
+                    "probability": float(det["score"]),
+                },
+                "ReferencedInstance": {"SopClassUID": image_class, "SopInstanceUID": image_uid},
+                "PTOProcessingTime": {
+                    "ProcessingStartTime": _date_time(view.created_at),
+                    "ProcessingEndTime": _date_time(view.created_at),
+                    "fTotalTimeMS": _processing_ms(view),
+                },
+            })
+    # The report joins the first DICOS view's scan and frame of reference; else UIDs derived from the bag.
+    dicos = next((s for s in sources if s), {})
+    scan_uid = dicos.get("scan_instance_uid") or _uid("tdr", key)
+    frame_uid = dicos.get("frame_of_reference_uid") or _uid("frame", key)
+    # ATR parameters are DICOS long strings ("-key=value", at most 64 characters each).
+    params = {"model": latest.model_name[:48], **{f"thr_{k}"[:40]: f"{v:g}" for k, v in (thresholds or {}).items()}}
     data = {
-        "InstanceNumber": int(record.id),
+        "InstanceNumber": int(first.id),
         "InstanceUID": scan_uid,
-        "OOIID": _ooi_id(record.bag_id),
-        "ContentDateAndTime": {"date": date, "time": time_},
-        "ProcessingTime": processing_ms,
+        "OOIID": _ooi_id(first.bag_id),
+        "ContentDateAndTime": _date_time(latest.created_at),
+        "ProcessingTime": sum(_processing_ms(v) for v in alarmed),
         "ScanType": SCAN_TYPE.enumOperational,
         "AlarmDecision": ALARM_DECISION.enumAlarm,
-        "AlarmDecisionDateTime": {"date": date, "time": time_},
+        "AlarmDecisionDateTime": _date_time(first.created_at),
         "ImageScaleRepresentation": 1,
-        "ATR": {"manufacturer": "xscreen", "version": f"{record.model_name} {record.model_version}"[:64],
+        "ATR": {"manufacturer": "xscreen", "version": f"{latest.model_name} {latest.model_version}"[:64],
                 "parameters": params},
         "TDRType": TDR_TYPE.enumMachine,
         "OOIType": OBJECT_OF_INSPECTION_TYPE.enumTypeBaggage,
         "PTOs": ptos,
     }
+    # A report covering more views is another instance of the bag's one series.
+    sop_uid = _uid("tdr-sop", key, *(f"{v.id}/{v.image_sha256}" for v in alarmed))
     with _LOCK, tempfile.TemporaryDirectory(prefix="xscreen-tdr-") as tmp:
         path = Path(tmp) / "report.dcs"
         try:
             tdr = TDRLoader()
             tdr.set_data(data)
-            if not (tdr.SetSeriesInstanceUID(DcsUniqueIdentifier(_uid("tdr-series", record.id, record.image_sha256)))
+            if not (tdr.SetSeriesInstanceUID(DcsUniqueIdentifier(_uid("tdr-series", key)))
                     and tdr.SetFrameOfReferenceUID(DcsUniqueIdentifier(frame_uid))):
                 raise RuntimeError("the toolkit refused a series or frame of reference UID")
             tdr.write(path)
         except Exception as exc:
-            raise TdrError(f"pydicos could not write the TDR of scan {record.id}: {exc}") from exc
-        study = (source.get("study_date"), source.get("study_time"))  # a DICOS scan's own study: the report joins it
-        return _finish_report(path.read_bytes(), _uid("tdr-sop", record.id, record.image_sha256), when=when,
+            raise TdrError(f"pydicos could not write the TDR of bag {first.bag_id!r} (scans "
+                           f"{', '.join(str(v.id) for v in alarmed)}): {exc}") from exc
+        study = (dicos.get("study_date"), dicos.get("study_time"))  # a DICOS scan's own study: the report joins it
+        return _finish_report(path.read_bytes(), sop_uid, when=first.created_at,
                               study=study if study[0] else None)
+
+
+def _date_time(when: datetime) -> dict[str, tuple[int, ...]]:
+    return {"date": (when.year, when.month, when.day), "time": (when.hour, when.minute, when.second, when.microsecond)}
+
+
+def _processing_ms(record: ScanRecord) -> float:
+    timings = record.result.get("timings", {})
+    return float(timings.get("inference_ms", 0.0)) + float(timings.get("decode_ms", 0.0))
 
 
 def stored_dicos_image(store: Any, record: ScanRecord) -> bytes | None:
@@ -163,6 +194,12 @@ def stored_dicos_image(store: Any, record: ScanRecord) -> bytes | None:
         return store.read_image(record.image_sha256)[0]
     except (KeyError, OSError):
         return None  # the report is still written, with derived UIDs
+
+
+def stored_dicos_images(store: Any, views: Sequence[ScanRecord]) -> dict[str, bytes]:
+    """The stored files of a bag's alarmed views sent as DICOS, by sha256 (`build_tdr`'s `images`)."""
+    found = ((v.image_sha256, stored_dicos_image(store, v)) for v in alarmed_views(views))
+    return {sha: data for sha, data in found if data is not None}
 
 
 def _dicos_source(image: bytes | None) -> dict[str, Any]:
@@ -208,19 +245,20 @@ def read_tdr(data: bytes) -> dict[str, Any]:
         return TDRLoader(path).get_data()
 
 
-def tdr_file_name(record: ScanRecord) -> str:
-    """`scan-<id>-<image sha256, 12 hex>.dcs`: the scan's id orders the folder; the image's digest keeps apart
-    the reports of edge nodes with databases of their own (each numbers its scans from 1) that share one
-    TDR folder, while a re-written report of the same scan keeps its name."""
-    return f"scan-{record.id:09d}-{record.image_sha256[:12]}.dcs"
+def tdr_file_name(views: Sequence[ScanRecord]) -> str:
+    """`bag-<first scan id>-<bag digest, 12 hex>.dcs`: one report per bag, rewritten as its views arrive. The
+    first scan's id orders the folder; the digest of station and bag id keeps apart the reports of edge nodes
+    with databases of their own (each numbers its scans from 1) that share one TDR folder."""
+    first = min(views, key=lambda v: v.id)
+    return f"bag-{first.id:09d}-{hashlib.sha256(bag_key(first).encode()).hexdigest()[:12]}.dcs"
 
 
-def write_tdr_file(record: ScanRecord, tdr_dir: Path, *, thresholds: dict[str, float] | None = None,
-                   image: bytes | None = None) -> Path:
-    """Write `<tdr_dir>/<tdr_file_name>` atomically and durably (`edge.images.write_durable`: safe when a
-    re-send writes the same report at once, from another thread or another process on a shared folder);
-    return its path."""
+def write_tdr_file(views: Sequence[ScanRecord], tdr_dir: Path, *, thresholds: dict[str, float] | None = None,
+                   images: Mapping[str, bytes] | None = None) -> Path:
+    """Write the bag's report to `<tdr_dir>/<tdr_file_name>` atomically and durably (`edge.images.write_durable`:
+    safe when another thread or process writes the same report at once, on a shared folder); return its
+    path."""
     tdr_dir.mkdir(parents=True, exist_ok=True)
-    final = tdr_dir / tdr_file_name(record)
-    write_durable(final, build_tdr(record, thresholds=thresholds, image=image))
+    final = tdr_dir / tdr_file_name(views)
+    write_durable(final, build_tdr(views, thresholds=thresholds, images=images))
     return final

@@ -34,6 +34,7 @@ from edge.deps import CtxDep, csrf_ok
 from edge.schemas import ScanIdPath, StoredText
 from edge.seizures import collect_seizures
 from edge.store import ReviewConflictError, ScanRecord
+from edge.tdr import alarmed_views
 
 _HERE = Path(__file__).resolve().parent / "ui"
 TEMPLATES = _HERE / "templates"
@@ -319,14 +320,15 @@ async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTM
             f"<li>{e(r.created_at.strftime('%Y-%m-%d %H:%M:%S'))} {e(r.user)}: <b>{e(r.verdict)}</b> {e(r.note)}</li>"
             for r in trail
         ) or "<li>not reviewed</li>"
-        tdr = f' · <a href="/v1/scans/{v.id}/tdr">DICOS TDR</a>' if v.alarm else ""
         parts.append(_template("view.html").substitute(
             id=v.id, view=e(v.view), alarm="ALARM" if v.alarm else "clear", classes=_classes(v),
-            detections=_detections_table(v), trail=trail_html, tdr=tdr, width=v.width, height=v.height,
+            detections=_detections_table(v), trail=trail_html, width=v.width, height=v.height,
         ))
     body = _template("bag.html").substitute(
         scan_id=record.id, bag_id=e(record.bag_id), station=e(record.station), lane=e(record.lane),
-        verdict=e(_bag_verdict(views)), views="\n".join(parts), csrf=e(session.csrf), seen=e(",".join(seen)),
+        verdict=e(_bag_verdict(views)), views="\n".join(parts),
+        tdr=f' <a href="/v1/scans/{record.id}/tdr">DICOS TDR of the bag</a>' if alarmed_views(views) else "",
+        csrf=e(session.csrf), seen=e(",".join(seen)),
     )
     return _page(f"Bag {record.bag_id}", body, principal=session.principal, csrf=session.csrf)
 
@@ -373,7 +375,7 @@ async def seizures_page(session: SessionDep, ctx: CtxDep) -> HTMLResponse:
     items = await asyncio.to_thread(collect_seizures, store)
     rows = []
     for s in items:
-        links = " ".join(f'<a href="{e(u)}">TDR {e(u.split("/")[3])}</a>' for u in s["tdr_urls"])
+        links = f'<a href="{e(s["tdr_url"])}">TDR</a>' if s["tdr_url"] else ""
         rows.append(
             f'<tr class="seizure"><td><a href="/ui/bags/{s["scan_ids"][0]}">{e(s["bag_id"])}</a></td>'
             f'<td>{e(s["station"])} / {e(s["lane"])}</td><td>{", ".join(e(c) for c in s["classes"])}</td>'

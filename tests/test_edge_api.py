@@ -521,8 +521,8 @@ def test_tdr_file_written_and_409_for_a_clear_scan(tmp_path):
         from edge.tdr import tdr_file_name
 
         scan_id = post_png(svc, png_bytes(1), "bag-tdr-file").json()["id"]
-        report = tmp_path / "tdr" / tdr_file_name(svc.ctx.store.get_scan(scan_id))
-        assert report.is_file() and report.name.startswith(f"scan-{scan_id:09d}-")
+        report = tmp_path / "tdr" / tdr_file_name([svc.ctx.store.get_scan(scan_id)])
+        assert report.is_file() and report.name.startswith(f"bag-{scan_id:09d}-")
         # The same report written at once by several threads (re-sends): each write lands whole, and no
         # temporary file is left behind.
         from concurrent.futures import ThreadPoolExecutor
@@ -531,7 +531,7 @@ def test_tdr_file_written_and_409_for_a_clear_scan(tmp_path):
 
         record = svc.ctx.store.get_scan(scan_id)
         with ThreadPoolExecutor(4) as pool:
-            paths = list(pool.map(lambda _: write_tdr_file(record, tmp_path / "tdr"), range(8)))
+            paths = list(pool.map(lambda _: write_tdr_file([record], tmp_path / "tdr"), range(8)))
         assert set(paths) == {report} and sorted(p.name for p in (tmp_path / "tdr").iterdir()) == [report.name]
         r = svc.client.get(f"/v1/scans/{scan_id}/tdr", headers=svc.auth("admin"))
         assert r.status_code == 200 and report.read_bytes()[128:132] == r.content[128:132] == b"DICM"
@@ -539,7 +539,7 @@ def test_tdr_file_written_and_409_for_a_clear_scan(tmp_path):
         engine.policy = DecisionPolicy(class_names=engine.class_names, thresholds={c: 1.0 for c in engine.class_names})
         clear_id = post_png(svc, png_bytes(2), "bag-clear").json()["id"]
         r = svc.client.get(f"/v1/scans/{clear_id}/tdr", headers=svc.auth("admin"))
-        assert r.status_code == 409 and "did not alarm" in r.json()["detail"]
+        assert r.status_code == 409 and "alarmed" in r.json()["detail"]
 
 
 def test_tdr_files_of_nodes_with_databases_of_their_own_share_a_folder(tmp_path):
@@ -554,7 +554,7 @@ def test_tdr_files_of_nodes_with_databases_of_their_own_share_a_folder(tmp_path)
             r = post_png(svc, png_bytes(seed), f"bag-{node}")
             assert r.status_code == 200 and r.json()["alarm"] and r.json()["id"] == 1, r.text
     names = sorted(p.name for p in shared.iterdir())
-    assert len(names) == 2 and all(n.startswith("scan-000000001-") for n in names), names
+    assert len(names) == 2 and all(n.startswith("bag-000000001-") for n in names), names
 
 
 class _Receiver(BaseHTTPRequestHandler):

@@ -111,7 +111,7 @@ def test_queue_bag_confirm_seizures_flow_and_escaping(service):
     (item,) = export.json()["seizures"]
     assert item["bag_id"] == "bag-flow" and sorted(item["scan_ids"]) == sorted(views)
     assert item["confirmed_by"] == "sup" and item["note"] == note
-    assert sorted(item["tdr_urls"]) == sorted(f"/v1/scans/{i}/tdr" for i in views)
+    assert item["tdr_url"] in [f"/v1/scans/{i}/tdr" for i in views]  # the bag's one report
     assert other not in item["scan_ids"]
 
 

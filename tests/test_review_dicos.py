@@ -165,8 +165,9 @@ def _record(scan_id: int = 7, sha: str = "ab" * 32, media_type: str = "image/png
     return ScanRecord(**{k: v for k, v in values.items() if k in fields})
 
 
-def test_tdr_uids_are_valid_stable_and_distinct_per_scan():
-    first, again, other = (_read(build_tdr(r)) for r in (_record(), _record(), _record(8, "cd" * 32)))
+def test_tdr_uids_are_valid_stable_and_distinct_per_bag():
+    other_bag = dataclasses.replace(_record(8, "cd" * 32), bag_id="bag-2")
+    first, again, other = (_read(build_tdr([r])) for r in (_record(), _record(), other_bag))
     uids = {e.keyword: str(e.value) for e in first.iterall() if e.VR == "UI"}
     uids.update({e.keyword: str(e.value) for e in first.file_meta if e.VR == "UI"})
     for keyword, uid in uids.items():
@@ -175,7 +176,7 @@ def test_tdr_uids_are_valid_stable_and_distinct_per_scan():
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
         assert again[keyword].value == first[keyword].value, keyword
         assert other[keyword].value != first[keyword].value, keyword
-    report = read_tdr(build_tdr(_record()))  # and pydicos reads it back
+    report = read_tdr(build_tdr([_record()]))  # and pydicos reads it back
     assert report["OOIID"] == "bag-1" and report["PTOs"][0]["Assessment"]["description"] == "knife"
     referenced = [e.value for e in first.iterall() if e.keyword == "ReferencedSOPInstanceUID"]
     assert referenced and first.SOPInstanceUID not in referenced  # the PTOs point at the scan, not the report
@@ -184,11 +185,12 @@ def test_tdr_uids_are_valid_stable_and_distinct_per_scan():
 def test_tdr_of_a_dicos_scan_links_to_the_dx_uids(template):
     dx = native_dx(template, _PIXELS)
     source = _read(dx)
-    report = _read(build_tdr(_record(media_type=DICOM_MEDIA_TYPE), image=dx))
+    record = _record(media_type=DICOM_MEDIA_TYPE)
+    report = _read(build_tdr([record], images={record.image_sha256: dx}))
     referenced = [e.value for e in report.iterall() if e.keyword == "ReferencedSOPInstanceUID"]
     assert referenced and referenced == [source.SOPInstanceUID] * len(referenced)
     assert report.StudyInstanceUID == source.StudyInstanceUID  # the report joins the DX's scan
-    assert read_tdr(build_tdr(_record(media_type=DICOM_MEDIA_TYPE), image=dx))["PTOs"][0]["Assessment"]["description"] == "knife"
+    assert read_tdr(build_tdr([record], images={record.image_sha256: dx}))["PTOs"][0]["Assessment"]["description"] == "knife"
 
 
 def test_the_service_tdr_of_a_dicos_scan_references_that_scan(tmp_path, template):
@@ -206,7 +208,7 @@ def test_the_service_tdr_of_a_dicos_scan_references_that_scan(tmp_path, template
         scan_id = r.json()["id"]
         downloaded = svc.client.get(f"/v1/scans/{scan_id}/tdr", headers=svc.auth("supervisor"))
         assert downloaded.status_code == 200
-        written = (tmp_path / "tdr" / tdr_file_name(svc.ctx.store.get_scan(scan_id))).read_bytes()
+        written = (tmp_path / "tdr" / tdr_file_name([svc.ctx.store.get_scan(scan_id)])).read_bytes()
     source = _read(dx)
     for data in (downloaded.content, written):
         report = _read(data)
@@ -220,6 +222,6 @@ def test_bag_ids_longer_than_the_tdr_field_stay_apart():
     ids = []
     for bag_id in (long_a, long_b, "bag-1"):
         record = dataclasses.replace(_record(), bag_id=bag_id)
-        ids.append(read_tdr(build_tdr(record))["OOIID"])
+        ids.append(read_tdr(build_tdr([record]))["OOIID"])
     assert ids[0] != ids[1] and all(len(i) <= 64 for i in ids)
     assert ids[0].startswith("b" * 55) and ids[2] == "bag-1"

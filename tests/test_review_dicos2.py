@@ -21,7 +21,7 @@ def test_tdr_non_ascii_class_name_declares_its_character_set():
     every standard reader decodes them as the default repertoire."""
     r = _record()
     det = {**r.result["detections"][0], "class": "couteau_café"}
-    ds = _read(build_tdr(dataclasses.replace(r, result={**r.result, "detections": [det]})))
+    ds = _read(build_tdr([dataclasses.replace(r, result={**r.result, "detections": [det]})]))
     descriptions = [str(e.value) for e in ds.iterall() if e.keyword == "ThreatCategoryDescription"]
     assert descriptions == ["couteau_café"], (ds.get("SpecificCharacterSet"), descriptions)
 
@@ -30,6 +30,6 @@ def test_tdr_study_date_is_the_scans_date_not_the_download_date():
     """A TDR downloaded (or regenerated) today for a scan of 2024-05-06 carries Study/Series Date = today:
     a search of the archive by date finds the report of last year's bag under today, and two downloads of the
     same report differ in their dates while keeping the same UIDs."""
-    ds = _read(build_tdr(_record()))
+    ds = _read(build_tdr([_record()]))
     assert (ds.StudyDate, ds.SeriesDate) == ("20240506", "20240506")
     assert ds.StudyTime.startswith("070809")

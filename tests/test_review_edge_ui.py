@@ -255,8 +255,13 @@ def test_the_tdr_of_an_alarmed_view_has_its_boxes_in_image_coordinates_and_its_c
     for p in ptos:  # box_xyxy [10, 20, 30, 60]: x from 10, 20 wide; y from 20, 40 high
         assert (p["Base"]["x"], p["Base"]["y"], p["Extent"]["x"], p["Extent"]["y"]) == (10.0, 20.0, 20.0, 40.0)
         assert p["Assessment"]["probability"] == pytest.approx(0.9)
-    refused = service.client.get(f"/v1/scans/{clear.id}/tdr", headers=service.auth("supervisor"))
-    assert refused.status_code in (404, 409) and "did not alarm" in refused.json()["detail"]
+    # The report is the bag's: its clear view leads to the same one; a bag with no alarmed view has none.
+    same = service.client.get(f"/v1/scans/{clear.id}/tdr", headers=service.auth("supervisor"))
+    assert same.status_code == 200
+    assert [p["Assessment"]["description"] for p in read_tdr(same.content)["PTOs"]] == ["ivory", "medicine_pills"]
+    clear_bag = _record(service.ctx.store, "bag-tdr-clear", alarm=False)
+    refused = service.client.get(f"/v1/scans/{clear_bag.id}/tdr", headers=service.auth("supervisor"))
+    assert refused.status_code == 409 and "alarmed" in refused.json()["detail"]
 
 
 def test_the_simulator_waits_at_most_a_minute_on_one_retry_after():

@@ -82,7 +82,8 @@ def run_lane(out: Path, console, *, bags: int = 16) -> bool:
         return False
     key = proc.stdout.strip().splitlines()[-1]
     port = _free_port()
-    argv = ("serve", "--model", str(out / "model.onnx"), "--db", db, "--data-dir", str(lane), "--host", "127.0.0.1", "--port", str(port))
+    argv = ("serve", "--model", str(out / "model.onnx"), "--db", db, "--data-dir", str(lane), "--tdr-dir", str(lane / "tdr"),
+            "--host", "127.0.0.1", "--port", str(port))
     console.print(f"$ xscreen {shlex.join(argv)} &", style="cyan")
     log = (lane / "serve.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "vision.cli", *argv], stdout=log, stderr=subprocess.STDOUT)
@@ -103,6 +104,8 @@ def run_lane(out: Path, console, *, bags: int = 16) -> bool:
         station = _xscreen("station", "--url", url, "--key", key, "--lanes", "2", "--rate", "4", "--source", "synth", "--bags", str(bags),
                            "--stream")
         console.print()  # the station's live table may leave the cursor on its last line
+        reports = sorted((lane / "tdr").glob("*.dcs")) if (lane / "tdr").is_dir() else []
+        console.print(f"{len(reports)} DICOS threat reports (one per alarmed bag) in {lane / 'tdr'}")
         console.print(f"review UI: {url}/login (create a supervisor with `xscreen admin add-user NAME --role supervisor --db {db}`)")
         return station.returncode == 0
     finally:
