@@ -19,6 +19,7 @@ from datasets.synth import clutter, electronics
 from datasets.synth.concealment import CONCEALMENTS, choose_concealment, conceal, hideable_classes
 from datasets.synth.containers import CONTAINER_KINDS, Container, build_container
 from datasets.synth.items import BasisAccumulator, CoefficientFn, Placed, default_coefficients, place, trim
+from datasets.synth.geometry import FanBeam, draw_fan_beam, draw_height
 from datasets.synth.layout import BagFrame, Placement
 from datasets.synth.materials import CONTRABAND_CLASSES
 
@@ -136,6 +137,7 @@ class BagScene:
         objects along each ray (metals may give a negative polyethylene part with the real physics).
     objects: the container first, then every placed item in placing order.
     bag_mask: (H, W) bool, inside the container (where TIP may put an object).
+    fan: the scan's fan beam (`datasets.synth.geometry`): items are drawn at their heights through it.
     """
 
     basis_cm: np.ndarray
@@ -144,6 +146,7 @@ class BagScene:
     container: str
     pixel_mm: float
     rng_state: dict[str, Any]
+    fan: FanBeam | None = None
 
     @property
     def contraband(self) -> tuple[SceneObject, ...]:
@@ -350,23 +353,73 @@ def generate_bag(rng: np.random.Generator, config: BagConfig, coefficients: Coef
     interior[y0 : y0 + h, x0 : x0 + w] = placed.planes[:, :, 3]
     acc.add(placed)
     objects = [_scene_object(placed, Placement(container.item, bag_pose), image_hw, False)]
-    placements = _clutter_placements(rng, config, container.kind, frame)
+    # Groups of placements that lie at one height: an item alone, or a contraband object with what hides it.
+    groups = [[p] for p in _clutter_placements(rng, config, container.kind, frame)]
     classes = hideable_classes(config.contraband_classes, config.concealments, container.kind)
     for _ in range(_n_contraband(rng, config)):
         class_name = str(classes[int(rng.integers(len(classes)))])
         how = choose_concealment(rng, class_name, config.concealments, container.kind)
-        placements += conceal(rng, class_name, how, frame)
-    for p in placements:
-        placed = place(p.item.name, acc.planes(p.item), p.pose.angle_deg, p.pose.centre_xy, image_hw,
-                       flip=p.pose.flip, scale=p.item.scale)
-        if placed is not None and p.soft:
-            y0, x0 = placed.offset_yx
-            h, w = placed.shape_hw
-            inside = interior[y0 : y0 + h, x0 : x0 + w]
-            if bool((inside[placed.mask()] < 1.0).any()):  # reaches the bag's edge: clip it to the interior
-                placed = trim(placed.scaled(inside))
-        if placed is None:
-            continue
-        acc.add(placed)
-        objects.append(_scene_object(placed, p, image_hw, p.class_name is not None))
-    return BagScene(acc.basis_cm, tuple(objects), interior > 0.5, container.kind, frame.pixel_mm, rng_state)
+        groups.append(conceal(rng, class_name, how, frame))
+    # The fan beam and the items' heights are drawn last, so the rest of a bag is what it was without them.
+    fan = draw_fan_beam(rng, image_hw[0], container.depth_cm)
+    heights = [draw_height(rng, container.depth_cm, soft=g[0].soft, concealment=g[0].concealment) for g in groups]
+    for group, height in zip(groups, heights):
+        placed_group = _place_group(group, fan, height, acc, interior, image_hw)
+        for p, placed in placed_group:
+            acc.add(placed)
+            objects.append(_scene_object(placed, p, image_hw, p.class_name is not None))
+    return BagScene(acc.basis_cm, tuple(objects), interior > 0.5, container.kind, frame.pixel_mm, rng_state, fan)
+
+
+#: Share of an item's footprint that its height's magnification may push out of the bag's outline beyond
+#: what lies out of it at true scale; past it the group is drawn at the bag's mid-depth (true scale).
+_OUTSIDE_MARGIN = 0.05
+
+
+def _place_one(p: Placement, squeeze: float, centre_y: float, acc: BasisAccumulator, interior: np.ndarray,
+               image_hw: tuple[int, int]) -> Placed | None:
+    placed = place(p.item.name, acc.planes(p.item), p.pose.angle_deg, (p.pose.centre_xy[0], centre_y), image_hw,
+                   flip=p.pose.flip, scale=p.item.scale, squeeze_y=squeeze)
+    if placed is not None and p.soft:
+        y0, x0 = placed.offset_yx
+        h, w = placed.shape_hw
+        inside = interior[y0 : y0 + h, x0 : x0 + w]
+        if bool((inside[placed.mask()] < 1.0).any()):  # reaches the bag's edge: clip it to the interior
+            placed = trim(placed.scaled(inside))
+    return placed
+
+
+def _outside_share(placed: Placed | None, interior: np.ndarray) -> float:
+    if placed is None:
+        return 1.0
+    y0, x0 = placed.offset_yx
+    h, w = placed.shape_hw
+    mask = placed.mask()
+    return float((interior[y0 : y0 + h, x0 : x0 + w][mask] < 0.5).mean()) if mask.any() else 1.0
+
+
+def _place_group(group: list[Placement], fan: FanBeam, height_cm: float, acc: BasisAccumulator,
+                 interior: np.ndarray, image_hw: tuple[int, int]) -> list[tuple[Placement, Placed]]:
+    """A group's items placed at `height_cm` through the fan beam: squeezed across the belt by its
+    magnification, their centres moved from the source's row in proportion (one map for the group, so a
+    hidden object stays inside its host). The container's outline is drawn at mid-depth; a group the
+    magnification pushes out of it (its first item, `_OUTSIDE_MARGIN` more outside than at true scale) is
+    drawn at mid-depth instead."""
+    m = fan.magnification(height_cm)
+    lead, first = group[0], None
+    if m != 1.0 and not lead.soft:
+        first = _place_one(lead, m, fan.project_row(lead.pose.centre_xy[1], height_cm), acc, interior, image_hw)
+        outside = _outside_share(first, interior)
+        if outside > _OUTSIDE_MARGIN:
+            true_scale = _place_one(lead, 1.0, lead.pose.centre_xy[1], acc, interior, image_hw)
+            if outside > _outside_share(true_scale, interior) + _OUTSIDE_MARGIN:
+                m, height_cm, first = 1.0, fan.reference_cm, true_scale
+    out = []
+    for i, p in enumerate(group):
+        if i == 0 and first is not None:
+            placed = first
+        else:
+            placed = _place_one(p, m, fan.project_row(p.pose.centre_xy[1], height_cm), acc, interior, image_hw)
+        if placed is not None:
+            out.append((p, placed))
+    return out

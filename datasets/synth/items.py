@@ -137,11 +137,14 @@ def place(
     image_hw: tuple[int, int],
     flip: bool = False,
     scale: float = 1.0,
+    squeeze_y: float = 1.0,
 ) -> Placed | None:
     """Rotate an item's planes (h, w, C ≤ 4, from `BasisAccumulator.planes`) by `angle_deg` (counter-clockwise
     on screen) about the canvas centre, magnify them by `scale` (an item built on a coarser canvas, see
     `Item.scale`), put that centre at `centre_xy` (image px), crop to the image and to the footprint.
-    Returns None when nothing lands in the image.
+    squeeze_y: a further scale across the belt (image y) only, about the centre: the fan beam's
+    magnification at the item's height (`datasets.synth.geometry`). Returns None when nothing lands in the
+    image.
 
     Basis thickness is linear in material thickness, so warping the summed planes equals summing warped
     layers, at one warp per item. Linear interpolation conserves the integral to within a few per cent.
@@ -151,7 +154,7 @@ def place(
     a = math.radians(angle_deg)
     c, s = math.cos(a), math.sin(a)
     half_w = 0.5 * scale * (abs(w * c) + abs(h * s))
-    half_h = 0.5 * scale * (abs(w * s) + abs(h * c))
+    half_h = 0.5 * scale * (abs(w * s) + abs(h * c)) * squeeze_y
     x0 = max(0, int(math.floor(centre_xy[0] - half_w - 1)))
     y0 = max(0, int(math.floor(centre_xy[1] - half_h - 1)))
     x1 = min(img_w, int(math.ceil(centre_xy[0] + half_w + 2)))
@@ -165,6 +168,10 @@ def place(
         mat[:, 0] = -mat[:, 0]
     mat[0, 2] += centre_xy[0] - src_c[0] - x0
     mat[1, 2] += centre_xy[1] - src_c[1] - y0
+    if squeeze_y != 1.0:  # y' = cy + squeeze_y·(y − cy) about the centre, cy in the crop's coordinates
+        cy = centre_xy[1] - y0
+        mat[1, :] *= squeeze_y
+        mat[1, 2] += (1.0 - squeeze_y) * cy
     warped = cv2.warpAffine(
         np.ascontiguousarray(planes),
         mat,

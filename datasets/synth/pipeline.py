@@ -177,6 +177,7 @@ def bag_metadata(bag: SynthBag, config: SynthConfig) -> dict:
         "palette": bag.palette,
         "container": scene.container,
         "pixel_mm": round(float(scene.pixel_mm), 6),
+        "fan_beam": scene.fan.to_dict() if scene.fan is not None else None,
         "width": int(bag.raw.shape[1]),
         "height": int(bag.raw.shape[0]),
         "scanner": {"kvp": config.kvp, **(config.look or look_for(bag.palette)).to_dict()},
