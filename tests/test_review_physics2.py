@@ -94,7 +94,7 @@ def test_tip_noise_matches_the_synthetic_raw_scan_it_is_projected_into(monkeypat
 
     def fano(raw_counts: np.ndarray) -> np.ndarray:
         # Variance over mean of the dark-subtracted counts: photon statistics make it independent of the
-        # signal level (TIP's additive log-attenuation ignores beam hardening, so means differ by ~5 %).
+        # signal level.
         signal = raw_counts[inner].reshape(-1, 2).astype(np.float64) - RAW_DARK_LEVEL
         return signal.var(axis=0) / signal.mean(axis=0)
 
