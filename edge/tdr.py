@@ -140,8 +140,12 @@ def build_tdr(views: Sequence[ScanRecord], *, thresholds: dict[str, float] | Non
     dicos = next((s for s in sources if s), {})
     scan_uid = dicos.get("scan_instance_uid") or _uid("tdr", key)
     frame_uid = dicos.get("frame_of_reference_uid") or _uid("frame", key)
-    # ATR parameters are DICOS long strings ("-key=value", at most 64 characters each).
-    params = {"model": latest.model_name[:48], **{f"thr_{k}"[:40]: f"{v:g}" for k, v in (thresholds or {}).items()}}
+    # ATR parameters are DICOS long strings ("-key=value", at most 64 characters each). Views screened by
+    # different models (a package reloaded between views, a bag screened again) name each view's model.
+    models = list(dict.fromkeys(f"{v.model_name} {v.model_version}" for v in alarmed))
+    params = ({"model": latest.model_name[:48]} if len(models) == 1
+              else {f"model_scan{v.id}"[:24]: f"{v.model_name} {v.model_version}"[:38] for v in alarmed})
+    params.update({f"thr_{k}"[:40]: f"{v:g}" for k, v in (thresholds or {}).items()})
     data = {
         "InstanceNumber": int(first.id),
         "InstanceUID": scan_uid,
@@ -152,20 +156,22 @@ def build_tdr(views: Sequence[ScanRecord], *, thresholds: dict[str, float] | Non
         "AlarmDecision": ALARM_DECISION.enumAlarm,
         "AlarmDecisionDateTime": _date_time(first.created_at),
         "ImageScaleRepresentation": 1,
-        "ATR": {"manufacturer": "xscreen", "version": f"{latest.model_name} {latest.model_version}"[:64],
+        "ATR": {"manufacturer": "xscreen", "version": ", ".join(models)[:64],
                 "parameters": params},
         "TDRType": TDR_TYPE.enumMachine,
         "OOIType": OBJECT_OF_INSPECTION_TYPE.enumTypeBaggage,
         "PTOs": ptos,
     }
-    # A report covering more views is another instance of the bag's one series.
+    # A report covering more views is another instance of the bag's series: one series per bag and study (a
+    # DICOS view that alarms after other views moves the report into that scan's study, and a series never
+    # spans two studies).
     sop_uid = _uid("tdr-sop", key, *(f"{v.id}/{v.image_sha256}" for v in alarmed))
     with _LOCK, tempfile.TemporaryDirectory(prefix="xscreen-tdr-") as tmp:
         path = Path(tmp) / "report.dcs"
         try:
             tdr = TDRLoader()
             tdr.set_data(data)
-            if not (tdr.SetSeriesInstanceUID(DcsUniqueIdentifier(_uid("tdr-series", key)))
+            if not (tdr.SetSeriesInstanceUID(DcsUniqueIdentifier(_uid("tdr-series", key, scan_uid, frame_uid)))
                     and tdr.SetFrameOfReferenceUID(DcsUniqueIdentifier(frame_uid))):
                 raise RuntimeError("the toolkit refused a series or frame of reference UID")
             tdr.write(path)

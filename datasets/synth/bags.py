@@ -403,23 +403,25 @@ def _place_group(group: list[Placement], fan: FanBeam, height_cm: float, acc: Ba
     """A group's items placed at `height_cm` through the fan beam: squeezed across the belt by its
     magnification, their centres moved from the source's row in proportion (one map for the group, so a
     hidden object stays inside its host). The container's outline is drawn at mid-depth; a group the
-    magnification pushes out of it (its first item, `_OUTSIDE_MARGIN` more outside than at true scale) is
+    magnification pushes out of it (any rigid member `_OUTSIDE_MARGIN` more outside than at true scale) is
     drawn at mid-depth instead."""
     m = fan.magnification(height_cm)
-    lead, first = group[0], None
-    if m != 1.0 and not lead.soft:
-        first = _place_one(lead, m, fan.project_row(lead.pose.centre_xy[1], height_cm), acc, interior, image_hw)
-        outside = _outside_share(first, interior)
+    placed = [_place_one(p, m, fan.project_row(p.pose.centre_xy[1], height_cm), acc, interior, image_hw) for p in group]
+    if m != 1.0 and _pushed_out(group, placed, acc, interior, image_hw):  # drawn at mid-depth instead
+        placed = [_place_one(p, 1.0, p.pose.centre_xy[1], acc, interior, image_hw) for p in group]
+    return [(p, q) for p, q in zip(group, placed) if q is not None]
+
+
+def _pushed_out(group: list[Placement], placed: list[Placed | None], acc: BasisAccumulator, interior: np.ndarray,
+                image_hw: tuple[int, int]) -> bool:
+    """Whether a rigid member of the group lies `_OUTSIDE_MARGIN` more outside the bag's outline as placed
+    than at true scale (soft members are clipped to the interior anyway)."""
+    for p, q in zip(group, placed):
+        if p.soft:
+            continue
+        outside = _outside_share(q, interior)
         if outside > _OUTSIDE_MARGIN:
-            true_scale = _place_one(lead, 1.0, lead.pose.centre_xy[1], acc, interior, image_hw)
+            true_scale = _place_one(p, 1.0, p.pose.centre_xy[1], acc, interior, image_hw)
             if outside > _outside_share(true_scale, interior) + _OUTSIDE_MARGIN:
-                m, height_cm, first = 1.0, fan.reference_cm, true_scale
-    out = []
-    for i, p in enumerate(group):
-        if i == 0 and first is not None:
-            placed = first
-        else:
-            placed = _place_one(p, m, fan.project_row(p.pose.centre_xy[1], height_cm), acc, interior, image_hw)
-        if placed is not None:
-            out.append((p, placed))
-    return out
+                return True
+    return False
