@@ -138,8 +138,8 @@ class SeizureOut(_Out):
     confirmed_by: str
     confirmed_at: datetime
     note: str
-    tdr_url: str | None = Field(description="The bag's DICOS TDR, covering its alarmed views (null if none of "
-                                            "the confirmed views alarmed).")
+    tdr_url: str | None = Field(description="The bag's DICOS TDR, covering its alarmed views (null if no view "
+                                            "of the bag alarmed).")
 
 
 class SeizuresOut(_Out):

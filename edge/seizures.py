@@ -67,7 +67,13 @@ def collect_seizures(store: Store, *, page_size: int = REVIEWED_SCANS_PAGE) -> l
             bag["tdr_url"] = f"/v1/scans/{r.id}/tdr"
     # (A view whose confirmation was overturned between the page read and its reviews' read has none: a bag
     # left with no confirming review at all is no seizure.)
-    return [{k: v for k, v in bag.items() if k != "_review_id"} for bag in bags.values() if bag["_review_id"] >= 0]
+    seized = [{k: v for k, v in bag.items() if k != "_review_id"} for bag in bags.values() if bag["_review_id"] >= 0]
+    for bag in seized:
+        if bag["tdr_url"] is None:  # only clear views confirmed (a verdict sent per scan): another may have alarmed
+            alarmed = next((v for v in store.bag_scans(bag["station"], bag["bag_id"]) if v.alarm), None)
+            if alarmed is not None:
+                bag["tdr_url"] = f"/v1/scans/{alarmed.id}/tdr"
+    return seized
 
 
 @router.get(

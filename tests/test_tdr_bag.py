@@ -114,3 +114,24 @@ def test_a_slow_writer_of_an_earlier_view_does_not_leave_the_bag_report_without_
         (report,) = (tmp_path / "tdr").iterdir()
     assert calls[0] == [top.id] and len(calls) == 2 and len(calls[1]) == 2
     assert [p["Assessment"]["description"] for p in read_tdr(report.read_bytes())["PTOs"]] == ["cocaine", "cash"]
+
+
+def test_the_seizure_export_links_the_bags_report_when_only_a_clear_view_was_confirmed(tmp_path):
+    """A verdict sent per scan (POST /v1/scans/{id}/reviews) may confirm a bag's clear view only; the bag
+    still has a report, through its alarmed view, and the export names it as the bag page does."""
+    from edge.seizures import collect_seizures
+
+    with running_service(tmp_path, tdr_dir=None) as svc:
+        store = svc.ctx.store
+        alarmed = _stored(store, "bag-seized", alarm=True, classes=("cocaine",))
+        clear = _stored(store, "bag-seized", alarm=False, view="side")
+        r = svc.client.post(f"/v1/scans/{clear.id}/reviews", json={"verdict": "confirmed", "note": ""},
+                            headers=svc.auth("supervisor"))
+        assert r.status_code in (200, 201), r.text
+        (seizure,) = collect_seizures(store)
+        assert seizure["scan_ids"] == [clear.id] and seizure["tdr_url"] == f"/v1/scans/{alarmed.id}/tdr"
+        assert svc.client.get(seizure["tdr_url"], headers=svc.auth("supervisor")).status_code == 200
+        _stored(store, "bag-clean", alarm=False)
+        clean = store.bag_scans("st1", "bag-clean")[0]
+        store.add_review(clean.id, user="sup", verdict="confirmed")
+        assert [s["tdr_url"] for s in collect_seizures(store) if s["bag_id"] == "bag-clean"] == [None]
