@@ -25,6 +25,7 @@ def _block(h: int, w: int, pe_cm: float, al_cm: float) -> TipItem:
     ((10.0, 0.0), (10.0, 0.0)),  # 10 cm of plastic onto 10 cm of clothes
     ((2.0, 1.5), (5.0, 0.2)),  # a drug package under a metal plate (1.5 cm aluminium-equivalent)
     ((25.0, 0.5), (3.0, 0.0)),  # a thin packet in a dense, packed bag
+    ((-59.24, 27.14), (-2.44, 2.39)),  # 2 cm of ivory under 1 cm of steel: adding log-attenuations gave 2x
 ])
 def test_an_item_projected_behind_the_bag_matches_rendering_them_together(bag_cm, item_cm):
     scanner = build_scanner()

@@ -385,6 +385,14 @@ def lookup_log_attenuation(basis_cm: np.ndarray, *, scanner: ScannerModel | None
     return _remap(scanner.lut, map_al, map_pe)
 
 
+def lookup_jacobian(basis_cm: np.ndarray, *, scanner: ScannerModel | None = None) -> np.ndarray:
+    """Basis thicknesses H×W×2 → the table's Jacobian there, H×W×4 float32: (dL_low/dpe, dL_low/dal,
+    dL_high/dpe, dL_high/dal) per cm."""
+    scanner = _default_scanner(scanner)
+    map_al, map_pe = _grid_coordinates(scanner, _onto_table(scanner, basis_cm))
+    return _remap(scanner.lut_jacobian, map_al, map_pe)
+
+
 def render_raw(basis_cm: np.ndarray, *, rng: np.random.Generator, dose: float | tuple[float, float] = 2e4,
                blur_px: float = 0.7, electronic_noise_counts: float = 2.0,
                scanner: ScannerModel | None = None) -> np.ndarray:

@@ -6,9 +6,10 @@ transmission, i.e. adds to its log-attenuation (DESIGN.md §4); pixels are never
   ΔL is what the item adds behind the bag's own material (`added_behind`): the scan's pixels and the item
   read as basis thicknesses, which add exactly, and looked up together. A polychromatic beam hardens in
   the bag, so an item adds less log-attenuation there than alone (10 cm of polyethylene behind 10 cm of
-  it: 5 % less in the low channel; more behind metal); adding the item's own log-attenuation (DESIGN §4's
-  composition, exact for one energy) made items behind dense clutter darker, easier to see, than a scanner
-  shows them.
+  it: 5 % less in the low channel; 2 cm of ivory behind 1 cm of steel: half); adding the item's own
+  log-attenuation (DESIGN §4's composition, exact for one energy) made items behind dense clutter darker,
+  easier to see, than a scanner shows them. Where the scan cannot be read as basis thicknesses (air; behind
+  thick metal, where its low channel holds a few quanta) the item adds its own log-attenuation.
 - False-colour scans (real SIXray/PIDray images): the palette's inverse gives pseudo log-attenuation, the
   item's log-attenuation is added, and the same palette renders it again (`vision.colour.project_log_attenuation`).
 - Grey single-energy scans: the item's high-energy log-attenuation is added to the scan's, read through the
@@ -33,7 +34,13 @@ import numpy as np
 from datasets.synth.contraband import build_contraband
 from datasets.synth.items import BasisAccumulator, place
 from datasets.synth.look import ScannerLook
-from datasets.synth.physics import ScannerModel, basis_from_log_attenuation, build_scanner, lookup_log_attenuation
+from datasets.synth.physics import (
+    ScannerModel,
+    basis_from_log_attenuation,
+    build_scanner,
+    lookup_jacobian,
+    lookup_log_attenuation,
+)
 from vision.colour import (
     RAW_AIR_LEVEL,
     RAW_DARK_LEVEL,
@@ -167,10 +174,11 @@ def _full_mask(item: TipItem, offset_yx: tuple[int, int], shape_hw: tuple[int, i
 
 def item_log_attenuation(item: TipItem, offset_yx: tuple[int, int], shape_hw: tuple[int, int], *,
                          scanner: ScannerModel | None = None, blur_px: float = TIP_BLUR_PX,
-                         behind: np.ndarray | None = None) -> np.ndarray:
+                         behind: np.ndarray | None = None,
+                         behind_dose: float | tuple[float, float] = RAW_TIP_DOSE) -> np.ndarray:
     """H×W×2 float32 log-attenuation (low, high) the item adds, placed at `offset_yx`, as the scanner sees it:
-    alone, or with `behind` (a raw scan H×W×2 uint16) what it adds behind that scan's own material
-    (`added_behind`); its transmission blurred by the detector (Gaussian σ `blur_px`; 0 = sharp), so its
+    alone, or with `behind` (a raw scan H×W×2 uint16, taken at `behind_dose` quanta per air pixel) what it
+    adds behind that scan's own material (`added_behind`); its transmission blurred by the detector (Gaussian σ `blur_px`; 0 = sharp), so its
     edges are as soft as the scan's own instead of a tell-tale sharp outline. The blur reaches ~3σ past the
     footprint; beyond it the log-attenuation is exactly 0 (the scan's pixels stay as they were)."""
     scanner = scanner or build_scanner()
@@ -178,7 +186,8 @@ def item_log_attenuation(item: TipItem, offset_yx: tuple[int, int], shape_hw: tu
     y0, x0 = offset_yx
     h, w = item.mask.shape
     basis[y0 : y0 + h, x0 : x0 + w] = item.basis_cm
-    log_att = lookup_log_attenuation(basis, scanner=scanner) if behind is None else added_behind(behind, basis, scanner=scanner)
+    log_att = (lookup_log_attenuation(basis, scanner=scanner) if behind is None
+               else added_behind(behind, basis, scanner=scanner, dose=behind_dose))
     if blur_px <= 0:
         return log_att
     transmission = cv2.GaussianBlur(cv2.exp(-log_att), (0, 0), sigmaX=blur_px, sigmaY=blur_px,
@@ -191,14 +200,26 @@ def item_log_attenuation(item: TipItem, offset_yx: tuple[int, int], shape_hw: tu
 #: Gaussian σ (px) of the smoothing of a scan's log-attenuation before it is read as basis thicknesses: the
 #: hardening varies slowly with the material in the way, and the inverse table amplifies quantum noise.
 HARDENING_SMOOTH_PX = 2.0
+#: Over the bag's thinnest parts the beam hardens too little to matter: the correction ramps in from the
+#: bag's threshold over this much more mean log-attenuation (and none in air, where noise alone would be read).
+HARDENING_AIR_RAMP = 0.1
+#: The noise the basis inverse carries into ΔL, as a share of a pixel's own quantum noise in the scan: the
+#: correction is whole below the first and none above the second (behind thick metal the inverse is
+#: ill-conditioned and the low channel holds few quanta: read there, the scan's noise would come out as
+#: blotches on the item, so it adds its own attenuation as it did without the correction).
+HARDENING_NOISE_SHARE = (0.1, 0.25)
 
 
-def added_behind(raw: np.ndarray, item_basis_cm: np.ndarray, *, scanner: ScannerModel) -> np.ndarray:
+def added_behind(raw: np.ndarray, item_basis_cm: np.ndarray, *, scanner: ScannerModel,
+                 dose: float | tuple[float, float] = RAW_TIP_DOSE) -> np.ndarray:
     """The log-attenuation (H×W×2, low, high) an item of basis thicknesses `item_basis_cm` (H×W×2, 0 off
     it) adds to a raw scan H×W×2 uint16 behind the scan's own material. Over the item, the scan's
     log-attenuation (smoothed, `HARDENING_SMOOTH_PX`) is read as basis thicknesses
     (`physics.basis_from_log_attenuation`), the item's are added, and the sum looked up:
-    ΔL = L(scan + item) − L(scan), never negative. In air it is the item's own log-attenuation; 0 off the item."""
+    ΔL = L(scan + item) − L(scan), never negative; 0 off the item. Where the scan cannot be read so
+    (`hardening_weight`: air and the thinnest bag, where there is nothing to harden the beam; behind thick
+    metal, where its noise would be) the item adds its own log-attenuation, blended over a ramp.
+    dose: the scan's quanta per air pixel (low, high, or one for both), for the noise of that reading."""
     out = np.zeros(item_basis_cm.shape, np.float32)
     footprint = (item_basis_cm != 0).any(axis=2)
     if not footprint.any():
@@ -211,9 +232,54 @@ def added_behind(raw: np.ndarray, item_basis_cm: np.ndarray, *, scanner: Scanner
                               sigmaY=HARDENING_SMOOTH_PX, borderType=cv2.BORDER_REPLICATE)
     bag = basis_from_log_attenuation(np.maximum(scan_l, np.float32(0.0)), scanner=scanner)
     item = item_basis_cm[y0:y1, x0:x1]
-    added = lookup_log_attenuation(bag + item, scanner=scanner) - lookup_log_attenuation(bag, scanner=scanner)
+    alone = lookup_log_attenuation(item, scanner=scanner)
+    hardened = lookup_log_attenuation(bag + item, scanner=scanner) - lookup_log_attenuation(bag, scanner=scanner)
+    weight = hardening_weight(scan_l, bag, item, scanner=scanner, dose=dose)[..., None]
+    added = weight * hardened + (np.float32(1.0) - weight) * alone
     out[y0:y1, x0:x1] = np.where(footprint[y0:y1, x0:x1, None], np.maximum(added, np.float32(0.0)), np.float32(0.0))
     return out
+
+
+def hardening_weight(scan_l: np.ndarray, bag_cm: np.ndarray, item_cm: np.ndarray, *, scanner: ScannerModel,
+                     dose: float | tuple[float, float]) -> np.ndarray:
+    """H×W float32 in [0, 1]: how much of `added_behind`'s correction to trust, from the smoothed scan
+    `scan_l` (H×W×2) read as basis `bag_cm` with the item `item_cm` on it. 0 in air (ramping in over
+    `HARDENING_AIR_RAMP` past the bag's threshold); 0 where the noise the reading carries into ΔL is over
+    the second of `HARDENING_NOISE_SHARE` of a pixel's own quantum noise, 1 below the first. That noise: the
+    scan's variance per pixel exp(L)/dose, reduced by the smoothing (Σw² = 1/(4πσ²)), through the inverse
+    Jacobian J(bag)⁻¹ into a covariance of basis thicknesses; ΔL is then evaluated one standard deviation
+    either side along its principal axis (not linearised: behind thick metal the deviation runs to tens of
+    cm, across the table's clamps)."""
+    mean_l = (scan_l[..., 0] + scan_l[..., 1]) * np.float32(0.5)
+    air = np.clip((mean_l - np.float32(BAG_LOG_ATT_THRESHOLD)) / np.float32(HARDENING_AIR_RAMP), 0.0, 1.0)
+    dose_lh = np.broadcast_to(np.asarray(dose, np.float64), (2,))
+    pixel_var = np.exp(np.clip(scan_l.astype(np.float64), 0.0, 30.0)) / dose_lh  # per pixel, per channel
+    smooth_var = pixel_var / (4.0 * np.pi * HARDENING_SMOOTH_PX**2)
+    j = lookup_jacobian(bag_cm, scanner=scanner).astype(np.float64)
+    a, b, c, e = j[..., 0], j[..., 1], j[..., 2], j[..., 3]
+    det = a * e - b * c
+    det = np.where(np.abs(det) < 1e-12, 1e-12, det)
+    # J⁻¹ = [[e, −b], [−c, a]] / det; basis covariance C = J⁻¹ diag(smooth_var) J⁻ᵀ.
+    i00, i01, i10, i11 = e / det, -b / det, -c / det, a / det
+    c00 = i00**2 * smooth_var[..., 0] + i01**2 * smooth_var[..., 1]
+    c11 = i10**2 * smooth_var[..., 0] + i11**2 * smooth_var[..., 1]
+    c01 = i00 * i10 * smooth_var[..., 0] + i01 * i11 * smooth_var[..., 1]
+    half_gap = 0.5 * (c00 - c11)
+    top = 0.5 * (c00 + c11) + np.sqrt(half_gap**2 + c01**2)  # the larger eigenvalue
+    axis = np.stack([c01, top - c00], axis=-1)
+    flat = np.hypot(axis[..., 0], axis[..., 1]) < 1e-30  # C diagonal: the axis of the larger variance
+    axis[flat] = np.where((c00 >= c11)[flat, None], [1.0, 0.0], [0.0, 1.0])
+    axis /= np.hypot(axis[..., 0], axis[..., 1])[..., None]
+    step = (axis * np.sqrt(np.maximum(top, 0.0))[..., None]).astype(np.float32)
+    spread = []
+    for sign in (1.0, -1.0):
+        bag = bag_cm + np.float32(sign) * step
+        spread.append(lookup_log_attenuation(bag + item_cm, scanner=scanner) - lookup_log_attenuation(bag, scanner=scanner))
+    noise = 0.5 * np.abs(spread[0] - spread[1]).astype(np.float64)
+    share = np.max(noise / np.sqrt(pixel_var), axis=-1)
+    full, none = HARDENING_NOISE_SHARE
+    trust = np.clip((none - share) / (none - full), 0.0, 1.0)
+    return (air * trust).astype(np.float32)
 
 
 def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None,
@@ -229,7 +295,8 @@ def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int],
     blur_px: the detector blur the item's transmission gets (`item_log_attenuation`), of what it adds behind
     the scan's own material (`added_behind`).
     """
-    extra = item_log_attenuation(item, offset_yx, raw.shape[:2], scanner=scanner, blur_px=blur_px, behind=raw)
+    extra = item_log_attenuation(item, offset_yx, raw.shape[:2], scanner=scanner, blur_px=blur_px, behind=raw,
+                                 behind_dose=dose)
     transmission = np.exp(-extra)
     signal = raw.astype(np.float32) - np.float32(RAW_DARK_LEVEL)
     out = signal * transmission
