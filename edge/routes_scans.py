@@ -15,9 +15,9 @@ from edge.auth import Principal
 from edge.deps import AnyRoleDep, CtxDep, ReviewerDep, StationDep
 from edge.formats import (RAW_MEDIA_TYPES, UnsupportedMediaTypeError, Upload, normalise_media_type, upload_from_bytes,
                           upload_from_pair)
-from edge.ingest import IngestError, check_rate, count_refusal, package_thresholds, screen, validate_meta
+from edge.ingest import IngestError, check_rate, count_refusal, fuse_bag, package_thresholds, screen, validate_meta
 from edge.preview import render_preview
-from edge.schemas import (DB_INT_MAX, ErrorOut, ReviewIn, ReviewOut, ScanIdPath, ScanListOut, ScanRecordOut,
+from edge.schemas import (DB_INT_MAX, BagOut, ErrorOut, ReviewIn, ReviewOut, ScanIdPath, ScanListOut, ScanRecordOut,
                           ScanResultOut)
 from edge.store import ScanRecord
 from edge.tdr import TDR_MEDIA_TYPE, TdrError, alarmed_views, build_tdr, stored_dicos_images, tdr_file_name
@@ -114,7 +114,8 @@ async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
         "image and the record are durably written. Re-sending the same image of the same bag returns the "
         "stored answer with `duplicate: true`. The bag verdict (`bag_alarm`, `bag_views`) is fused over the "
         "bag's views recorded by then: send a bag's views one after another (or over `WS /v1/stream`, which "
-        "records them in the order sent) for the last answer to cover them all. "
+        "records them in the order sent) for the last answer to cover them all, or read "
+        "`GET /v1/scans/{id}/bag` of any view for the verdict over every view stored. "
         "Role: station (the `station` field must be the key's station)."
     ),
     responses={
@@ -214,6 +215,30 @@ async def get_scan(scan_id: ScanIdPath, principal: AnyRoleDep, ctx: CtxDep) -> d
         # 404, not 403: a station learns nothing about other stations' scan ids.
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no scan with id {scan_id}")
     return record_out(record, principal=principal)
+
+
+@router.get(
+    "/{scan_id}/bag",
+    response_model=BagOut,
+    summary="The bag this scan is a view of: its views and their fused decision",
+    description="Every view of the bag stored so far (same station and bag id), and the decision fused over "
+                "them: what a station that posted a bag's views at once reads for the bag's one verdict. "
+                "Role: supervisor, admin; a station only for its own scans.",
+    responses={**_ERRORS, **_NOT_FOUND},
+)
+async def get_bag(scan_id: ScanIdPath, principal: AnyRoleDep, ctx: CtxDep) -> dict[str, Any]:
+    _engine, store, _auth, _batcher = ctx.require()
+    record = await _get_record(ctx, scan_id)
+    if principal.role == "station" and record.station != principal.name:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no scan with id {scan_id}")
+    views = await asyncio.to_thread(store.bag_scans, record.station, record.bag_id) or [record]
+    bag = fuse_bag(views)
+    return {
+        "station": record.station, "lane": views[0].lane, "bag_id": record.bag_id, "bag_alarm": bag.alarm,
+        "bag_alarm_classes": list(bag.alarm_classes), "bag_views": len(views),
+        "views": [{"id": v.id, "created_at": v.created_at, "view": v.view, "alarm": v.alarm,
+                   "alarm_classes": list(v.alarm_classes)} for v in views],
+    }
 
 
 @router.get(

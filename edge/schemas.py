@@ -81,6 +81,28 @@ class ScanResultOut(_Out):
                                         "stored answer is returned and nothing is stored twice.")
 
 
+class BagViewOut(_Out):
+    """One view of a bag, as its fused decision counts it."""
+
+    id: int
+    created_at: datetime
+    view: str
+    alarm: bool
+    alarm_classes: list[str]
+
+
+class BagOut(_Out):
+    """A bag: every view stored so far and the decision fused over them."""
+
+    station: str
+    lane: str
+    bag_id: str
+    bag_alarm: bool = Field(description="Any view of this bag alarmed (vision.decide.fuse_views).")
+    bag_alarm_classes: list[str]
+    bag_views: int = Field(description="Views the fused decision covers.")
+    views: list[BagViewOut] = Field(description="Oldest first.")
+
+
 class ScanRecordOut(_Out):
     """A stored scan. `reviewed`, `verdict` are null for stations (they never see reviews)."""
 
