@@ -271,6 +271,12 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         await _after_record(ctx, record, enqueued=False)
         timings = {"decode_ms": 0.0, "queue_ms": 0.0, "inference_ms": 0.0}
         return _answer(record, views, timings, started=started, duplicate=True)
+    if len(views) >= ctx.settings.max_views_per_bag:
+        if ticket is not None:
+            ticket.cancel()
+        raise IngestError(409, f"bag {meta.bag_id!r} of station {meta.station!r} already holds {len(views)} views "
+                               f"(at most {ctx.settings.max_views_per_bag}); is the station sending one bag id for "
+                               "several bags?", reason="bag_full")
     if isinstance(not_queued, QueueFullError):
         raise _queue_full(ctx, not_queued.retry_after_s)
     if ticket is None:

@@ -122,6 +122,7 @@ async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
         **_ERRORS,
         413: {"model": ErrorOut, "description": "Body or pixel count over the limit (decompression bomb)."},
         415: {"model": ErrorOut, "description": "Content type not accepted."},
+        409: {"model": ErrorOut, "description": "The bag already holds XSCREEN_MAX_VIEWS_PER_BAG views."},
         422: {"model": ErrorOut, "description": "Missing fields, undecodable or incompatible scan."},
         429: {"model": ErrorOut, "description": "Station over its rate limit (see Retry-After)."},
         503: {"model": ErrorOut, "description": "Screening queue full (see Retry-After)."},

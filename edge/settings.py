@@ -111,6 +111,10 @@ class EdgeSettings(BaseSettings):
                                     "hold; scans are decoded in their model calls' threads)."
     )
     request_deadline_s: float = Field(10.0, gt=0.0, description="A scan not answered by then gets 504.")
+    max_views_per_bag: int = Field(
+        64, ge=1, description="A new scan of a bag that already holds this many views gets 409: a bag has a few "
+                              "views (and re-screenings); a station sending one bag id for every bag would "
+                              "otherwise make each scan read and fuse all the others.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     max_pixels: int = Field(DEFAULT_SERVICE_MAX_PIXELS, ge=1, description="Larger scans get 413 before decoding.")
     rate_limit_per_s: float = Field(20.0, gt=0.0, description="Sustained scans per second per station.")
