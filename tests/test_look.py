@@ -165,3 +165,32 @@ def test_render_at_or_above_the_reference_size_is_scan_then_display() -> None:
     rng = np.random.default_rng(4)
     raw2 = scan(basis, look, rng, scanner)
     assert np.array_equal(raw, raw2) and np.array_equal(image, display(raw2, "pidray", look, rng))
+
+
+def _lag1(noise: np.ndarray) -> tuple[float, float]:
+    """Lag-1 correlation of a zero-mean field along x and along y."""
+    n = noise - noise.mean()
+    power = float((n * n).mean())
+    return float((n[:, :-1] * n[:, 1:]).mean()) / power, float((n[:-1] * n[1:]).mean()) / power
+
+
+def test_a_detector_pitch_across_the_belt_of_its_own_makes_the_grain_anisotropic() -> None:
+    """Along the belt (image x) the line period sets the pitch, across it (y) the detector line: with
+    `detector_px_y` the grain is correlated unequally along the two, in both the raw counts and the display's
+    noise; 0 keeps it square."""
+    scanner = build_scanner()
+    air = np.zeros((120, 160, 2), np.float32)
+    square = ScannerLook(detector_px=2.0, raw_dose=2e4, blur_px=0.0)
+    wide = ScannerLook(detector_px=2.0, detector_px_y=1.0, raw_dose=2e4, blur_px=0.0)
+    x, y = _lag1(scan(air, square, np.random.default_rng(0), scanner)[..., 1].astype(np.float64))
+    assert abs(x - y) < 0.08 and x > 0.3
+    x, y = _lag1(scan(air, wide, np.random.default_rng(0), scanner)[..., 1].astype(np.float64))
+    assert x > 0.3 and abs(y) < 0.08  # grain two pixels long along x, one pixel across
+    assert wide.detector_grid(160, 120) == (80, 120) and square.detector_grid(160, 120) == (80, 60)
+    shown = display_noise(np.full((120, 160, 2), RAW_AIR_LEVEL, np.uint16),
+                          ScannerLook(detector_px=1.0, detector_px_y=2.0, dose_low=100.0, dose_high=100.0),
+                          np.random.default_rng(1))
+    x, y = _lag1(shown[..., 0].astype(np.float64))
+    assert y > 0.3 and abs(x) < 0.08
+    with pytest.raises(ValueError, match="detector_px_y"):
+        ScannerLook(detector_px_y=0.5)

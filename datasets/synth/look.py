@@ -47,8 +47,11 @@ class ScannerLook:
     dose_low / dose_high: effective quanta per air detector pixel in each channel of the displayed image:
         noise is added to the transmission until it matches this dose (0 = none beyond the raw's).
     blur_px: Gaussian σ of focal-spot and scintillator blur, in detector pixels.
-    detector_px: display pixels per detector pixel. Datasets show scans magnified from the line array's
-        pitch, so quantum noise comes in blotches of that size, not per display pixel.
+    detector_px: display pixels per detector pixel along the belt (image x). Datasets show scans magnified
+        from the line array's pitch, so quantum noise comes in blotches of that size, not per display pixel.
+    detector_px_y: the same across the belt (image y), where the line array's pitch sets it, while along
+        the belt the belt's speed and the line period do: the two differ (0 = detector_px, square). The
+        datasets' noise is correlated unequally along their two axes (`bench/realism.py`, noise lag-1).
     zeff_smooth_px: σ of the material-map smoothing before colouring (`vision.colour.smooth_zeff`).
     sharpen_amount / sharpen_sigma_px: unsharp-mask edge enhancement of the display (0 = none).
     jpeg_quality: re-encode as the dataset stores its scans (0 = lossless, as PNG datasets).
@@ -66,6 +69,7 @@ class ScannerLook:
     dose_high: float = 0.0
     blur_px: float = 0.7
     detector_px: float = 1.0
+    detector_px_y: float = 0.0
     zeff_smooth_px: float = 0.0
     sharpen_amount: float = 0.0
     sharpen_sigma_px: float = 1.0
@@ -79,20 +83,29 @@ class ScannerLook:
             raise ValueError("raw_dose must be > 0 and the display doses ≥ 0")
         if self.blur_px < 0 or self.zeff_smooth_px < 0:
             raise ValueError("blur_px and zeff_smooth_px must be ≥ 0")
-        if self.detector_px < 1.0:
-            raise ValueError(f"detector_px must be ≥ 1, got {self.detector_px}")
+        if self.detector_px < 1.0 or not (self.detector_px_y == 0.0 or self.detector_px_y >= 1.0):
+            raise ValueError(f"detector_px must be ≥ 1 and detector_px_y 0 or ≥ 1, got {self.detector_px}, "
+                             f"{self.detector_px_y}")
         if not 0 <= self.jpeg_quality <= 100 or not 0.0 <= self.white_background_p <= 1.0:
             raise ValueError("jpeg_quality must be in 0–100 and white_background_p in [0, 1]")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def detector_grid(self, width: int, height: int, *, least: int = 2) -> tuple[int, int]:
+        """(width, height) of the detector grid under a display of width × height pixels (cv2 order)."""
+        across = self.detector_px_y or self.detector_px
+        return max(least, round(width / self.detector_px)), max(least, round(height / across))
+
 
 #: The look of each palette's scanner, calibrated with bench/realism.py against ../shared/xray-real.
 LOOKS: dict[str, ScannerLook] = {
     # SIXray: clean air, grainy bags with smooth hue, crisp edges; 10 of the 47 samples on white. JPEG
     # quality 90: the files' tables say 95 (75 for 7), but their 8×8 blockiness (1.18) needs 85–90 here.
-    "sixray": ScannerLook(dose_low=400.0, dose_high=1000.0, blur_px=0.5, detector_px=1.5, zeff_smooth_px=2.0,
+    # Its grain is coarser along x than along y (lag-1 correlation 0.78 / 0.60, bench/realism.py): detector
+    # pitch 1.7 display px along x, 1.25 along y (1.5 square gave 0.64 / 0.69).
+    "sixray": ScannerLook(dose_low=400.0, dose_high=1000.0, blur_px=0.5, detector_px=1.7, detector_px_y=1.25,
+                          zeff_smooth_px=2.0,
                           sharpen_amount=2.5, sharpen_sigma_px=1.0, jpeg_quality=90, white_background_p=0.2,
                           air_log_att=0.1, capture_noise=1.5),
     # PIDray: PNG; per-pixel noise everywhere, air included (speckled white background), unsmoothed hue.
@@ -116,9 +129,9 @@ def scan(basis_cm: np.ndarray, look: ScannerLook, rng: np.random.Generator, scan
 
     h, w = basis_cm.shape[:2]
     dose = look.raw_dose
-    if look.detector_px <= 1.0:
+    if look.detector_px <= 1.0 and (look.detector_px_y or 1.0) <= 1.0:
         return render_raw(basis_cm, rng=rng, dose=dose, blur_px=look.blur_px, scanner=scanner)
-    small = (max(8, round(w / look.detector_px)), max(8, round(h / look.detector_px)))
+    small = look.detector_grid(w, h, least=8)
     transmission = cv2.exp(-lookup_log_attenuation(basis_cm, scanner=scanner))
     coarse = cv2.resize(transmission, small, interpolation=cv2.INTER_AREA)
     raw = render_raw_from_transmission(coarse, rng=rng, dose=dose, blur_px=look.blur_px)
@@ -194,7 +207,7 @@ def display_noise(raw: np.ndarray, look: ScannerLook, rng: np.random.Generator) 
     span = RAW_AIR_LEVEL - RAW_DARK_LEVEL
     extra = np.array([max(0.0, 1.0 / d - 1.0 / look.raw_dose) if d > 0 else 0.0
                       for d in (look.dose_low, look.dose_high)], np.float32)
-    small = (max(2, round(w / look.detector_px)), max(2, round(h / look.detector_px)))
+    small = look.detector_grid(w, h)
     noise = rng.standard_normal((small[1], small[0], 2), dtype=np.float32)
     if small != (w, h):
         noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
