@@ -64,7 +64,7 @@ def test_an_item_behind_a_penetrated_metal_plate_gets_no_blotchy_noise() -> None
     item = np.zeros_like(bag)
     item[10:70, 10:70] = 2.0 * ivory
     truth = (lookup_log_attenuation(bag + item, scanner=scanner) - lookup_log_attenuation(bag, scanner=scanner))[40, 40]
-    added = added_behind(raw, item, scanner=scanner)[12:68, 12:68, 1]
+    added = added_behind(raw_to_log_attenuation(raw), item, scanner=scanner)[12:68, 12:68, 1]
     scan_noise = float(log_att[12:68, 12:68, 1].std())
     assert float(added.std()) <= scan_noise, (
         f"ΔL_high over a uniform item: sd {float(added.std()):.3f} (truth {float(truth[1]):.3f}, uniform), "

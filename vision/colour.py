@@ -380,14 +380,16 @@ def false_colour_to_pseudo_log_attenuation(rgb: np.ndarray, palette: str | Palet
 
 
 def project_log_attenuation(rgb: np.ndarray, extra_log_att: np.ndarray, palette: str | Palette = "sixray", *,
-                            zeff_knots: ZeffKnots = DEFAULT_ZEFF_KNOTS) -> np.ndarray:
+                            zeff_knots: ZeffKnots = DEFAULT_ZEFF_KNOTS, base: np.ndarray | None = None) -> np.ndarray:
     """TIP into a false-colour image: add an object's log-attenuation H×W×2 (low, high) to a scan.
 
     rgb H×W×3 uint8 → H×W×3 uint8. Renders inverse(rgb) with and without the object and adds the
     difference to the input, so pixels the object does not touch stay exactly as they were (the
-    real scan's own colours and texture survive the palette's approximation).
+    real scan's own colours and texture survive the palette's approximation). base: inverse(rgb) when the
+    caller has it already (`false_colour_to_pseudo_log_attenuation` with the same palette and knots).
     """
-    base = false_colour_to_pseudo_log_attenuation(rgb, palette, zeff_knots=zeff_knots)
+    if base is None:
+        base = false_colour_to_pseudo_log_attenuation(rgb, palette, zeff_knots=zeff_knots)
     before = render_false_colour_from_log_attenuation(base, palette=palette, zeff_knots=zeff_knots)
     after = render_false_colour_from_log_attenuation(base + extra_log_att.astype(np.float32), palette=palette,
                                                      zeff_knots=zeff_knots)

@@ -10,8 +10,9 @@ transmission, i.e. adds to its log-attenuation (DESIGN.md §4); pixels are never
   log-attenuation (DESIGN §4's composition, exact for one energy) made items behind dense clutter darker,
   easier to see, than a scanner shows them. Where the scan cannot be read as basis thicknesses (air; behind
   thick metal, where its low channel holds a few quanta) the item adds its own log-attenuation.
-- False-colour scans (real SIXray/PIDray images): the palette's inverse gives pseudo log-attenuation, the
-  item's log-attenuation is added, and the same palette renders it again (`vision.colour.project_log_attenuation`).
+- False-colour scans (real SIXray/PIDray images): the palette's inverse gives pseudo log-attenuation, what
+  the item adds behind it is added (as for raw scans, with the noise measured on the scan), and the same
+  palette renders it again (`vision.colour.project_log_attenuation`).
 - Grey single-energy scans: the item's high-energy log-attenuation is added to the scan's, read through the
   project's one grey scale (`vision.colour.render_grey`: linear in log-attenuation, black at 8), and the
   sum is rendered on that scale again: an item projected into a synthetic grey bag looks as it would had
@@ -175,10 +176,10 @@ def _full_mask(item: TipItem, offset_yx: tuple[int, int], shape_hw: tuple[int, i
 def item_log_attenuation(item: TipItem, offset_yx: tuple[int, int], shape_hw: tuple[int, int], *,
                          scanner: ScannerModel | None = None, blur_px: float = TIP_BLUR_PX,
                          behind: np.ndarray | None = None,
-                         behind_dose: float | tuple[float, float] = RAW_TIP_DOSE) -> np.ndarray:
+                         behind_dose: float | tuple[float, float] | None = RAW_TIP_DOSE) -> np.ndarray:
     """H×W×2 float32 log-attenuation (low, high) the item adds, placed at `offset_yx`, as the scanner sees it:
-    alone, or with `behind` (a raw scan H×W×2 uint16, taken at `behind_dose` quanta per air pixel) what it
-    adds behind that scan's own material (`added_behind`); its transmission blurred by the detector (Gaussian σ `blur_px`; 0 = sharp), so its
+    alone, or with `behind` (the scan's log-attenuation H×W×2, its noise that of `behind_dose` quanta per
+    air pixel, or measured on it when None) what it adds behind that scan's own material (`added_behind`); its transmission blurred by the detector (Gaussian σ `blur_px`; 0 = sharp), so its
     edges are as soft as the scan's own instead of a tell-tale sharp outline. The blur reaches ~3σ past the
     footprint; beyond it the log-attenuation is exactly 0 (the scan's pixels stay as they were)."""
     scanner = scanner or build_scanner()
@@ -208,52 +209,86 @@ HARDENING_AIR_RAMP = 0.1
 #: ill-conditioned and the low channel holds few quanta: read there, the scan's noise would come out as
 #: blotches on the item, so it adds its own attenuation as it did without the correction).
 HARDENING_NOISE_SHARE = (0.1, 0.25)
+#: Least distance (cm, in basis thickness) at which `hardening_weight` probes the reading's spread.
+HARDENING_PROBE_CM = 1.0
 
 
-def added_behind(raw: np.ndarray, item_basis_cm: np.ndarray, *, scanner: ScannerModel,
-                 dose: float | tuple[float, float] = RAW_TIP_DOSE) -> np.ndarray:
+def added_behind(scan_log_att: np.ndarray, item_basis_cm: np.ndarray, *, scanner: ScannerModel,
+                 dose: float | tuple[float, float] | None = RAW_TIP_DOSE) -> np.ndarray:
     """The log-attenuation (H×W×2, low, high) an item of basis thicknesses `item_basis_cm` (H×W×2, 0 off
-    it) adds to a raw scan H×W×2 uint16 behind the scan's own material. Over the item, the scan's
-    log-attenuation (smoothed, `HARDENING_SMOOTH_PX`) is read as basis thicknesses
-    (`physics.basis_from_log_attenuation`), the item's are added, and the sum looked up:
-    ΔL = L(scan + item) − L(scan), never negative; 0 off the item. Where the scan cannot be read so
-    (`hardening_weight`: air and the thinnest bag, where there is nothing to harden the beam; behind thick
-    metal, where its noise would be) the item adds its own log-attenuation, blended over a ramp.
-    dose: the scan's quanta per air pixel (low, high, or one for both), for the noise of that reading."""
+    it) adds to a scan of log-attenuation `scan_log_att` (H×W×2: a raw scan's, or a false-colour scan's
+    pseudo log-attenuation) behind the scan's own material. Over the item, the scan (smoothed,
+    `HARDENING_SMOOTH_PX`) is read as basis thicknesses (`physics.basis_from_log_attenuation`), the item's
+    are added, and the sum looked up: ΔL = L(scan + item) − L(scan), never negative; 0 off the item. Where
+    the scan cannot be read so (`hardening_weight`: air and the thinnest bag, where there is nothing to
+    harden the beam; behind thick metal, where its noise would be) the item adds its own log-attenuation,
+    blended over a ramp. dose: the scan's quanta per air pixel (low, high, or one for both): its noise per
+    pixel is then exp(L)/dose; None: measured on the scan (`local_noise_variance`), as for a false-colour
+    scan, whose noise is the palette's, the display's and the file's, not only quanta."""
     out = np.zeros(item_basis_cm.shape, np.float32)
     footprint = (item_basis_cm != 0).any(axis=2)
     if not footprint.any():
         return out
     rows, cols = np.flatnonzero(footprint.any(axis=1)), np.flatnonzero(footprint.any(axis=0))
     pad = int(np.ceil(3 * HARDENING_SMOOTH_PX))
-    y0, y1 = max(0, rows[0] - pad), min(raw.shape[0], rows[-1] + 1 + pad)
-    x0, x1 = max(0, cols[0] - pad), min(raw.shape[1], cols[-1] + 1 + pad)
-    scan_l = cv2.GaussianBlur(raw_to_log_attenuation(raw[y0:y1, x0:x1]), (0, 0), sigmaX=HARDENING_SMOOTH_PX,
-                              sigmaY=HARDENING_SMOOTH_PX, borderType=cv2.BORDER_REPLICATE)
-    bag = basis_from_log_attenuation(np.maximum(scan_l, np.float32(0.0)), scanner=scanner)
+    y0, y1 = max(0, rows[0] - pad), min(scan_log_att.shape[0], rows[-1] + 1 + pad)
+    x0, x1 = max(0, cols[0] - pad), min(scan_log_att.shape[1], cols[-1] + 1 + pad)
+    crop = np.ascontiguousarray(scan_log_att[y0:y1, x0:x1], dtype=np.float32)
+    scan_l = cv2.GaussianBlur(crop, (0, 0), sigmaX=HARDENING_SMOOTH_PX, sigmaY=HARDENING_SMOOTH_PX,
+                              borderType=cv2.BORDER_REPLICATE)
+    if dose is None:
+        pixel_var = local_noise_variance(crop)
+    else:
+        dose_lh = np.broadcast_to(np.asarray(dose, np.float64), (2,))
+        pixel_var = np.exp(np.clip(scan_l.astype(np.float64), 0.0, 30.0)) / dose_lh
     item = item_basis_cm[y0:y1, x0:x1]
+    # The smoothed scan varies slowly: it is read as basis thicknesses, and the reading weighed, on every
+    # second pixel (a quarter of the work), then brought back to the crop's grid.
+    h, w = crop.shape[:2]
+    small = (max(1, (w + 1) // 2), max(1, (h + 1) // 2))
+    scan_small = np.ascontiguousarray(scan_l[::2, ::2])
+    bag_small = basis_from_log_attenuation(np.maximum(scan_small, np.float32(0.0)), scanner=scanner)
+    weight_small = hardening_weight(scan_small, bag_small, cv2.resize(item, small, interpolation=cv2.INTER_AREA),
+                                    scanner=scanner, pixel_var=np.ascontiguousarray(pixel_var[::2, ::2]))
+    bag = cv2.resize(bag_small, (w, h), interpolation=cv2.INTER_LINEAR)
+    weight = cv2.resize(weight_small, (w, h), interpolation=cv2.INTER_LINEAR)[..., None]
     alone = lookup_log_attenuation(item, scanner=scanner)
     hardened = lookup_log_attenuation(bag + item, scanner=scanner) - lookup_log_attenuation(bag, scanner=scanner)
-    weight = hardening_weight(scan_l, bag, item, scanner=scanner, dose=dose)[..., None]
     added = weight * hardened + (np.float32(1.0) - weight) * alone
     out[y0:y1, x0:x1] = np.where(footprint[y0:y1, x0:x1, None], np.maximum(added, np.float32(0.0)), np.float32(0.0))
     return out
 
 
+#: Least noise variance `local_noise_variance` gives (σ 0.01: about what 8-bit lightness resolves of a
+#: pseudo log-attenuation; a flat, noise-free rendering reads 0).
+MIN_NOISE_VARIANCE = 1e-4
+#: Window (px) over which `local_noise_variance` averages a scan's fine detail.
+NOISE_WINDOW_PX = 7
+
+
+def local_noise_variance(log_att: np.ndarray) -> np.ndarray:
+    """Per-pixel noise variance (H×W×2, float64) of a scan's log-attenuation, measured: the mean square of its
+    fine detail (the scan minus its σ 1 px blur g) over a `NOISE_WINDOW_PX` window, scaled to a pixel's
+    variance: white noise keeps 1 − 2·g(0) + Σg² = 1 − 1/π + 1/(4π) ≈ 0.76 of its power there. Edges count
+    as noise too, which only makes the reading more cautious there."""
+    detail = log_att - cv2.GaussianBlur(log_att, (0, 0), sigmaX=1.0, sigmaY=1.0, borderType=cv2.BORDER_REPLICATE)
+    power = cv2.blur(detail * detail, (NOISE_WINDOW_PX, NOISE_WINDOW_PX), borderType=cv2.BORDER_REPLICATE)
+    kept = 1.0 - 1.0 / np.pi + 1.0 / (4.0 * np.pi)  # E[(n − g*n)²]/σ², g the Gaussian of σ 1 px
+    return np.maximum(power.astype(np.float64) / kept, MIN_NOISE_VARIANCE)
+
+
 def hardening_weight(scan_l: np.ndarray, bag_cm: np.ndarray, item_cm: np.ndarray, *, scanner: ScannerModel,
-                     dose: float | tuple[float, float]) -> np.ndarray:
+                     pixel_var: np.ndarray) -> np.ndarray:
     """H×W float32 in [0, 1]: how much of `added_behind`'s correction to trust, from the smoothed scan
     `scan_l` (H×W×2) read as basis `bag_cm` with the item `item_cm` on it. 0 in air (ramping in over
     `HARDENING_AIR_RAMP` past the bag's threshold); 0 where the noise the reading carries into ΔL is over
-    the second of `HARDENING_NOISE_SHARE` of a pixel's own quantum noise, 1 below the first. That noise: the
-    scan's variance per pixel exp(L)/dose, reduced by the smoothing (Σw² = 1/(4πσ²)), through the inverse
+    the second of `HARDENING_NOISE_SHARE` of a pixel's own noise, 1 below the first. That noise: the scan's
+    variance per pixel `pixel_var` (H×W×2), reduced by the smoothing (Σw² = 1/(4πσ²)), through the inverse
     Jacobian J(bag)⁻¹ into a covariance of basis thicknesses; ΔL is then evaluated one standard deviation
     either side along its principal axis (not linearised: behind thick metal the deviation runs to tens of
-    cm, across the table's clamps)."""
+    cm, across the table's clamps; at least `HARDENING_PROBE_CM`, scaled back)."""
     mean_l = (scan_l[..., 0] + scan_l[..., 1]) * np.float32(0.5)
     air = np.clip((mean_l - np.float32(BAG_LOG_ATT_THRESHOLD)) / np.float32(HARDENING_AIR_RAMP), 0.0, 1.0)
-    dose_lh = np.broadcast_to(np.asarray(dose, np.float64), (2,))
-    pixel_var = np.exp(np.clip(scan_l.astype(np.float64), 0.0, 30.0)) / dose_lh  # per pixel, per channel
     smooth_var = pixel_var / (4.0 * np.pi * HARDENING_SMOOTH_PX**2)
     j = lookup_jacobian(bag_cm, scanner=scanner).astype(np.float64)
     a, b, c, e = j[..., 0], j[..., 1], j[..., 2], j[..., 3]
@@ -270,12 +305,16 @@ def hardening_weight(scan_l: np.ndarray, bag_cm: np.ndarray, item_cm: np.ndarray
     flat = np.hypot(axis[..., 0], axis[..., 1]) < 1e-30  # C diagonal: the axis of the larger variance
     axis[flat] = np.where((c00 >= c11)[flat, None], [1.0, 0.0], [0.0, 1.0])
     axis /= np.hypot(axis[..., 0], axis[..., 1])[..., None]
-    step = (axis * np.sqrt(np.maximum(top, 0.0))[..., None]).astype(np.float32)
+    sd = np.sqrt(np.maximum(top, 0.0))
+    # Probed at least HARDENING_PROBE_CM out (the table's lookups move in 1/32 of a cell, finer steps read as
+    # jumps or nothing) and scaled back linearly: below that the reading is linear anyway.
+    probe = np.maximum(sd, HARDENING_PROBE_CM)
+    step = (axis * probe[..., None]).astype(np.float32)
     spread = []
     for sign in (1.0, -1.0):
         bag = bag_cm + np.float32(sign) * step
         spread.append(lookup_log_attenuation(bag + item_cm, scanner=scanner) - lookup_log_attenuation(bag, scanner=scanner))
-    noise = 0.5 * np.abs(spread[0] - spread[1]).astype(np.float64)
+    noise = 0.5 * np.abs(spread[0] - spread[1]).astype(np.float64) * (sd / probe)[..., None]
     share = np.max(noise / np.sqrt(pixel_var), axis=-1)
     full, none = HARDENING_NOISE_SHARE
     trust = np.clip((none - share) / (none - full), 0.0, 1.0)
@@ -295,8 +334,8 @@ def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int],
     blur_px: the detector blur the item's transmission gets (`item_log_attenuation`), of what it adds behind
     the scan's own material (`added_behind`).
     """
-    extra = item_log_attenuation(item, offset_yx, raw.shape[:2], scanner=scanner, blur_px=blur_px, behind=raw,
-                                 behind_dose=dose)
+    extra = item_log_attenuation(item, offset_yx, raw.shape[:2], scanner=scanner, blur_px=blur_px,
+                                 behind=raw_to_log_attenuation(raw), behind_dose=dose)
     transmission = np.exp(-extra)
     signal = raw.astype(np.float32) - np.float32(RAW_DARK_LEVEL)
     out = signal * transmission
@@ -306,6 +345,17 @@ def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int],
         out += sigma * rng.standard_normal(out.shape, dtype=np.float32)
     out += np.float32(RAW_DARK_LEVEL + 0.5)
     return np.clip(out, 0, 65535).astype(np.uint16)
+
+
+def project_into_false_colour(rgb: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, palette: str = "sixray",
+                              scanner: ScannerModel | None = None, blur_px: float = TIP_BLUR_PX) -> np.ndarray:
+    """A false-colour scan (H×W×3 uint8 RGB in `palette`) with the item projected in: what it adds behind the
+    scan's pseudo log-attenuation (`added_behind`, the noise measured on the scan), through the palette
+    (`vision.colour.project_log_attenuation`: pixels the item does not reach stay as they were)."""
+    behind = false_colour_to_pseudo_log_attenuation(rgb, palette)
+    extra = item_log_attenuation(item, offset_yx, rgb.shape[:2], scanner=scanner, blur_px=blur_px, behind=behind,
+                                 behind_dose=None)
+    return project_log_attenuation(rgb, extra, palette, base=behind)
 
 
 def project_into_grey(grey: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None,
@@ -398,8 +448,7 @@ def project_random(
             elif kind == "grey":
                 out = project_into_grey(out, item, offset, scanner=scanner)
             else:
-                extra = item_log_attenuation(item, offset, out.shape[:2], scanner=scanner)
-                out = project_log_attenuation(out, extra, palette)
+                out = project_into_false_colour(out, item, offset, palette=palette, scanner=scanner)
             mask = _full_mask(item, offset, out.shape[:2])
             ys, xs = np.nonzero(mask)
             box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
