@@ -10,7 +10,7 @@ bag's series) covering it too.
 
 Identifiers are DICOM UIDs under the `2.25` root (UUID-derived, ITU-T X.667), computed from the scan
 records, so regenerating a report gives the same UIDs: the report's SOP instance (from the views it
-covers), series (the bag's) and frame of reference too (the toolkit would make up random ones, not even
+covers), series (the bag's, within its study) and frame of reference too (the toolkit would make up random ones, not even
 valid UIDs, on every write). A view sent as DICOS DX is linked to by its own UIDs: pass its bytes in
 `images` and its PTOs reference the DX's SOP instance, and the report joins the DX's scan and study; other
 views' images get UIDs derived from their sha256.
@@ -24,9 +24,9 @@ import hashlib
 import io
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edge.formats import DICOM_MEDIA_TYPE
