@@ -209,6 +209,9 @@ HARDENING_AIR_RAMP = 0.1
 #: ill-conditioned and the low channel holds few quanta: read there, the scan's noise would come out as
 #: blotches on the item, so it adds its own attenuation as it did without the correction).
 HARDENING_NOISE_SHARE = (0.1, 0.25)
+#: How far (log-attenuation) the table's value at the reading may miss the scan's: the correction is whole
+#: below the first, none above the second.
+HARDENING_RESIDUAL = (0.05, 0.1)
 #: Least distance (cm, in basis thickness) at which `hardening_weight` probes the reading's spread.
 HARDENING_PROBE_CM = 1.0
 
@@ -221,8 +224,9 @@ def added_behind(scan_log_att: np.ndarray, item_basis_cm: np.ndarray, *, scanner
     `HARDENING_SMOOTH_PX`) is read as basis thicknesses (`physics.basis_from_log_attenuation`), the item's
     are added, and the sum looked up: ΔL = L(scan + item) − L(scan), never negative; 0 off the item. Where
     the scan cannot be read so (`hardening_weight`: air and the thinnest bag, where there is nothing to
-    harden the beam; behind thick metal, where its noise would be) the item adds its own log-attenuation,
-    blended over a ramp. dose: the scan's quanta per air pixel (low, high, or one for both): its noise per
+    harden the beam; behind thick metal, where its noise would be; where the table cannot give the scan
+    back, `HARDENING_RESIDUAL`, as beside black pixels) the item adds its own log-attenuation, blended over a
+    ramp. dose: the scan's quanta per air pixel (low, high, or one for both): its noise per
     pixel is then exp(L)/dose; None: measured on the scan (`local_noise_variance`), as for a false-colour
     scan, whose noise is the palette's, the display's and the file's, not only quanta."""
     out = np.zeros(item_basis_cm.shape, np.float32)
@@ -250,6 +254,12 @@ def added_behind(scan_log_att: np.ndarray, item_basis_cm: np.ndarray, *, scanner
     bag_small = basis_from_log_attenuation(np.maximum(scan_small, np.float32(0.0)), scanner=scanner)
     weight_small = hardening_weight(scan_small, bag_small, cv2.resize(item, small, interpolation=cv2.INTER_AREA),
                                     scanner=scanner, pixel_var=np.ascontiguousarray(pixel_var[::2, ::2]))
+    # A reading the table cannot give back is no reading: black (unpenetrated) pixels read L_low < L_high,
+    # which no material gives, and smoothed into their neighbours they send the inverse to the table's flat
+    # edge, where nothing more attenuates.
+    residual = np.abs(lookup_log_attenuation(bag_small, scanner=scanner) - scan_small).max(axis=2)
+    full, none = HARDENING_RESIDUAL
+    weight_small *= np.clip((none - residual) / np.float32(none - full), 0.0, 1.0)
     bag = cv2.resize(bag_small, (w, h), interpolation=cv2.INTER_LINEAR)
     weight = cv2.resize(weight_small, (w, h), interpolation=cv2.INTER_LINEAR)[..., None]
     alone = lookup_log_attenuation(item, scanner=scanner)
