@@ -204,7 +204,7 @@ HARDENING_SMOOTH_PX = 2.0
 #: Over the bag's thinnest parts the beam hardens too little to matter: the correction ramps in from the
 #: bag's threshold over this much more mean log-attenuation (and none in air, where noise alone would be read).
 HARDENING_AIR_RAMP = 0.1
-#: The noise the basis inverse carries into ΔL, as a share of a pixel's own quantum noise in the scan: the
+#: The noise the basis inverse carries into ΔL, as a share of a pixel's own noise in the scan: the
 #: correction is whole below the first and none above the second (behind thick metal the inverse is
 #: ill-conditioned and the low channel holds few quanta: read there, the scan's noise would come out as
 #: blotches on the item, so it adds its own attenuation as it did without the correction).
