@@ -40,7 +40,7 @@ from edge.formats import DicosError, UnsupportedMediaTypeError, Upload, decode_u
 from edge.logs import log_event
 from edge.ratelimit import retry_after_header
 from edge.store import OutboxEntry, ScanRecord, Store
-from edge.tdr import alarmed_views, stored_dicos_images, write_tdr_file
+from edge.tdr import alarmed_views, build_tdr, stored_dicos_images, write_tdr_file
 from vision.decide import BagDecision, decide, fuse_views
 from vision.decode import DecodeError, TooManyPixelsError
 from vision.postprocess import Detections
@@ -420,6 +420,12 @@ def package_thresholds(engine: Engine, views: Sequence[ScanRecord]) -> dict[str,
     return dict(pkg.thresholds)
 
 
+def bag_report(engine: Engine, store: Store, views: Sequence[ScanRecord]) -> bytes:
+    """The DICOS TDR of a bag (`views`: its stored scans), with the running package's thresholds where they
+    raised its alarms and the stored files of its DICOS views. Blocking: run it in a thread."""
+    return build_tdr(views, thresholds=package_thresholds(engine, views), images=stored_dicos_images(store, views))
+
+
 #: Times one scan's TDR writer reads its bag again after writing, when views keep arriving meanwhile.
 _TDR_ROUNDS = 8
 
@@ -454,9 +460,8 @@ async def _write_bag_tdr(ctx: ServiceContext, record: ScanRecord, tdr_dir: Path)
         covered = [(v.id, v.image_sha256) for v in alarmed_views(views)]
         if covered == written:
             return
-        images = await asyncio.to_thread(stored_dicos_images, store, views)
-        await asyncio.to_thread(write_tdr_file, views, tdr_dir, thresholds=package_thresholds(engine, views),
-                                images=images)
+        report = await asyncio.to_thread(bag_report, engine, store, views)
+        await asyncio.to_thread(write_tdr_file, views, tdr_dir, report)
         written = covered
     log_event(_log, "TDR file may not cover the bag's latest views", logging.WARNING, scan_id=record.id,
               bag_id=record.bag_id, rounds=_TDR_ROUNDS)

@@ -15,12 +15,12 @@ from edge.auth import Principal
 from edge.deps import AnyRoleDep, CtxDep, ReviewerDep, StationDep
 from edge.formats import (RAW_MEDIA_TYPES, UnsupportedMediaTypeError, Upload, normalise_media_type, upload_from_bytes,
                           upload_from_pair)
-from edge.ingest import IngestError, check_rate, count_refusal, fuse_bag, package_thresholds, screen, validate_meta
+from edge.ingest import IngestError, bag_report, check_rate, count_refusal, fuse_bag, screen, validate_meta
 from edge.preview import render_preview
 from edge.schemas import (DB_INT_MAX, BagOut, ErrorOut, ReviewIn, ReviewOut, ScanIdPath, ScanListOut, ScanRecordOut,
                           ScanResultOut)
 from edge.store import ScanRecord
-from edge.tdr import TDR_MEDIA_TYPE, TdrError, alarmed_views, build_tdr, stored_dicos_images, tdr_file_name
+from edge.tdr import TDR_MEDIA_TYPE, TdrError, alarmed_views, tdr_file_name
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 
@@ -334,8 +334,7 @@ async def get_tdr(scan_id: ScanIdPath, principal: ReviewerDep, ctx: CtxDep) -> R
         return JSONResponse({"detail": f"no view of bag {record.bag_id!r} (scan {scan_id}) alarmed; "
                                        "there is no threat report"}, status_code=409)
     try:
-        images = await asyncio.to_thread(stored_dicos_images, store, views)
-        data = await asyncio.to_thread(build_tdr, views, thresholds=package_thresholds(engine, views), images=images)
+        data = await asyncio.to_thread(bag_report, engine, store, views)
     except TdrError as exc:
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, detail=str(exc)) from None
     name = tdr_file_name(views)

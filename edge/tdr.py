@@ -259,12 +259,11 @@ def tdr_file_name(views: Sequence[ScanRecord]) -> str:
     return f"bag-{first.id:09d}-{hashlib.sha256(bag_key(first).encode()).hexdigest()[:12]}.dcs"
 
 
-def write_tdr_file(views: Sequence[ScanRecord], tdr_dir: Path, *, thresholds: dict[str, float] | None = None,
-                   images: Mapping[str, bytes] | None = None) -> Path:
-    """Write the bag's report to `<tdr_dir>/<tdr_file_name>` atomically and durably (`edge.images.write_durable`:
-    safe when another thread or process writes the same report at once, on a shared folder); return its
-    path."""
+def write_tdr_file(views: Sequence[ScanRecord], tdr_dir: Path, report: bytes) -> Path:
+    """Write the bag's `report` (`build_tdr` of `views`) to `<tdr_dir>/<tdr_file_name>` atomically and durably
+    (`edge.images.write_durable`: safe when another thread or process writes the same report at once, on a
+    shared folder); return its path."""
     tdr_dir.mkdir(parents=True, exist_ok=True)
     final = tdr_dir / tdr_file_name(views)
-    write_durable(final, build_tdr(views, thresholds=thresholds, images=images))
+    write_durable(final, report)
     return final

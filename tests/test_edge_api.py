@@ -527,11 +527,11 @@ def test_tdr_file_written_and_409_for_a_clear_scan(tmp_path):
         # temporary file is left behind.
         from concurrent.futures import ThreadPoolExecutor
 
-        from edge.tdr import write_tdr_file
+        from edge.tdr import build_tdr, write_tdr_file
 
         record = svc.ctx.store.get_scan(scan_id)
         with ThreadPoolExecutor(4) as pool:
-            paths = list(pool.map(lambda _: write_tdr_file([record], tmp_path / "tdr"), range(8)))
+            paths = list(pool.map(lambda _: write_tdr_file([record], tmp_path / "tdr", build_tdr([record])), range(8)))
         assert set(paths) == {report} and sorted(p.name for p in (tmp_path / "tdr").iterdir()) == [report.name]
         r = svc.client.get(f"/v1/scans/{scan_id}/tdr", headers=svc.auth("admin"))
         assert r.status_code == 200 and report.read_bytes()[128:132] == r.content[128:132] == b"DICM"

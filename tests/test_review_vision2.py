@@ -12,6 +12,7 @@ from vision.decode import DecodeError, decode
 from vision.draw import draw_boxes, to_display_rgb
 from vision.letterbox import LetterboxSpec, letterbox
 from vision.postprocess import PostprocessParams, postprocess
+from test_vision_geometry import wire_peaks
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -89,15 +90,8 @@ def test_shrinking_just_over_one_half_never_loses_a_thin_wire(hw):
     keeps ~130, so a detonator wire vanishes from the model's input. The docstring's claim that a factor
     over 1/2 lets every source pixel weigh in is false near 1/2. Same criterion as
     tests/test_vision_geometry.py::test_shrinking_never_loses_a_thin_wire."""
-    h, w = hw
-    spec = LetterboxSpec(height=512, width=512, pad_value=0)
-    peaks = []
-    for x0 in range(w // 2, w // 2 + 40):
-        image = np.zeros((h, w), np.uint8)
-        image[:, x0] = 255
-        out, params = letterbox(image, spec)
-        peaks.append(int(_content(out, params)[params.dst_height // 2].max()))
-    assert min(peaks) >= 0.35 * 255 * params.scale, (min(peaks), peaks)
+    peaks, scale = wire_peaks(hw, range(hw[1] // 2, hw[1] // 2 + 40))
+    assert min(peaks) >= 0.35 * 255 * scale, (min(peaks), peaks)
 
 
 # -- decode: TIFF layouts OpenCV gets wrong silently -------------------------------------------------------

@@ -102,12 +102,13 @@ def test_a_slow_writer_of_an_earlier_view_does_not_leave_the_bag_report_without_
         top = _stored(store, "bag-race", alarm=True, classes=("cocaine",))
         calls = []
 
-        def slow_first_write(views, tdr_dir, **kw):
+        def slow_first_write(views, tdr_dir, report):
             calls.append([v.id for v in views])
             if len(calls) == 1:  # meanwhile the side view is recorded and its writer writes the full report
                 side = _stored(store, "bag-race", alarm=True, view="side", classes=("cash",))
-                real_write(store.bag_scans(side.station, side.bag_id), tdr_dir, **kw)
-            return real_write(views, tdr_dir, **kw)
+                both = store.bag_scans(side.station, side.bag_id)
+                real_write(both, tdr_dir, build_tdr(both))
+            return real_write(views, tdr_dir, report)
 
         monkeypatch.setattr(edge.ingest, "write_tdr_file", slow_first_write)
         asyncio.run(edge.ingest._after_record(svc.ctx, top, enqueued=True))

@@ -240,20 +240,20 @@ def added_behind(scan_log_att: np.ndarray, item_basis_cm: np.ndarray, *, scanner
     crop = np.ascontiguousarray(scan_log_att[y0:y1, x0:x1], dtype=np.float32)
     scan_l = cv2.GaussianBlur(crop, (0, 0), sigmaX=HARDENING_SMOOTH_PX, sigmaY=HARDENING_SMOOTH_PX,
                               borderType=cv2.BORDER_REPLICATE)
-    if dose is None:
-        pixel_var = local_noise_variance(crop)
-    else:
-        dose_lh = np.broadcast_to(np.asarray(dose, np.float64), (2,))
-        pixel_var = np.exp(np.clip(scan_l.astype(np.float64), 0.0, 30.0)) / dose_lh
     item = item_basis_cm[y0:y1, x0:x1]
     # The smoothed scan varies slowly: it is read as basis thicknesses, and the reading weighed, on every
     # second pixel (a quarter of the work), then brought back to the crop's grid.
     h, w = crop.shape[:2]
     small = (max(1, (w + 1) // 2), max(1, (h + 1) // 2))
     scan_small = np.ascontiguousarray(scan_l[::2, ::2])
+    if dose is None:  # measured on the full grid (the fine detail is the noise), read on the half one
+        pixel_var = np.ascontiguousarray(local_noise_variance(crop)[::2, ::2])
+    else:
+        dose_lh = np.broadcast_to(np.asarray(dose, np.float64), (2,))
+        pixel_var = np.exp(np.clip(scan_small.astype(np.float64), 0.0, 30.0)) / dose_lh
     bag_small = basis_from_log_attenuation(np.maximum(scan_small, np.float32(0.0)), scanner=scanner)
     weight_small = hardening_weight(scan_small, bag_small, cv2.resize(item, small, interpolation=cv2.INTER_AREA),
-                                    scanner=scanner, pixel_var=np.ascontiguousarray(pixel_var[::2, ::2]))
+                                    scanner=scanner, pixel_var=pixel_var)
     # A reading the table cannot give back is no reading: black (unpenetrated) pixels read L_low < L_high,
     # which no material gives, and smoothed into their neighbours they send the inverse to the table's flat
     # edge, where nothing more attenuates.
@@ -333,7 +333,7 @@ def hardening_weight(scan_l: np.ndarray, bag_cm: np.ndarray, item_cm: np.ndarray
 
 def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, scanner: ScannerModel | None = None,
                      rng: np.random.Generator | None = None, dose: float | tuple[float, float] = RAW_TIP_DOSE,
-                     blur_px: float = TIP_BLUR_PX) -> np.ndarray:
+                     blur_px: float = TIP_BLUR_PX, scan_log_att: np.ndarray | None = None) -> np.ndarray:
     """raw H×W×2 uint16 (low, high) → the same scan with the item's transmission multiplied in.
 
     rng: when given, the quantum noise the item leaves is added. Scaling noisy counts by T scales their
@@ -343,9 +343,11 @@ def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int],
     at (per channel, or one number for both). Without it a projected object is smoother than its bag.
     blur_px: the detector blur the item's transmission gets (`item_log_attenuation`), of what it adds behind
     the scan's own material (`added_behind`).
+    scan_log_att: `raw_to_log_attenuation(raw)`, when the caller has it.
     """
+    behind = raw_to_log_attenuation(raw) if scan_log_att is None else scan_log_att
     extra = item_log_attenuation(item, offset_yx, raw.shape[:2], scanner=scanner, blur_px=blur_px,
-                                 behind=raw_to_log_attenuation(raw), behind_dose=dose)
+                                 behind=behind, behind_dose=dose)
     transmission = np.exp(-extra)
     signal = raw.astype(np.float32) - np.float32(RAW_DARK_LEVEL)
     out = signal * transmission
@@ -358,11 +360,13 @@ def project_into_raw(raw: np.ndarray, item: TipItem, offset_yx: tuple[int, int],
 
 
 def project_into_false_colour(rgb: np.ndarray, item: TipItem, offset_yx: tuple[int, int], *, palette: str = "sixray",
-                              scanner: ScannerModel | None = None, blur_px: float = TIP_BLUR_PX) -> np.ndarray:
+                              scanner: ScannerModel | None = None, blur_px: float = TIP_BLUR_PX,
+                              scan_log_att: np.ndarray | None = None) -> np.ndarray:
     """A false-colour scan (H×W×3 uint8 RGB in `palette`) with the item projected in: what it adds behind the
     scan's pseudo log-attenuation (`added_behind`, the noise measured on the scan), through the palette
-    (`vision.colour.project_log_attenuation`: pixels the item does not reach stay as they were)."""
-    behind = false_colour_to_pseudo_log_attenuation(rgb, palette)
+    (`vision.colour.project_log_attenuation`: pixels the item does not reach stay as they were).
+    scan_log_att: `false_colour_to_pseudo_log_attenuation(rgb, palette)`, when the caller has it."""
+    behind = false_colour_to_pseudo_log_attenuation(rgb, palette) if scan_log_att is None else scan_log_att
     extra = item_log_attenuation(item, offset_yx, rgb.shape[:2], scanner=scanner, blur_px=blur_px, behind=behind,
                                  behind_dose=None)
     return project_log_attenuation(rgb, extra, palette, base=behind)
@@ -404,10 +408,17 @@ def estimate_raw_dose(raw: np.ndarray, log_att_mean: np.ndarray | None = None) -
     return float(low), float(high)
 
 
-def _scan_log_att_mean(pixels: np.ndarray, kind: str, palette: str) -> np.ndarray:
+def _scan_log_att(pixels: np.ndarray, kind: str, palette: str) -> np.ndarray | None:
+    """A raw or false-colour scan's log-attenuation H×W×2 (pseudo, for false colour); None for grey."""
+    if kind == "grey":
+        return None
+    return raw_to_log_attenuation(pixels) if kind == "raw" else false_colour_to_pseudo_log_attenuation(pixels, palette)
+
+
+def _scan_log_att_mean(pixels: np.ndarray, kind: str, palette: str, both: np.ndarray | None = None) -> np.ndarray:
     if kind == "grey":
         return grey_to_log_attenuation(pixels)
-    both = raw_to_log_attenuation(pixels) if kind == "raw" else false_colour_to_pseudo_log_attenuation(pixels, palette)
+    both = _scan_log_att(pixels, kind, palette) if both is None else both
     return (both[..., 0] + both[..., 1]) * np.float32(0.5)  # numpy's mean over a last axis of 2 is ~15× slower
 
 
@@ -433,7 +444,8 @@ def project_random(
     fit is retried smaller-sized with a fresh draw; PlacementError when the scan has no bag at all.
     """
     scanner = scanner or build_scanner()
-    log_att_mean = _scan_log_att_mean(pixels, kind, palette)
+    scan_l = _scan_log_att(pixels, kind, palette)  # the scan's own: the first item reads it, the next re-read
+    log_att_mean = _scan_log_att_mean(pixels, kind, palette, scan_l)
     region = bag_region(log_att_mean)
     # Smoothed, so that noise on a black plate does not make it look penetrated in specks.
     visible = cv2.blur(log_att_mean, (5, 5)) < UNPENETRATED_LOG_ATT
@@ -454,11 +466,12 @@ def project_random(
             except PlacementError:
                 continue
             if kind == "raw":
-                out = project_into_raw(out, item, offset, scanner=scanner, rng=rng, dose=raw_dose)
+                out = project_into_raw(out, item, offset, scanner=scanner, rng=rng, dose=raw_dose, scan_log_att=scan_l)
             elif kind == "grey":
                 out = project_into_grey(out, item, offset, scanner=scanner)
             else:
-                out = project_into_false_colour(out, item, offset, palette=palette, scanner=scanner)
+                out = project_into_false_colour(out, item, offset, palette=palette, scanner=scanner, scan_log_att=scan_l)
+            scan_l = None  # `out` has changed
             mask = _full_mask(item, offset, out.shape[:2])
             ys, xs = np.nonzero(mask)
             box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
