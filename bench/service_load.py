@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import shutil
@@ -67,21 +66,18 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode, urlsplit
 
-import h11
 import numpy as np
+
+# Run as a script (`python bench/service_load.py`): its neighbours import as top-level modules.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_reference import bench_engine, bench_pipeline  # noqa: E402
+from load_clients import CLIENTS, REQUEST_TIMEOUT_S, _H11Client, _HttpxClient, _StreamClient  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("drug_package", "cannabis", "cash_bundle", "tobacco", "medicine_pills", "ivory", "pangolin_scales")
 WARMUP_S = 2.0  # phase 1: requests started before this are not counted (connections, first batches)
-REQUEST_TIMEOUT_S = 30.0
-#: The h11 client reuses a keep-alive connection only if it idled less than this (uvicorn closes idle ones
-#: after 5 s; a request sent on a connection the service is closing fails).
-KEEPALIVE_REUSE_S = 2.0
 READY_TIMEOUT_S = 180.0
 
 # Runs in a child interpreter (torch): a random-init detector saved as an xscreen checkpoint.
@@ -155,115 +151,6 @@ def tagged(data: bytes, tag: str) -> bytes:
     if data.startswith(b"\xff\xd8"):
         return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
     raise ValueError("tagged() takes a PNG ending in IEND or a JPEG")
-
-
-def _timed(call, *, min_runs: int, max_runs: int, max_s: float) -> np.ndarray:
-    """Seconds per call: at least `min_runs`, then until `max_s` has passed or `max_runs` were made."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < max_s):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return np.asarray(times)
-
-
-def bench_engine(model: Path, scans: list[bytes], *, threads: int, batch: int, seconds: float) -> dict:
-    """The Engine's own batched throughput and batch-1 latency on the prepared scans (module docstring, 3)."""
-    from inference.engine import Engine
-    from vision.decode import decode
-    from vision.preprocess import prepare
-
-    engine = Engine(model, threads=threads, max_batch=batch)
-    prepared = [prepare(decode(data).pixels, engine.spec) for data in scans]
-    inputs = np.stack([p[0] for p in prepared])
-    params = [p[1] for p in prepared]
-    idx = np.arange(batch) % len(prepared)
-    big, big_params = inputs[idx], [params[i] for i in idx]
-    one, one_params = inputs[:1], params[:1]
-    for _ in range(2):  # warm-up: ORT allocates its arenas on the first calls of each shape
-        engine.detect_prepared(big, big_params)
-        engine.detect_prepared(one, one_params)
-    t_batch = _timed(lambda: engine.detect_prepared(big, big_params), min_runs=5, max_runs=500, max_s=seconds)
-    t_one = _timed(lambda: engine.detect_prepared(one, one_params), min_runs=10, max_runs=2000, max_s=seconds)
-    # The same batch-1 call, but one image every 1 / (half the batched rate) s, as scans arrive at half load:
-    # on some machines (this project's 2-core VM among them) memory that sat idle for tens of ms is far
-    # slower to touch, so a lone call between pauses costs more than one of a back-to-back series.
-    period = 2.0 * float(np.median(t_batch)) / batch
-    t_paced: list[float] = []
-    start = time.perf_counter()
-    while len(t_paced) < 10 or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        engine.detect_prepared(one, one_params)
-        t_paced.append(time.perf_counter() - t0)
-        time.sleep(max(0.0, period - (time.perf_counter() - t0)))
-    # For reference (the targets use --batch): images/s at other batch sizes. On CPU cores the time per image
-    # often grows with the batch once its activations outgrow the caches, and the service keeps its calls
-    # under load small (XSCREEN_BATCH_SHARE_MAX), so its throughput can be read against these too.
-    by_batch = {}
-    for size in sorted(n for n in {1, 2, 4, batch} if n <= batch):
-        sub, sub_params = inputs[np.arange(size) % len(prepared)], [params[i % len(prepared)] for i in range(size)]
-        engine.detect_prepared(sub, sub_params)
-        t = _timed(lambda: engine.detect_prepared(sub, sub_params), min_runs=3, max_runs=200, max_s=1.0)
-        by_batch[str(size)] = float(size / np.median(t))
-    result = {
-        "threads": threads,
-        "batch": batch,
-        "input_hw": [engine.spec.height, engine.spec.width],
-        "batched_images_per_s": float(batch / np.median(t_batch)),
-        "batched_ms_per_batch_p50": float(np.median(t_batch) * 1e3),
-        "batch1_latency_ms_p50": float(np.median(t_one) * 1e3),
-        "batch1_latency_ms_p95": float(np.percentile(t_one, 95) * 1e3),
-        "batch1_paced_period_ms": period * 1e3,
-        "batch1_paced_latency_ms_p50": float(np.median(t_paced) * 1e3),
-        "batch1_paced_latency_ms_p95": float(np.percentile(t_paced, 95) * 1e3),
-        "images_per_s_by_batch": by_batch,
-        "runs": {"batched": int(t_batch.size), "batch1": int(t_one.size), "batch1_paced": len(t_paced)},
-    }
-    del engine
-    gc.collect()
-    return result
-
-
-def bench_pipeline(model: Path, scans: list[bytes], *, workers: int, seconds: float) -> dict:
-    """For reference: the service's per-scan work without the service. `workers` threads, each with its own
-    one-thread Engine call as the service's parallel calls are, loop over decode → prepare → detect_prepared
-    of one scan. Nothing else (HTTP, authentication, storage, records, scheduling) is done, so the images/s
-    against the engine's reference tell how much of a shortfall decoding explains and how much the rest."""
-    import threading
-
-    from inference.engine import Engine
-    from vision.decode import decode
-    from vision.preprocess import prepare
-
-    engine = Engine(model, threads=1, max_batch=1)
-
-    def one(i: int) -> None:
-        batch, params = prepare(decode(scans[i % len(scans)]).pixels, engine.spec)
-        engine.detect_prepared(batch[None], [params])
-
-    for i in range(2):
-        one(i)
-    done = [0] * workers
-    stop_at = time.perf_counter() + seconds
-
-    def loop(k: int) -> None:
-        i = k
-        while time.perf_counter() < stop_at:
-            one(i)
-            i += workers
-            done[k] += 1
-
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(workers)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    del engine
-    gc.collect()
-    return {"workers": workers, "images_per_s": sum(done) / elapsed, "images": sum(done)}
 
 
 # ------------------------------------------------------------------------------------------- the service
@@ -378,178 +265,6 @@ def _summary(latencies_ms: list[float], statuses: Counter, seconds: float,
         "errors": sum(n for s, n in statuses.items() if s != 200),
         "errors_by_status": {str(s): n for s, n in sorted(statuses.items(), key=lambda kv: str(kv[0])) if s != 200},
     }
-
-
-class _HttpxClient:
-    """Stations' requests through one `httpx.AsyncClient` (connection pool of `max_connections`)."""
-
-    def __init__(self, url: str, *, max_connections: int) -> None:
-        import httpx
-
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self.client = httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits)
-        self.errors: tuple[type[BaseException], ...] = (httpx.HTTPError,)
-
-    async def post_scan(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str,
-                        multipart: bool) -> tuple[int, bytes]:
-        if multipart:
-            r = await self.client.post("/v1/scans", files={"image": ("scan", data, media_type)}, data=fields,
-                                       headers={"Authorization": f"Bearer {key}"})
-        else:  # the raw-body form of the API: the image is the body, the fields are query parameters
-            r = await self.client.post("/v1/scans", content=data, params=fields,
-                                       headers={"Authorization": f"Bearer {key}", "Content-Type": media_type})
-        return r.status_code, r.content
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
-class _H11Client:
-    """Stations' requests as plain HTTP/1.1 over asyncio streams, framed by h11 (the sans-I/O protocol
-    library under httpx and uvicorn): a lighter load generator, which on a 2-core box leaves more of the
-    CPU, and of each request's latency, to the service under test. Raw bodies only (no multipart).
-    Keep-alive connections are reused (the latest first, none idle for KEEPALIVE_REUSE_S or more); one that
-    ends a cycle unclean is closed."""
-
-    def __init__(self, url: str, *, max_connections: int) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, object, float]] = []
-        self.slots = asyncio.Semaphore(max_connections)
-        self.errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, h11.ProtocolError)
-
-    async def post_scan(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str,
-                        multipart: bool) -> tuple[int, bytes]:
-        if multipart:
-            raise ValueError("the h11 client sends raw bodies only: use --client httpx with --multipart")
-        async with self.slots:
-            return await asyncio.wait_for(self._post(fields, data, key=key, media_type=media_type), REQUEST_TIMEOUT_S)
-
-    async def _post(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str) -> tuple[int, bytes]:
-        while self.idle:  # the most recently used first; the service closes what idled past its keep-alive
-            reader, writer, conn, idle_since = self.idle.pop()
-            if not reader.at_eof() and time.monotonic() - idle_since < KEEPALIVE_REUSE_S:
-                break
-            writer.close()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            conn = h11.Connection(h11.CLIENT)
-        try:
-            headers = [("Host", f"{self.host}:{self.port}"), ("Authorization", f"Bearer {key}"),
-                       ("Content-Type", media_type), ("Content-Length", str(len(data)))]
-            request = h11.Request(method="POST", target=f"/v1/scans?{urlencode(fields)}", headers=headers)
-            writer.write(conn.send(request) + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
-            await writer.drain()
-            status, body = 0, []
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await reader.read(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise ConnectionError("the service closed the connection before answering")
-        except BaseException:
-            writer.close()
-            raise
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            self.idle.append((reader, writer, conn, time.monotonic()))
-        else:
-            writer.close()
-        return status, b"".join(body)
-
-    async def aclose(self) -> None:
-        for _reader, writer, _conn, _since in self.idle:
-            writer.close()
-        self.idle.clear()
-
-
-@dataclass
-class _Stream:
-    """One station's open WebSocket: answers still awaited (by seq), the lock that keeps a header and its
-    image together on the socket, and the task that reads the answers."""
-
-    ws: Any
-    pending: dict[int, asyncio.Future]
-    sending: asyncio.Lock
-    reader: asyncio.Task
-
-
-class _StreamClient:
-    """Stations streaming over `WS /v1/stream` (edge/routes_stream.py): one WebSocket per station, opened with
-    its key on the handshake (`edge.station.open_stream`, as the station simulator opens it), a JSON header
-    and a binary frame per scan, answers matched to scans by `seq`. Raw images only (no multipart).
-    A stream that broke is replaced on its station's next scan."""
-
-    def __init__(self, url: str, *, max_connections: int) -> None:
-        from websockets.exceptions import WebSocketException
-
-        self.url = url
-        self.streams: dict[str, _Stream] = {}
-        self.opening: dict[str, asyncio.Lock] = {}
-        self.seq = 0
-        self.errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError, WebSocketException)
-
-    async def _stream(self, key: str) -> _Stream:
-        from edge.station import open_stream
-
-        async with self.opening.setdefault(key, asyncio.Lock()):
-            if key in self.streams and self.streams[key].reader.done():
-                await self.streams.pop(key).ws.close()
-            if key not in self.streams:
-                ws = await open_stream(self.url, key, timeout_s=REQUEST_TIMEOUT_S)
-                pending: dict[int, asyncio.Future] = {}
-                self.streams[key] = _Stream(ws, pending, asyncio.Lock(), asyncio.create_task(self._read(ws, pending)))
-            return self.streams[key]
-
-    @staticmethod
-    async def _read(ws: Any, pending: dict[int, asyncio.Future]) -> None:
-        try:
-            async for message in ws:
-                future = pending.pop(json.loads(message).get("seq"), None)
-                if future is not None and not future.done():
-                    future.set_result(message)
-        except Exception:  # noqa: BLE001 - a broken stream fails its pending scans below
-            pass
-        finally:
-            for future in pending.values():
-                if not future.done():
-                    future.set_exception(ConnectionError("the stream closed before answering"))
-            pending.clear()
-
-    async def post_scan(self, fields: dict[str, str], data: bytes, *, key: str, media_type: str,
-                        multipart: bool) -> tuple[int, bytes]:
-        if multipart:
-            raise ValueError("the stream client sends raw images only: use --client httpx with --multipart")
-        stream = await self._stream(key)
-        self.seq += 1
-        seq = self.seq
-        answer = asyncio.get_running_loop().create_future()
-        stream.pending[seq] = answer
-        try:
-            async with stream.sending:  # a header and its image go out back to back on the socket
-                await stream.ws.send(json.dumps({**fields, "seq": seq, "content_type": media_type}))
-                await stream.ws.send(data)
-            message = await asyncio.wait_for(answer, REQUEST_TIMEOUT_S)
-        finally:
-            stream.pending.pop(seq, None)
-        doc = json.loads(message)
-        return (200 if doc.get("type") == "result" else int(doc.get("status", 0))), message.encode()
-
-    async def aclose(self) -> None:
-        for stream in self.streams.values():
-            await stream.ws.close()
-            await asyncio.gather(stream.reader, return_exceptions=True)
-        self.streams.clear()
-
-
-#: --client: how the stations talk to the service.
-CLIENTS = {"h11": _H11Client, "httpx": _HttpxClient, "ws": _StreamClient}
 
 
 class _Sender:
