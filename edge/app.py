@@ -27,6 +27,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge.batcher import MicroBatcher
@@ -212,6 +213,71 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
                         status_code=422)
 
 
+#: The body of every JSON 422 (`_validation_error`), as /openapi.json gives it in place of FastAPI's default
+#: (whose `detail` is the list of errors): a sentence, then the errors one by one.
+_VALIDATION_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "ValidationErrorOut",
+    "type": "object",
+    "required": ["detail", "errors"],
+    "properties": {
+        "detail": {"type": "string", "description": "Every error in one sentence: `field: problem; ...`."},
+        "errors": {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
+    },
+}
+
+
+def _describe_request_errors(schema: dict[str, Any]) -> None:
+    """Make `schema` (the app's OpenAPI, changed in place) say what the app answers to a request it cannot
+    read: a 422 in the shape `_validation_error` writes (an HTML page on the review UI's pages), and a 400
+    wherever a body is read (malformed JSON, form data or multipart, as Starlette's parsers refuse it)."""
+    from edge import ui
+
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    if "HTTPValidationError" in components:
+        components["HTTPValidationError"] = _VALIDATION_ERROR_SCHEMA
+    for path, item in schema.get("paths", {}).items():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses and ui.is_ui_page(path):
+                responses["422"] = {"description": "A field or parameter that cannot be read (an HTML page naming it).",
+                                    "content": {"text/html": {"schema": {"type": "string"}}}}
+            if "requestBody" in operation and "400" not in responses:
+                responses["400"] = {
+                    "description": "A body that cannot be parsed (malformed JSON, form data or multipart).",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+                }
+
+
+def _openapi_with_request_errors(app: FastAPI) -> Any:
+    """`app.openapi`, then `_describe_request_errors` once (FastAPI keeps the result in `app.openapi_schema`)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _describe_request_errors(build())
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    return openapi
+
+
+async def _database_busy(request: Request, exc: Exception) -> Response:
+    """SQLite's busy timeout run out (another process, the admin command or an operator's shell held the
+    write lock all along): 503 with Retry-After rather than a 500; the transaction that waited wrote nothing.
+    Any other database error is an internal one."""
+    from edge import ui
+    from edge.db import SQLITE_BUSY_TIMEOUT_MS
+
+    if "database is locked" not in str(getattr(exc, "orig", "")) and "database table is locked" not in str(exc):
+        return await _internal_error(request, exc)
+    log_event(_log, "database busy", logging.WARNING, path=request.url.path, error=repr(getattr(exc, "orig", exc)))
+    detail = (f"the database is busy: another process held its write lock for over {SQLITE_BUSY_TIMEOUT_MS / 1000:g} s; "
+              "the request was not completed; retry later")
+    if ui.is_ui_page(request.url.path):
+        return await ui.error_page(request, ui.UIPageError(503, "Database busy", detail[0].upper() + detail[1:] + "."))
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Runs in Starlette's outermost middleware: log once with the traceback, answer JSON, never the trace.
     request_id = request.scope.get("state", {}).get("request_id")
@@ -254,7 +320,9 @@ def create_app(settings: EdgeSettings, *, start_in_background: bool = False) -> 
     ui.mount(app)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, _database_busy)
     app.add_exception_handler(Exception, _internal_error)
+    app.openapi = _openapi_with_request_errors(app)  # type: ignore[method-assign]
     # Outermost last: the metrics middleware sees every answer, including the body limit's 413s.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)

@@ -268,7 +268,19 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         if ticket is not None:
             ticket.cancel()
         record = existing[0]
-        await _after_record(ctx, record, enqueued=False)
+        # The alarm's side effects are made durable again before the answer, within the deadline as a new
+        # scan's writes are (a database another process holds the write lock of answers 504, not a 500
+        # when its busy timeout runs out); they run on to their end either way.
+        side_effects = asyncio.ensure_future(_after_record(ctx, record, enqueued=False))
+        ctx.writes.add(side_effects)
+        side_effects.add_done_callback(_write_finished(ctx, meta, "alarm side effects not written"))
+        try:
+            await asyncio.wait_for(asyncio.shield(side_effects), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            ctx.metrics.rejections.labels(reason="deadline").inc()
+            raise IngestError(504, f"the scan is recorded (id {record.id}) but its alarm's webhook and report were "
+                                   f"not written before the request deadline ({ctx.settings.request_deadline_s:g} s); "
+                                   "they are still being written, and a re-send is answered once they are") from None
         timings = {"decode_ms": 0.0, "queue_ms": 0.0, "inference_ms": 0.0}
         return _answer(record, views, timings, started=started, duplicate=True)
     if len(views) >= ctx.settings.max_views_per_bag:
@@ -328,14 +340,15 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
     return _answer(record, views, timings, started=started, duplicate=not created)
 
 
-def _write_finished(ctx: ServiceContext, meta: ScanMeta) -> Callable[[asyncio.Future[Any]], None]:
-    """The done-callback of a scan's writes: forget them, and log a failure nobody waits for any more (the
-    request that did was answered at its deadline, or its client went away)."""
+def _write_finished(ctx: ServiceContext, meta: ScanMeta,
+                    failure: str = "scan not recorded") -> Callable[[asyncio.Future[Any]], None]:
+    """The done-callback of a scan's writes: forget them, and log a failure (as `failure`) nobody waits for
+    any more (the request that did was answered at its deadline, or its client went away)."""
 
     def done(writing: asyncio.Future[Any]) -> None:
         ctx.writes.discard(writing)
         if not writing.cancelled() and writing.exception() is not None:
-            log_event(_log, "scan not recorded", logging.ERROR, station=meta.station, bag_id=meta.bag_id,
+            log_event(_log, failure, logging.ERROR, station=meta.station, bag_id=meta.bag_id,
                       error=repr(writing.exception()))
 
     return done

@@ -443,6 +443,11 @@ class Store:
         """Add a durable outbox item, due now. Returns False (and adds nothing) if an item with this
         `dedupe_key` already exists, whatever its state."""
         statement = self._outbox_insert(OutboxEntry(kind, payload, dedupe_key))
+        # A read first: a re-sent alarm finds its item there, and takes no write lock (on SQLite another
+        # process, or an operator's shell, may hold it for long).
+        with self.transaction(write=False) as session:
+            if session.execute(select(OutboxRow.id).where(OutboxRow.dedupe_key == dedupe_key)).first() is not None:
+                return False
         with self.transaction(write=True) as session:
             return session.execute(statement).scalar_one_or_none() is not None
 

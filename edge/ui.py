@@ -82,7 +82,7 @@ class UIPageError(Exception):
         self.status_code, self.title, self.message, self.link = status_code, title, message, link
 
 
-async def _ui_error_page(request: Request, exc: Exception) -> Response:
+async def error_page(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, UIPageError)
     href, text = exc.link
     body = f'<p class="error">{e(exc.message)}</p>\n<p><a href="{e(href)}">{e(text)}</a></p>'
@@ -111,6 +111,20 @@ def _form_page(request: Request) -> str:
     """The page a UI form was posted from: the bag page for a verdict, else the queue."""
     path = request.url.path
     return path.removesuffix("/review") if path.startswith("/ui/bags/") and path.endswith("/review") else "/ui/queue"
+
+
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+#: What a UI page answers without a usable session (`ui_session`), for /openapi.json.
+_PAGE_SESSION: dict[int | str, dict[str, Any]] = {
+    303: {"description": "No session: redirected to /login."},
+    403: {"description": "The session's user is no supervisor or admin (a page).", "content": _HTML},
+}
+#: What a UI form answers without a usable session or CSRF token.
+_FORM_SESSION: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No session (it expired or was ended): nothing recorded (a page).", "content": _HTML},
+    403: {"description": "No supervisor or admin, or the form's CSRF token missing or wrong: nothing recorded "
+                         "(a page).", "content": _HTML},
+}
 
 
 class UISession:
@@ -167,7 +181,12 @@ async def login_form(ctx: CtxDep) -> HTMLResponse:
 
 
 @router.post("/login", response_class=HTMLResponse, summary="Log in with a password; sets the session cookie",
-             responses={303: {"description": "Logged in: go to the queue."}, 401: {"description": "Wrong credentials."}})
+             responses={303: {"description": "Logged in: go to the queue."},
+                        401: {"description": "Wrong name or password (the login page).", "content": _HTML},
+                        403: {"description": "The login form expired or its token is missing (the login page).",
+                              "content": _HTML},
+                        429: {"description": "Too many attempts from this address or for this name (the login page).",
+                              "content": _HTML}})
 async def login(
     request: Request,
     ctx: CtxDep,
@@ -195,7 +214,8 @@ async def login(
     return response
 
 
-@router.post("/logout", summary="End the UI session", responses={303: {"description": "Logged out."}})
+@router.post("/logout", summary="End the UI session",
+             responses={303: {"description": "Logged out."}, **_FORM_SESSION})
 async def logout(request: Request, session: SessionDep, ctx: CtxDep) -> Response:
     _engine, _store, auth, _batcher = ctx.require()
     token = request.cookies.get(ctx.settings.session_cookie_name, "")
@@ -251,7 +271,8 @@ def _queue_pager(page: int, *, more: bool) -> str:
     return f'<p class="pager">Page {page} {" ".join(links)}</p>' if links else ""
 
 
-@router.get("/ui/queue", response_class=HTMLResponse, summary="Queue of flagged bags (unreviewed first)")
+@router.get("/ui/queue", response_class=HTMLResponse, summary="Queue of flagged bags (unreviewed first)",
+            responses=_PAGE_SESSION)
 async def queue_page(
     session: SessionDep,
     ctx: CtxDep,
@@ -307,7 +328,8 @@ async def _bag_views(ctx: ServiceContext, scan_id: int) -> tuple[ScanRecord, lis
     return record, views or [record]
 
 
-@router.get("/ui/bags/{scan_id}", response_class=HTMLResponse, summary="A bag: its views, detections, verdicts")
+@router.get("/ui/bags/{scan_id}", response_class=HTMLResponse, summary="A bag: its views, detections, verdicts",
+            responses={**_PAGE_SESSION, 404: {"description": "No scan with this id (a page).", "content": _HTML}})
 async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTMLResponse:
     _engine, store, _auth, _batcher = ctx.require()
     record, views = await _bag_views(ctx, scan_id)
@@ -334,7 +356,10 @@ async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTM
 
 
 @router.post("/ui/bags/{scan_id}/review", summary="Confirm or clear a bag (CSRF-protected form)",
-             responses={303: {"description": "Recorded: back to the queue."}})
+             responses={303: {"description": "Recorded: back to the queue."}, **_FORM_SESSION,
+                        404: {"description": "No scan with this id (a page).", "content": _HTML},
+                        409: {"description": "The bag changed since its page was opened (a view came, or another "
+                                             "verdict): nothing recorded (a page).", "content": _HTML}})
 async def review_bag(
     scan_id: ScanIdPath,
     session: SessionDep,
@@ -342,7 +367,9 @@ async def review_bag(
     verdict: Annotated[str, Form(pattern="^(confirmed|cleared)$")],
     note: Annotated[StoredText, Form(max_length=2000)] = "",
     csrf_token: Annotated[str, Form(max_length=128)] = "",  # checked by ui_session; declared for the form schema
-    seen: Annotated[str | None, Form(max_length=20_000, pattern=r"^\d+:\d+(,\d+:\d+)*$")] = None,
+    # Ids are 64-bit: at most 19 digits each (a longer number is no id, and one of over 4300 digits is more
+    # than int() reads).
+    seen: Annotated[str | None, Form(max_length=20_000, pattern=r"^\d{1,19}:\d{1,19}(,\d{1,19}:\d{1,19})*$")] = None,
 ) -> Response:
     _engine, store, _auth, _batcher = ctx.require()
     _record, views = await _bag_views(ctx, scan_id)
@@ -369,7 +396,8 @@ async def review_bag(
     return RedirectResponse("/ui/queue", status_code=status.HTTP_303_SEE_OTHER)
 
 
-@router.get("/ui/seizures", response_class=HTMLResponse, summary="Confirmed bags, with export links")
+@router.get("/ui/seizures", response_class=HTMLResponse, summary="Confirmed bags, with export links",
+            responses=_PAGE_SESSION)
 async def seizures_page(session: SessionDep, ctx: CtxDep) -> HTMLResponse:
     _engine, store, _auth, _batcher = ctx.require()
     items = await asyncio.to_thread(collect_seizures, store)
@@ -391,6 +419,6 @@ async def seizures_page(session: SessionDep, ctx: CtxDep) -> HTMLResponse:
 def mount(app: FastAPI) -> None:
     """Add the UI routes and static files to `app`."""
     app.include_router(router)
-    app.add_exception_handler(UIPageError, _ui_error_page)
+    app.add_exception_handler(UIPageError, error_page)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
 
