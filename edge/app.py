@@ -96,6 +96,7 @@ def _open_store(settings: EdgeSettings) -> tuple[Any, Any]:
     store = Store(settings.db_url, settings.data_dir)
     try:
         store.migrate()
+        store.images.make_root()
     except Exception:
         store.close()
         raise
@@ -261,21 +262,57 @@ def _openapi_with_request_errors(app: FastAPI) -> Any:
     return openapi
 
 
-async def _database_busy(request: Request, exc: Exception) -> Response:
-    """SQLite's busy timeout run out (another process, the admin command or an operator's shell held the
-    write lock all along): 503 with Retry-After rather than a 500; the transaction that waited wrote nothing.
-    Any other database error is an internal one."""
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A database that could not take a write: SQLite's busy timeout run out (another process, the admin
+    command or an operator's shell held the write lock all along: 503 with Retry-After), or its volume full
+    (507). The transaction that failed wrote nothing. Any other database error is an internal one."""
     from edge import ui
     from edge.db import SQLITE_BUSY_TIMEOUT_MS
 
-    if "database is locked" not in str(getattr(exc, "orig", "")) and "database table is locked" not in str(exc):
+    cause = str(getattr(exc, "orig", exc))
+    if "database is locked" in cause or "database table is locked" in cause:
+        status_code, title = 503, "Database busy"
+        detail = (f"the database is busy: another process held its write lock for over "
+                  f"{SQLITE_BUSY_TIMEOUT_MS / 1000:g} s; the request was not completed; retry later")
+    elif "disk is full" in cause:
+        status_code, title = 507, "Storage full"
+        detail = "the lane box's storage is full (the database cannot grow); the request was not completed"
+    else:
         return await _internal_error(request, exc)
-    log_event(_log, "database busy", logging.WARNING, path=request.url.path, error=repr(getattr(exc, "orig", exc)))
-    detail = (f"the database is busy: another process held its write lock for over {SQLITE_BUSY_TIMEOUT_MS / 1000:g} s; "
-              "the request was not completed; retry later")
+    log_event(_log, title.lower(), logging.WARNING, path=request.url.path, error=repr(getattr(exc, "orig", exc)),
+              request_id=request.scope.get("state", {}).get("request_id"))
     if ui.is_ui_page(request.url.path):
-        return await ui.error_page(request, ui.UIPageError(503, "Database busy", detail[0].upper() + detail[1:] + "."))
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
+        return await ui.error_page(request, ui.UIPageError(status_code, title, detail[0].upper() + detail[1:] + "."))
+    return JSONResponse({"detail": detail}, status_code=status_code, headers={"Retry-After": "5" if status_code == 503 else "30"})
+
+
+class _AnswerUnhandledErrors:
+    """Pure ASGI middleware (inside the request-metrics one, so the request has its id and the 500 is
+    counted): an error no handler took is logged once, with the request's id, and answered 500 here.
+    Starlette's outermost error middleware would answer it too, then re-raise it to the server, which logs
+    the same traceback again without the id. An error raised after the answer began goes on up."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            response = await _internal_error(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -320,11 +357,12 @@ def create_app(settings: EdgeSettings, *, start_in_background: bool = False) -> 
     ui.mount(app)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(OperationalError, _database_busy)
+    app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = _openapi_with_request_errors(app)  # type: ignore[method-assign]
     # Outermost last: the metrics middleware sees every answer, including the body limit's 413s.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(_AnswerUnhandledErrors)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 

@@ -179,6 +179,8 @@ class Auth:
         """The enabled principal whose API key this is, else None."""
         if not isinstance(key, str) or not key.startswith((STATION_KEY_PREFIX, USER_KEY_PREFIX)) or len(key) > 256:
             return None
+        if not key.isascii():  # keys are ASCII (token_urlsafe); a JSON key message may hold a lone surrogate
+            return None
         key_hash = _sha256_hex(key)
         # Core columns, not an ORM object: every request with a key runs this.
         with self.store.engine.connect() as connection:

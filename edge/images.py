@@ -15,7 +15,7 @@ import re
 import secrets
 from pathlib import Path
 
-__all__ = ["ImageFiles", "MEDIA_TYPES", "is_sha256_hex", "media_type_for_suffix"]
+__all__ = ["DamagedImageError", "ImageFiles", "MEDIA_TYPES", "is_sha256_hex", "media_type_for_suffix"]
 
 #: Media type by file suffix. Anything else is stored and served as application/octet-stream.
 MEDIA_TYPES: dict[str, str] = {
@@ -32,6 +32,19 @@ MEDIA_TYPES: dict[str, str] = {
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Suffixes become part of a path: letters and digits only, so nothing like "../x" can get in.
 _SUFFIX_RE = re.compile(r"[a-z0-9]{1,10}")
+
+
+class DamagedImageError(OSError):
+    """A stored file whose bytes no longer hash to its name (truncated or altered on disk)."""
+
+    def __init__(self, sha256: str, path: Path) -> None:
+        super().__init__(f"the stored file {path.name} is damaged: its bytes no longer hash to {sha256[:12]}…")
+        self.sha256, self.path = sha256, path
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def media_type_for_suffix(suffix: str) -> str:
@@ -135,9 +148,10 @@ class ImageFiles:
             raise ValueError(f"bad sha256 {sha256!r}: 64 lowercase hex digits expected")
         directory = self._dir(sha256)
         final = directory / f"{sha256}.{suffix}"
-        if final.is_file():
+        if final.is_file() and _file_sha256(final) == sha256:
             # Already stored, perhaps by another process that has renamed it but not yet fsynced the
             # directory: fsync it ourselves, since our caller will acknowledge the scan on our return.
+            # (A file there that is not these bytes, damaged on disk, is replaced below like a new one.)
             _fsync_dir(directory)
             return sha256
         _makedirs_durable(directory, self.root)
@@ -154,7 +168,20 @@ class ImageFiles:
             raise KeyError(sha256)
         return matches[0]
 
-    def read(self, sha256: str) -> tuple[bytes, str]:
-        """(bytes, media type) of a stored image; KeyError if absent."""
+    def make_root(self) -> None:
+        """Make the root directory (durably) if it is missing: a store's first start."""
+        _makedirs_durable(self.root)
+
+    def load(self, sha256: str) -> tuple[bytes, Path]:
+        """(bytes, path) of a stored image, checked against its name; KeyError if absent,
+        DamagedImageError if the file's bytes are not the image any more."""
         path = self.find(sha256)
-        return path.read_bytes(), media_type_for_suffix(path.suffix)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise DamagedImageError(sha256, path)
+        return data, path
+
+    def read(self, sha256: str) -> tuple[bytes, str]:
+        """(bytes, media type) of a stored image, checked as `load` checks it."""
+        data, path = self.load(sha256)
+        return data, media_type_for_suffix(path.suffix)

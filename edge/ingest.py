@@ -38,6 +38,7 @@ from edge.batcher import (
 from edge.context import ServiceContext
 from edge.formats import DicosError, UnsupportedMediaTypeError, Upload, decode_upload
 from edge.logs import log_event
+from edge.storage_faults import storage_failure
 from edge.ratelimit import retry_after_header
 from edge.store import OutboxEntry, ScanRecord, Store
 from edge.tdr import alarmed_views, build_tdr, stored_dicos_images, write_tdr_file
@@ -107,7 +108,9 @@ def validate_meta(fields: dict[str, Any], *, station_name: str) -> ScanMeta:
             else:
                 raise IngestError(422, f"field '{name}' is required (form field or query parameter)",
                                   reason="invalid_fields")
-        value = str(raw)
+        if not isinstance(raw, str):  # a stream's JSON header may hold a number: 77 and "77" are not one bag id
+            raise IngestError(422, f"field '{name}' must be a string", reason="invalid_fields")
+        value = raw
         problem = field_problem(name, value)
         if problem is not None:
             raise IngestError(422, problem, reason="invalid_fields")
@@ -271,16 +274,22 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         # The alarm's side effects are made durable again before the answer, within the deadline as a new
         # scan's writes are (a database another process holds the write lock of answers 504, not a 500
         # when its busy timeout runs out); they run on to their end either way.
-        side_effects = asyncio.ensure_future(_after_record(ctx, record, enqueued=False))
+        side_effects = asyncio.ensure_future(_resend_effects(ctx, record, upload, sha))
         ctx.writes.add(side_effects)
         side_effects.add_done_callback(_write_finished(ctx, meta, "alarm side effects not written"))
         try:
             await asyncio.wait_for(asyncio.shield(side_effects), timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             ctx.metrics.rejections.labels(reason="deadline").inc()
-            raise IngestError(504, f"the scan is recorded (id {record.id}) but its alarm's webhook and report were "
-                                   f"not written before the request deadline ({ctx.settings.request_deadline_s:g} s); "
-                                   "they are still being written, and a re-send is answered once they are") from None
+            raise IngestError(504, f"the scan is recorded (id {record.id}) but its image and its alarm's webhook "
+                                   f"and report were not written again before the request deadline "
+                                   f"({ctx.settings.request_deadline_s:g} s); they are still being written, and a "
+                                   "re-send is answered once they are") from None
+        except Exception as exc:
+            refusal = _storage_refusal(ctx, exc)
+            if refusal is None:
+                raise
+            raise refusal from exc
         timings = {"decode_ms": 0.0, "queue_ms": 0.0, "inference_ms": 0.0}
         return _answer(record, views, timings, started=started, duplicate=True)
     if len(views) >= ctx.settings.max_views_per_bag:
@@ -337,7 +346,31 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         raise IngestError(504, f"the scan was screened but its record was not written before the request deadline "
                                f"({ctx.settings.request_deadline_s:g} s); it is still being written, and a re-send "
                                "of the same scan is answered from it") from None
+    except Exception as exc:
+        refusal = _storage_refusal(ctx, exc)
+        if refusal is None:
+            raise
+        raise refusal from exc
     return _answer(record, views, timings, started=started, duplicate=not created)
+
+
+def _storage_refusal(ctx: ServiceContext, exc: BaseException) -> IngestError | None:
+    """The refusal (counted) for a scan its storage failed (`edge.storage_faults`), or None."""
+    failure = storage_failure(exc)
+    if failure is None:
+        return None
+    ctx.metrics.rejections.labels(reason=failure.reason).inc()
+    log_event(_log, "scan not stored", logging.WARNING, reason=failure.reason, error=repr(exc))
+    return IngestError(failure.status, failure.detail, {"Retry-After": "30"})
+
+
+async def _resend_effects(ctx: ServiceContext, record: ScanRecord, upload: Upload, sha: str) -> None:
+    """What a re-send of a recorded scan makes durable again before its answer: the image (a file lost or
+    damaged on disk is written anew from the bytes sent; one that is whole costs a read), then the alarm's
+    side effects."""
+    _engine, store, _auth, _batcher = ctx.require()
+    await asyncio.to_thread(store.put_image, upload.data, suffix=upload.suffix, sha256=sha)
+    await _after_record(ctx, record, enqueued=False)
 
 
 def _write_finished(ctx: ServiceContext, meta: ScanMeta,

@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
 #: The access log: one line per HTTP request or WebSocket message.
 ACCESS_LOGGER = "xscreen.edge.access"
 _HANDLER_NAME = "xscreen-json"
+#: The id of the request being served (set by `edge.metrics.RequestMetricsMiddleware`): every record logged
+#: while serving it, in its task, its threads (`asyncio.to_thread` copies the context) and its writes' done
+#: callbacks, carries it, whoever logs.
+request_id_var: ContextVar[str | None] = ContextVar("xscreen_request_id", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,6 +36,8 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             doc.update(fields)
+        if doc.get("request_id") is None and (request_id := request_id_var.get()) is not None:
+            doc["request_id"] = request_id
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str, ensure_ascii=False)
@@ -57,16 +64,19 @@ def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fie
 
 
 def uvicorn_log_config(level: str = "INFO") -> dict[str, Any]:
-    """A `logging.config.dictConfig` for uvicorn: its messages as JSON lines too, its access log off (the
-    service logs each request itself, with more fields)."""
+    """A `logging.config.dictConfig` for the served process: the service's and uvicorn's messages as JSON
+    lines, and any other library's warnings too (the root logger's), each once; uvicorn's access log off
+    (the service logs each request itself, with more fields)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "edge.logs.JsonFormatter"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "handlers": {_HANDLER_NAME: {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "xscreen": {"handlers": [_HANDLER_NAME], "level": level, "propagate": False},
+            "uvicorn": {"handlers": [_HANDLER_NAME], "level": level, "propagate": False},
             "uvicorn.error": {"level": level},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
         },
+        "root": {"handlers": [_HANDLER_NAME], "level": "WARNING"},
     }

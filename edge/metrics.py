@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edge.logs import ACCESS_LOGGER, log_event
+from edge.logs import ACCESS_LOGGER, log_event, request_id_var
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -136,6 +136,7 @@ class RequestMetricsMiddleware:
         # Clip a caller-supplied id: it goes into every log line.
         request_id = request_id[:64]
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)  # for every record logged while serving it (edge.logs)
         start = time.perf_counter()
         status = {"code": 500}
 
@@ -187,11 +188,14 @@ def _route_template(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if isinstance(path, str):
         return path
-    # Plain Starlette routes (the UI's) carry no "route"; without path parameters their path
-    # is their template. Static files are mounted, not routed; anything else unmatched is one label.
+    # Static files are mounted, not routed: one label for all (the mount sets "endpoint" and empty
+    # "path_params", so this comes first, or every file name asked for, found or not, would be a label).
+    # Plain Starlette routes (the UI's) carry no "route"; without path parameters their path is their
+    # template. Anything else unmatched is one label.
+    # (Inside the mount Starlette has moved the mount's path into "root_path".)
+    root, path = scope.get("root_path", ""), scope.get("path", "")
+    if root.endswith("/ui/static") or path.startswith((root + "/ui/static/", "/ui/static/")):
+        return "/ui/static"
     if scope.get("endpoint") is not None and not scope.get("path_params"):
         return str(scope.get("path", "unmatched"))
-    root = scope.get("root_path", "")
-    if scope.get("path", "").startswith(root + "/ui/static/"):
-        return "/ui/static"
     return "unmatched"

@@ -29,21 +29,25 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     response_model=ReadyOut,
-    summary="Readiness: the model is loaded, the database answers, the batcher runs",
+    summary="Readiness: the model is loaded, the database answers, the batcher runs, storage has room",
     description="200 when ready to screen, else 503 (a load balancer should send no scans). No authentication.",
     responses={503: {"model": ReadyOut, "description": "Not ready."}},
 )
 async def readyz(ctx: CtxDep) -> Response:
-    db_ok = False
+    db_ok, problem = False, "the store is not open"
     if ctx.store is not None:
-        db_ok = await asyncio.to_thread(ctx.store.ping)
+        store = ctx.store
+        db_ok = await asyncio.to_thread(store.ping)
+        problem = await asyncio.to_thread(store.storage_problem, min_free_bytes=ctx.settings.min_free_bytes)
     body = {
         "model_loaded": ctx.engine is not None,
         "database": db_ok,
         "batcher": ctx.batcher is not None and ctx.batcher.running,
+        "storage": problem is None,
     }
     ready = ctx.ready and all(body.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", **body}, status_code=200 if ready else 503)
+    return JSONResponse({"status": "ready" if ready else "not ready", **body, "storage_problem": problem},
+                        status_code=200 if ready else 503)
 
 
 @router.get(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
@@ -19,7 +20,8 @@ from edge.ingest import IngestError, bag_report, check_rate, count_refusal, fuse
 from edge.preview import render_preview
 from edge.schemas import (DB_INT_MAX, BagOut, ErrorOut, ReviewIn, ReviewOut, ScanIdPath, ScanListOut, ScanRecordOut,
                           ScanResultOut)
-from edge.store import ScanRecord
+from edge.images import DamagedImageError
+from edge.store import ScanRecord, Store
 from edge.tdr import TDR_MEDIA_TYPE, TdrError, alarmed_views, tdr_file_name
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
@@ -242,23 +244,40 @@ async def get_bag(scan_id: ScanIdPath, principal: AnyRoleDep, ctx: CtxDep) -> di
     }
 
 
+async def _stored_image(store: Store, record: ScanRecord) -> tuple[bytes, Path]:
+    """(bytes, path) of `record`'s stored file, checked against its sha256: 404 if it is missing, 500 naming
+    the damage if its bytes are not the scan's any more (never served as the scan)."""
+    try:
+        data, path = await asyncio.to_thread(store.load_image, record.image_sha256)
+    except KeyError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"the image of scan {record.id} is missing") from None
+    except DamagedImageError:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR,
+                            detail=f"the stored image of scan {record.id} is damaged: its bytes no longer match its "
+                                   f"sha256 {record.image_sha256}; restore the file from a backup, or have the "
+                                   "station send the scan again (its re-send rewrites it)") from None
+    return data, path
+
+
+_DAMAGED = {500: {"model": ErrorOut, "description": "The stored image is damaged (its bytes no longer match its sha256)."}}
+
+
 @router.get(
     "/{scan_id}/image",
     summary="The stored scan file, as the station sent it",
     description="Served by record id only (never by path). Role: supervisor, admin.",
-    response_class=FileResponse,
-    responses={**_ERRORS, **_NOT_FOUND, 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {},
+    response_class=Response,
+    responses={**_ERRORS, **_NOT_FOUND, **_DAMAGED, 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {},
                                                           "application/dicom": {}}}},
 )
 async def get_image(scan_id: ScanIdPath, principal: ReviewerDep, ctx: CtxDep) -> Response:
     _engine, store, _auth, _batcher = ctx.require()
     record = await _get_record(ctx, scan_id)
-    try:
-        path = await asyncio.to_thread(store.image_path, record.image_sha256)
-    except KeyError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"the image of scan {scan_id} is missing") from None
-    return FileResponse(path, media_type=record.media_type, headers={"Cache-Control": "private, max-age=3600"},
-                        filename=f"scan-{scan_id}.{path.suffix.lstrip('.')}", content_disposition_type="inline")
+    data, path = await _stored_image(store, record)
+    return Response(data, media_type=record.media_type, headers={
+        "Cache-Control": "private, max-age=3600",
+        "Content-Disposition": f'inline; filename="scan-{scan_id}.{path.suffix.lstrip(".")}"',
+    })
 
 
 @router.get(
@@ -266,7 +285,7 @@ async def get_image(scan_id: ScanIdPath, principal: ReviewerDep, ctx: CtxDep) ->
     summary="An 8-bit PNG rendering of the scan, optionally with its detections drawn",
     description="For the review UI (browsers show neither 16-bit TIFF nor DICOS). Role: supervisor, admin.",
     response_class=Response,
-    responses={**_ERRORS, **_NOT_FOUND, 200: {"content": {"image/png": {}}}},
+    responses={**_ERRORS, **_NOT_FOUND, **_DAMAGED, 200: {"content": {"image/png": {}}}},
 )
 async def get_preview(
     scan_id: ScanIdPath,
@@ -277,10 +296,7 @@ async def get_preview(
 ) -> Response:
     _engine, store, _auth, _batcher = ctx.require()
     record = await _get_record(ctx, scan_id)
-    try:
-        data, _media = await asyncio.to_thread(store.read_image, record.image_sha256)
-    except KeyError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"the image of scan {scan_id} is missing") from None
+    data, _path = await _stored_image(store, record)
     async with ctx.decode_slots:
         png = await asyncio.to_thread(render_preview, data, record, boxes=boxes, max_side=max_side,
                                       max_pixels=ctx.settings.max_pixels)

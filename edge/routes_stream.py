@@ -10,7 +10,8 @@ Protocol (all JSON text frames except the image bytes):
    the key at once); then its next scan is answered with a 401 error and the socket is closed with 1008.
 2. For each scan, a header `{"station", "lane", "bag_id", "view", "seq"?, "content_type"?}` followed by
    exactly one binary frame holding the image file (PNG, JPEG, TIFF or DICOS DX). Instead of the binary
-   frame the header may carry the file as base64 in `"image_b64"`. `seq` is echoed back (any JSON value).
+   frame the header may carry the file as base64 in `"image_b64"` (null: absent). The identifying fields
+   are strings; `seq` (a finite number or a string of at most 256 printable characters) is echoed back.
    A header that is not a JSON object is answered with a 400 error; a binary frame right after it is taken
    as that refused scan's image and dropped, so each scan gets exactly one answer.
 3. Each scan is answered, in the order the scans were sent, with `{"type": "result", "seq", ...}` (the
@@ -29,6 +30,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -187,9 +189,43 @@ async def _send_in_order(ws: WebSocket, pending: asyncio.Queue[asyncio.Task[dict
             return
         try:
             answer = await task
-            await ws.send_json(answer)
+            await ws.send_text(_json_text(answer))
         finally:
             slots.release()
+
+
+def _json_text(doc: dict[str, Any]) -> str:
+    """`doc` as strict JSON text that can go out as UTF-8 (a lone surrogate in an echoed string is escaped)."""
+    text = json.dumps(doc, allow_nan=False, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(doc, allow_nan=False, ensure_ascii=True)
+    return text
+
+
+def _seq_problem(seq: Any) -> str | None:
+    """Why `seq` cannot be echoed in an answer, or None: a station's own tag for a scan, a finite number or
+    a short string (JSON's NaN and Infinity are no JSON a client can read back)."""
+    if seq is None or isinstance(seq, bool) or (isinstance(seq, int) and abs(seq) < 2**63):
+        return None
+    if isinstance(seq, float) and math.isfinite(seq):
+        return None
+    if isinstance(seq, str) and len(seq) <= 256 and seq.isprintable() and _utf8(seq):
+        return None
+    return "seq must be a finite number, or a string of at most 256 printable characters"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class _Frames:
@@ -226,16 +262,22 @@ async def _next_scan(frames: _Frames, *, after_unreadable_header: bool
         return {}, None, IngestError(400, "expected a JSON header text frame before the image's binary frame",
                                      reason="bad_frame")
     try:
-        header = json.loads(message["text"])
+        header = json.loads(message["text"], parse_constant=_no_constants)
         if not isinstance(header, dict):
             raise ValueError("not an object")
     except (ValueError, RecursionError):  # RecursionError: json.loads on deep nesting
         return {}, None, _UnreadableHeader(400, "the header frame is not a JSON object", reason="bad_frame")
-    if "image_b64" in header:
+    refusal = None
+    if (problem := _seq_problem(header.get("seq"))) is not None:
+        header["seq"] = None  # never echoed: the answer must stay readable JSON
+        refusal = IngestError(400, problem, reason="bad_frame")
+    if header.get("image_b64") is not None:
         try:
-            return header, base64.b64decode(header.pop("image_b64"), validate=True), None
+            data = base64.b64decode(header.pop("image_b64"), validate=True)
         except (ValueError, TypeError):  # ValueError: binascii.Error, or a non-ASCII str
             return header, None, IngestError(400, "image_b64 is not valid base64", reason="bad_frame")
+        return header, data, refusal
+    header.pop("image_b64", None)  # null: absent (the image comes as a binary frame)
     frame = await frames.receive()
     if frame["type"] == "websocket.disconnect":
         return None
@@ -243,7 +285,7 @@ async def _next_scan(frames: _Frames, *, after_unreadable_header: bool
         frames.held = frame
         return header, None, IngestError(400, "expected the image as a binary frame after the header (a text "
                                               "frame came: it is read as the next scan's header)", reason="bad_frame")
-    return header, frame["bytes"], None
+    return header, frame["bytes"], refusal
 
 
 @router.websocket("/v1/stream", name="stream")

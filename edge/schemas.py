@@ -178,6 +178,8 @@ class ReadyOut(_Out):
     model_loaded: bool
     database: bool
     batcher: bool
+    storage: bool = Field(description="The image folder and the database's folder can be written and have room.")
+    storage_problem: str | None = Field(None, description="Why storage is false, in words.")
 
 
 class MeOut(_Out):

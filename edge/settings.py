@@ -116,6 +116,10 @@ class EdgeSettings(BaseSettings):
                               "views (and re-screenings); a station sending one bag id for every bag would "
                               "otherwise make each scan read and fuse all the others.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    min_free_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="/readyz says not ready while the image folder's or the database's "
+                                              "volume has less free space than this (scans would soon fail for "
+                                              "want of it).")
     max_pixels: int = Field(DEFAULT_SERVICE_MAX_PIXELS, ge=1, description="Larger scans get 413 before decoding.")
     rate_limit_per_s: float = Field(20.0, gt=0.0, description="Sustained scans per second per station.")
     rate_limit_burst: int = Field(40, ge=1, description="Scans a station may send at once before 429.")

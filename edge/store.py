@@ -24,6 +24,7 @@ ends dead after `outbox_max_attempts` claims like one that fails, instead of bei
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from edge.db import OutboxRow, Review, Scan, make_engine, make_sessionmaker, writing
 from edge.images import ImageFiles, is_sha256_hex
+from edge.storage_faults import DatabaseFileGoneError, storage_problem
 
 __all__ = [
     "OUTBOX_MAX_ATTEMPTS", "OUTBOX_MAX_BACKOFF_S", "OutboxEntry", "OutboxItem", "ReviewRecord", "ScanRecord", "Store",
@@ -174,6 +176,15 @@ _BAG_SCANS = _SCAN_ROWS.where(Scan.station == bindparam("station"), Scan.bag_id 
 _BAG_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:bag, 0))")
 
 
+def _file_id(path: Path | None) -> tuple[int, int] | None:
+    """(device, inode) of `path`, or None if there is none."""
+    try:
+        found = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino) if found is not None else None
+
+
 def _scan_record(row: Any) -> ScanRecord:
     """A `_SCAN_ROWS` row as a record."""
     scan = row._mapping
@@ -216,16 +227,43 @@ class Store:
         self._write_sessions = make_sessionmaker(self.engine, write=True)
         self._insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         self._write_engine = writing(self.engine)
+        self._database_file_id: tuple[int, int] | None = None
         self._insert_scan = (self._insert(Scan).on_conflict_do_nothing(index_elements=["station", "bag_id", "image_sha256"])
                              .returning(Scan.id))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def migrate(self) -> None:
-        """Create or upgrade the schema to the newest revision (idempotent; safe from several processes)."""
+        """Create or upgrade the schema to the newest revision (idempotent; safe from several processes).
+        From here on the SQLite file is the store's (`check_database_file`)."""
         from edge.migrations import upgrade_to_head
 
         upgrade_to_head(self.engine)
+        self._database_file_id = _file_id(self.database_file)
+
+    @property
+    def database_file(self) -> Path | None:
+        """The SQLite file (None for PostgreSQL or an in-memory database)."""
+        name = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+            return None
+        return Path(name)
+
+    def check_database_file(self) -> None:
+        """Raise DatabaseFileGoneError if the SQLite file at the store's path is not the one it opened
+        (removed or replaced while the service ran): a commit through the open connection would not be
+        there at the next start. One stat; nothing to check before `migrate` or on PostgreSQL."""
+        if self._database_file_id is not None and _file_id(self.database_file) != self._database_file_id:
+            raise DatabaseFileGoneError(errno.ENOENT, f"the database file {self.database_file} was removed or "
+                                                      "replaced while the service ran")
+
+    def storage_problem(self, *, min_free_bytes: int) -> str | None:
+        """What keeps the store from taking scans now, in words (for /readyz), or None."""
+        try:
+            self.check_database_file()
+        except DatabaseFileGoneError as exc:
+            return exc.strerror
+        return storage_problem(self.images.root, self.database_file, min_free_bytes=min_free_bytes)
 
     def close(self) -> None:
         """Close all pooled connections."""
@@ -266,12 +304,13 @@ class Store:
         return self.images.put(data, suffix=suffix, sha256=sha256)
 
     def read_image(self, sha256: str) -> tuple[bytes, str]:
-        """(bytes, media type) of a stored image; KeyError if absent."""
+        """(bytes, media type) of a stored image, checked against its sha256; KeyError if absent,
+        DamagedImageError if its bytes are not the image any more."""
         return self.images.read(sha256)
 
-    def image_path(self, sha256: str) -> Path:
-        """Path of a stored image file (for streaming responses); KeyError if absent."""
-        return self.images.find(sha256)
+    def load_image(self, sha256: str) -> tuple[bytes, Path]:
+        """(bytes, path) of a stored image, checked against its sha256 (`ImageFiles.load`)."""
+        return self.images.load(sha256)
 
     # -- scans -------------------------------------------------------------------------------------------
 
@@ -327,6 +366,7 @@ class Store:
             entry = outbox(record) if created and outbox is not None else None
             if entry is not None:
                 connection.execute(self._outbox_insert(entry))
+        self.check_database_file()  # committed, but to the file a restart opens?
         return record, created, views
 
     def get_scan(self, scan_id: int) -> ScanRecord | None:

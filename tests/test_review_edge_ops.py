@@ -106,7 +106,8 @@ def test_ops_routes_access_and_readiness_over_the_lifecycle(tmp_path):
     with running_service(tmp_path) as svc:
         c = svc.client
         assert c.get("/healthz").status_code == 200
-        assert c.get("/readyz").json() == {"status": "ready", "model_loaded": True, "database": True, "batcher": True}
+        assert c.get("/readyz").json() == {"status": "ready", "model_loaded": True, "database": True, "batcher": True,
+                                         "storage": True, "storage_problem": None}
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers=svc.auth("station")).status_code == 403
         r = c.get("/metrics", headers=svc.auth("admin"))

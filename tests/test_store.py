@@ -76,7 +76,7 @@ def test_put_image_is_content_addressed_durable_and_idempotent(tmp_path: Path, m
     assert len(fsyncs) >= 2
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     assert store.read_image(sha) == (data, "image/png")
-    assert store.image_path(sha) == path
+    assert store.load_image(sha) == (data, path)
 
     fsyncs.clear()
     mtime_ns = path.stat().st_mtime_ns
