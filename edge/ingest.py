@@ -243,10 +243,12 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
     engine, store, _auth, batcher = ctx.require()
     deadline = time.monotonic() + ctx.settings.request_deadline_s - (time.perf_counter() - started)
 
-    # A re-send of a scan already recorded gets the stored result and runs nothing. The check (hashing the
-    # image, once for the check and the image store, and a database read) runs in a thread while the scan
-    # waits in the queue: re-sends are rare, every other scan is answered that much sooner, and the event
-    # loop hashes nothing. A re-send is answered even when the queue is full.
+    # A re-send of a scan already recorded gets the stored result. The check (hashing the image, once for
+    # the check and the image store, and a database read) runs in a thread while the scan waits in the
+    # queue: re-sends are rare, every other scan is answered that much sooner, and the event loop hashes
+    # nothing. A re-send's queued scan is withdrawn when the check answers, but a model call that took it
+    # meanwhile (an idle lane's next call starts at once) runs for nothing: the price of not making every
+    # scan wait for the check. A re-send is answered even when the queue is full.
     lookup = asyncio.ensure_future(asyncio.to_thread(_digest_and_views, store, meta, upload))
     ticket: Ticket | None = None
     not_queued: QueueFullError | BatcherStoppedError | None = None
