@@ -149,6 +149,18 @@ class ReviewOut(_Out):
     note: str
 
 
+class SeizedViewOut(_Out):
+    """A confirmed view of a seized bag, with links to its evidence."""
+
+    id: int
+    view: str
+    scanned_at: datetime
+    alarm: bool
+    alarm_classes: list[str]
+    image_url: str = Field(description="The scan file as the station sent it.")
+    preview_url: str = Field(description="An 8-bit PNG rendering with the alarmed detections drawn.")
+
+
 class SeizureOut(_Out):
     """A bag with at least one view confirmed by a supervisor."""
 
@@ -156,6 +168,7 @@ class SeizureOut(_Out):
     lane: str
     bag_id: str
     scan_ids: list[int]
+    views: list[SeizedViewOut] = Field(description="The confirmed views, oldest first (`scan_ids`, described).")
     classes: list[str] = Field(description="Alarm classes over the confirmed views.")
     confirmed_by: str
     confirmed_at: datetime

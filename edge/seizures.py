@@ -53,13 +53,16 @@ def collect_seizures(store: Store, *, page_size: int = REVIEWED_SCANS_PAGE) -> l
         bag = bags.get(key)
         if bag is None:
             bag = bags[key] = {
-                "station": r.station, "lane": r.lane, "bag_id": r.bag_id, "scan_ids": [], "classes": [],
+                "station": r.station, "lane": r.lane, "bag_id": r.bag_id, "scan_ids": [], "views": [], "classes": [],
                 "confirmed_by": None, "confirmed_at": None, "note": "", "tdr_url": None, "_review_id": -1,
             }
         if review is not None and review.id > bag["_review_id"]:
             bag.update(confirmed_by=review.user, confirmed_at=review.created_at, note=review.note,
                        _review_id=review.id)
         bag["scan_ids"].append(r.id)
+        bag["views"].append({"id": r.id, "view": r.view, "scanned_at": r.created_at, "alarm": r.alarm,
+                             "alarm_classes": list(r.alarm_classes), "image_url": f"/v1/scans/{r.id}/image",
+                             "preview_url": f"/v1/scans/{r.id}/preview.png"})
         for c in r.alarm_classes:
             if c not in bag["classes"]:
                 bag["classes"].append(c)
@@ -69,6 +72,8 @@ def collect_seizures(store: Store, *, page_size: int = REVIEWED_SCANS_PAGE) -> l
     # left with no confirming review at all is no seizure.)
     seized = [{k: v for k, v in bag.items() if k != "_review_id"} for bag in bags.values() if bag["_review_id"] >= 0]
     for bag in seized:
+        bag["scan_ids"].reverse()  # read newest first: oldest first, as the bag was scanned
+        bag["views"].reverse()
         if bag["tdr_url"] is None:  # only clear views confirmed (a verdict sent per scan): another may have alarmed
             alarmed = next((v for v in store.bag_scans(bag["station"], bag["bag_id"]) if v.alarm), None)
             if alarmed is not None:
@@ -76,21 +81,35 @@ def collect_seizures(store: Store, *, page_size: int = REVIEWED_SCANS_PAGE) -> l
     return seized
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    """`moment` as an aware UTC time (a naive one is read as UTC, as the export's times are given)."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
 @router.get(
     "/v1/seizures",
     response_model=SeizuresOut,
     summary="Export of confirmed bags (JSON)",
-    description="Every bag with a view confirmed by a supervisor, with a link to its DICOS TDR "
-                "(one per bag, covering its alarmed views). Role: supervisor, admin.",
+    description="Every bag with a view confirmed by a supervisor (optionally within a time window), with its "
+                "confirmed views and links to their files and to its DICOS TDR (one per bag, covering its alarmed "
+                "views). Links are relative to the service's address. Role: supervisor, admin.",
     responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}},
 )
 async def seizures(
     principal: ReviewerDep,
     ctx: CtxDep,
     download: Annotated[bool, Query(description="Send as an attachment (seizures.json).")] = False,
+    since: Annotated[datetime | None, Query(description="Only bags confirmed at or after this time (ISO 8601; "
+                                                        "UTC if no offset is given).")] = None,
+    until: Annotated[datetime | None, Query(description="Only bags confirmed before this time (ISO 8601; UTC if "
+                                                        "no offset is given).")] = None,
 ) -> JSONResponse:
     _engine, store, _auth, _batcher = ctx.require()
     items = await asyncio.to_thread(collect_seizures, store)
+    start, end = _utc(since), _utc(until)
+    items = [i for i in items if (start is None or i["confirmed_at"] >= start) and (end is None or i["confirmed_at"] < end)]
     doc = SeizuresOut.model_validate({"generated_at": datetime.now(timezone.utc), "seizures": items}).model_dump(mode="json")
     headers = {"Content-Disposition": 'attachment; filename="seizures.json"'} if download else None
     return JSONResponse(doc, headers=headers)

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine, bindparam, exists, func, select, text, update
+from sqlalchemy import Engine, bindparam, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -399,6 +399,36 @@ class Store:
         query = query.order_by(Scan.id.desc()).limit(limit).offset(offset)
         with self.engine.connect() as connection:
             return [_scan_record(row) for row in connection.execute(query)]
+
+    def queue_bags(self, *, limit: int, before: int | None = None) -> tuple[list[ScanRecord], int | None, int]:
+        """A page of the review queue: the bags with alarmed views not yet reviewed, keyed by their newest
+        such view's id, newest first; at most `limit` bags whose key is under `before`, with every such view
+        (bag by bag, each bag's oldest view first). Returns (views, the next page's `before` or None when
+        no older bag waits, how many bags wait in all). Keyed rather than offset, so that bags arriving or
+        decided between two page loads neither repeat a bag nor skip one, and a bag is never split."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        waiting = Scan.alarm.is_(True) & ~_HAS_REVIEW
+        key = func.max(Scan.id).label("key")
+        bags = select(Scan.station, Scan.bag_id, key).where(waiting).group_by(Scan.station, Scan.bag_id)
+        total = select(func.count()).select_from(bags.subquery())
+        if before is not None:
+            bags = bags.having(func.max(Scan.id) < before)
+        bags = bags.order_by(key.desc()).limit(limit + 1)
+        with self.engine.connect() as connection:
+            found = connection.execute(bags).all()
+            waiting_bags = int(connection.execute(total).scalar_one())
+            page = found[:limit]
+            rows = connection.execute(
+                _SCAN_ROWS.where(waiting, tuple_(Scan.station, Scan.bag_id).in_([(b.station, b.bag_id) for b in page]))
+                .order_by(Scan.id)
+            ).all() if page else []
+        by_bag: dict[tuple[str, str], list[ScanRecord]] = {}
+        for row in rows:
+            record = _scan_record(row)
+            by_bag.setdefault((record.station, record.bag_id), []).append(record)
+        views = [v for b in page for v in by_bag.get((b.station, b.bag_id), [])]
+        return views, (int(page[-1].key) if len(found) > limit else None), waiting_bags
 
     def count_scans(self) -> int:
         """Number of stored scans."""

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from edge.auth import Principal
 from edge.context import ServiceContext
 from edge.deps import CtxDep, csrf_ok
-from edge.schemas import ScanIdPath, StoredText
+from edge.schemas import DB_INT_MAX, ScanIdPath, StoredText
 from edge.seizures import collect_seizures
 from edge.store import ReviewConflictError, ScanRecord
 from edge.tdr import alarmed_views
@@ -40,7 +40,8 @@ _HERE = Path(__file__).resolve().parent / "ui"
 TEMPLATES = _HERE / "templates"
 STATIC = _HERE / "static"
 LOGIN_CSRF_COOKIE = "xscreen_login_csrf"
-QUEUE_LIMIT = 200  # alarmed scans shown in the queue
+QUEUE_LIMIT = 100  # bags on a page of the review queue
+NOTE_MAX_CHARS = 2000  # a verdict's note, as the bag page's textarea allows
 
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -262,13 +263,13 @@ def _queue_rows(records: list[ScanRecord], *, empty: str) -> str:
     return "\n".join(rows) or f'<tr><td colspan="6">{e(empty)}</td></tr>'
 
 
-def _queue_pager(page: int, *, more: bool) -> str:
+def _queue_pager(before: int | None, *, older: int | None) -> str:
     links = []
-    if page > 1:
-        links.append(f'<a href="/ui/queue?page={page - 1}" rel="prev">← newer</a>')
-    if more:
-        links.append(f'<a href="/ui/queue?page={page + 1}" rel="next">older →</a>')
-    return f'<p class="pager">Page {page} {" ".join(links)}</p>' if links else ""
+    if before is not None:
+        links.append('<a href="/ui/queue" rel="first">← newest</a>')
+    if older is not None:
+        links.append(f'<a href="/ui/queue?before={older}" rel="next">older →</a>')
+    return f'<p class="pager">{" ".join(links)}</p>' if links else ""
 
 
 @router.get("/ui/queue", response_class=HTMLResponse, summary="Queue of flagged bags (unreviewed first)",
@@ -276,26 +277,25 @@ def _queue_pager(page: int, *, more: bool) -> str:
 async def queue_page(
     session: SessionDep,
     ctx: CtxDep,
-    page: Annotated[int, Query(ge=1, le=100_000, description="Page of the unreviewed queue, 1: the newest.")] = 1,
+    before: Annotated[int | None, Query(ge=1, le=DB_INT_MAX, description=(
+        "Show the bags older than this key (the pager's 'older' link); none: the newest."))] = None,
 ) -> HTMLResponse:
     _engine, store, _auth, _batcher = ctx.require()
-    # One scan more than a page holds says whether older ones wait on the next page.
-    unreviewed = await asyncio.to_thread(store.list_scans, alarm=True, reviewed=False, limit=QUEUE_LIMIT + 1,
-                                         offset=(page - 1) * QUEUE_LIMIT)
-    more = len(unreviewed) > QUEUE_LIMIT
-    unreviewed = unreviewed[:QUEUE_LIMIT]
+    unreviewed, older, waiting = await asyncio.to_thread(store.queue_bags, limit=QUEUE_LIMIT, before=before)
     reviewed = await asyncio.to_thread(store.list_scans, alarm=True, reviewed=True, limit=50, latest_review_first=True)
-    count = len(_group_bags(unreviewed))
-    if page > 1 and not unreviewed:
-        summary = f"Page {page} is past the end of the queue."
-    elif more or page > 1:
-        summary = (f"More than {count} flagged bags are waiting for review; page {page} shows {count} of them "
-                   f"({'older ones on the next page' if more else 'the oldest'}).")
+    shown = len(_group_bags(unreviewed))
+    if not waiting:
+        summary = "No flagged bags are waiting for review."
+    elif not shown:
+        summary = f"{waiting} flagged bag(s) are waiting for review, none older than this page: back to the newest."
+    elif before is None and older is None:
+        summary = f"{waiting} flagged bag(s) waiting for review."
     else:
-        summary = f"{count} flagged bag(s) waiting for review."
+        summary = (f"{waiting} flagged bag(s) waiting for review; {shown} {'newest' if before is None else 'older'} "
+                   f"ones here{', older ones on the next page' if older is not None else ', the oldest'}.")
     body = _template("queue.html").substitute(unreviewed=_queue_rows(unreviewed, empty="No alarms waiting."),
                                               reviewed=_queue_rows(reviewed, empty="None yet."),
-                                              summary=e(summary), pager=_queue_pager(page, more=more))
+                                              summary=e(summary), pager=_queue_pager(before, older=older))
     return _page("Alarm queue", body, principal=session.principal, csrf=session.csrf)
 
 
@@ -365,13 +365,20 @@ async def review_bag(
     session: SessionDep,
     ctx: CtxDep,
     verdict: Annotated[str, Form(pattern="^(confirmed|cleared)$")],
-    note: Annotated[StoredText, Form(max_length=2000)] = "",
+    # A browser sends each line break of a textarea as CRLF, two characters where its maxlength counted one:
+    # the field takes room for them, and the note is checked (2000) and stored with plain LF.
+    note: Annotated[StoredText, Form(max_length=4000)] = "",
     csrf_token: Annotated[str, Form(max_length=128)] = "",  # checked by ui_session; declared for the form schema
     # Ids are 64-bit: at most 19 digits each (a longer number is no id, and one of over 4300 digits is more
     # than int() reads).
     seen: Annotated[str | None, Form(max_length=20_000, pattern=r"^\d{1,19}:\d{1,19}(,\d{1,19}:\d{1,19})*$")] = None,
 ) -> Response:
     _engine, store, _auth, _batcher = ctx.require()
+    note = note.replace("\r\n", "\n")
+    if len(note) > NOTE_MAX_CHARS:
+        raise UIPageError(422, "Note too long", f"The note has {len(note)} characters; at most {NOTE_MAX_CHARS} are "
+                                                "kept. Nothing was recorded: go back, shorten it and send it again.",
+                          link=(f"/ui/bags/{scan_id}", "Back to the bag"))
     _record, views = await _bag_views(ctx, scan_id)
     # The verdict is on the bag: it goes on every view that alarmed (on all views if none did), so the
     # bag leaves the queue whichever view was opened; but only as the page showed the bag (`seen`: its views
@@ -408,7 +415,7 @@ async def seizures_page(session: SessionDep, ctx: CtxDep) -> HTMLResponse:
             f'<tr class="seizure"><td><a href="/ui/bags/{s["scan_ids"][0]}">{e(s["bag_id"])}</a></td>'
             f'<td>{e(s["station"])} / {e(s["lane"])}</td><td>{", ".join(e(c) for c in s["classes"])}</td>'
             f'<td>{e(s["confirmed_by"])}</td><td>{e(s["confirmed_at"].strftime("%Y-%m-%d %H:%M:%S"))}</td>'
-            f'<td>{e(s["note"])}</td><td>{links}</td></tr>'
+            f'<td class="note">{e(s["note"])}</td><td>{links}</td></tr>'
         )
     body = _template("seizures.html").substitute(
         rows="\n".join(rows) or '<tr><td colspan="7">No seizures yet.</td></tr>', count=len(items)

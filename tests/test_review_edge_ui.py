@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from typing import Any
 
 import pytest
@@ -125,11 +126,14 @@ def test_the_queue_pages_past_its_limit_and_does_not_understate_the_count(servic
     first = service.client.get("/ui/queue").text
     unreviewed = first.split('id="reviewed"')[0]
     assert "bag-q4" in unreviewed and "bag-q0" not in unreviewed  # newest first
-    assert "3 flagged bag(s) waiting" not in first  # there are 5
-    assert 'href="/ui/queue?page=2"' in first
-    second = service.client.get("/ui/queue?page=2").text.split('id="reviewed"')[0]
-    assert "bag-q0" in second and "bag-q1" in second and "bag-q4" not in second
-    assert 'href="/ui/queue?page=1"' in second
+    assert "5 flagged bag(s) waiting for review; 3 newest ones here, older ones on the next page" in first
+    older = re.search(r'href="(/ui/queue\?before=\d+)" rel="next"', first)
+    assert older is not None, first
+    second = service.client.get(older.group(1)).text
+    assert "bag-q0" in second.split('id="reviewed"')[0] and "bag-q1" in second.split('id="reviewed"')[0]
+    assert "bag-q4" not in second.split('id="reviewed"')[0]
+    assert 'href="/ui/queue" rel="first"' in second and 'rel="next"' not in second
+    assert "2 older ones here, the oldest" in second
 
 
 def test_stored_names_and_notes_are_escaped_on_every_page(service):
