@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge.batcher import MicroBatcher
 from edge.context import ServiceContext
+from edge.intake import IntakeBudget
 from edge.ingest import scan_preparer
 from edge.limits import BodySizeLimitMiddleware
 from edge.logs import configure_logging, log_event
@@ -349,6 +350,7 @@ def create_app(settings: EdgeSettings, *, start_in_background: bool = False) -> 
         settings=settings,
         metrics=metrics,
         limiter=RateLimiter(rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst),
+        intake=IntakeBudget(settings.intake_budget_bytes),
     )
     app.include_router(routes_scans.router)
     app.include_router(routes_stream.router)

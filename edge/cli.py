@@ -75,7 +75,10 @@ def serve_command(
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, access_log=False,
                     log_config=uvicorn_log_config(settings.log_level), ws_max_size=ws_max_size,
-                    ws_per_message_deflate=False, timeout_graceful_shutdown=10)
+                    ws_per_message_deflate=False, timeout_graceful_shutdown=10,
+                    # A stream's frames wait in the server's queue while the service takes no more of that
+                    # stream's scans (MAX_IN_FLIGHT): two at most, so that memory is bounded by the settings.
+                    ws_max_queue=2, limit_concurrency=settings.max_connections)
     except KeyboardInterrupt:
         if app.state.ctx.start_error is None:
             raise

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edge.batcher import MicroBatcher
+from edge.intake import IntakeBudget
 from edge.metrics import EdgeMetrics
 from edge.ratelimit import RateLimiter
 from edge.settings import EdgeSettings
@@ -32,6 +33,10 @@ class ServiceContext:
     #: per-name bucket, is held to one guess a second. The burst leaves room for several supervisors
     #: behind one address (an office NAT) mistyping at once.
     login_address_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=1.0, burst=60))
+    #: Scan bytes received and not yet answered, service-wide (edge/intake.py; made from the settings).
+    intake: IntakeBudget | None = None
+    #: Open `WS /v1/stream` connections (at most XSCREEN_MAX_STREAMS).
+    streams: int = 0
     engine: Engine | None = None
     store: Store | None = None
     auth: Auth | None = None

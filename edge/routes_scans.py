@@ -126,8 +126,10 @@ async def _read_upload(request: Request) -> tuple[Upload, dict[str, str]]:
         415: {"model": ErrorOut, "description": "Content type not accepted."},
         409: {"model": ErrorOut, "description": "The bag already holds XSCREEN_MAX_VIEWS_PER_BAG views."},
         422: {"model": ErrorOut, "description": "Missing fields, undecodable or incompatible scan."},
+        408: {"model": ErrorOut, "description": "The upload did not arrive within the request deadline."},
         429: {"model": ErrorOut, "description": "Station over its rate limit (see Retry-After)."},
-        503: {"model": ErrorOut, "description": "Screening queue full (see Retry-After)."},
+        503: {"model": ErrorOut, "description": "Screening queue or intake full, or storage unwritable (see Retry-After)."},
+        507: {"model": ErrorOut, "description": "The lane box's storage is full: the scan was not stored."},
         504: {"model": ErrorOut, "description": "Not screened before the request deadline."},
     },
     openapi_extra=_INGEST_BODY,
@@ -142,15 +144,23 @@ async def post_scan(
     view: Annotated[str | None, Query(description="View of the bag, e.g. top, side (or form field).")] = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
+    reserved = 0
     try:
         check_rate(ctx, principal.name)
+        reserved = _reserve_intake(ctx, request)
         try:
-            upload, form_fields = await _read_upload(request)
+            # The upload's arrival counts against the request deadline: a station that stalls mid-body is
+            # cut off (408) and its partial body let go, not held for as long as it likes.
+            upload, form_fields = await asyncio.wait_for(_read_upload(request), timeout=ctx.settings.request_deadline_s)
         except ClientDisconnect:
             # The station hung up before its upload ended (its timeout, a network drop): nobody reads the
             # answer, and nothing went wrong here. Counted as nginx's 499 (client closed), never as a 500.
             raise IngestError(CLIENT_CLOSED, "the station closed the connection before its upload ended",
                               reason="client_closed") from None
+        except TimeoutError:
+            raise IngestError(408, f"the upload did not arrive within the request deadline "
+                                   f"({ctx.settings.request_deadline_s:g} s)", {"Connection": "close"},
+                              reason="upload_timeout") from None
         query = {"station": station, "lane": lane, "bag_id": bag_id, "view": view}
         meta = validate_meta({**{k: v for k, v in query.items() if v is not None}, **form_fields},
                              station_name=principal.name)
@@ -158,6 +168,24 @@ async def post_scan(
     except IngestError as exc:
         count_refusal(ctx, exc)
         raise _error(exc) from None
+    finally:
+        if reserved and ctx.intake is not None:
+            ctx.intake.release(reserved)
+
+
+def _reserve_intake(ctx: CtxDep, request: Request) -> int:
+    """Reserve the request body's room in the intake budget (edge/intake.py) before reading a byte of it:
+    its declared length, or the largest body allowed when it declares none. Returns the bytes reserved;
+    raises the 503 of a full budget."""
+    if ctx.intake is None:
+        return 0
+    declared = request.headers.get("content-length", "")
+    limit = ctx.settings.max_body_bytes
+    need = min(int(declared), limit) if declared.isdigit() else limit
+    if not ctx.intake.try_reserve(need):
+        raise IngestError(503, "the lane box holds as many scans as it can take at once; retry shortly",
+                          {"Retry-After": "1"}, reason="intake_full")
+    return need
 
 
 def record_out(record: ScanRecord, *, principal: Principal) -> dict[str, Any]:

@@ -292,6 +292,27 @@ async def _next_scan(frames: _Frames, *, after_unreadable_header: bool
 async def stream(websocket: WebSocket) -> None:
     """Stream scans; see the module docstring for the protocol. Role: station."""
     ctx: ServiceContext = websocket.app.state.ctx
+    if ctx.streams >= ctx.settings.max_streams:
+        await websocket.accept()  # accepted only to say why: 1013, try again later
+        await websocket.close(code=1013, reason=f"the lane box has {ctx.settings.max_streams} streams open: retry later")
+        return
+    ctx.streams += 1
+    try:
+        await _serve_stream(websocket, ctx)
+    finally:
+        ctx.streams -= 1
+
+
+async def _screen_held(ctx: ServiceContext, held: int, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`_screen_one`, giving the scan's `held` bytes back to the intake budget once it is answered."""
+    try:
+        return await _screen_one(ctx, *args, **kwargs)
+    finally:
+        if held and ctx.intake is not None:
+            ctx.intake.release(held)
+
+
+async def _serve_stream(websocket: WebSocket, ctx: ServiceContext) -> None:
     authenticated = await _authenticate(websocket, ctx)
     if authenticated is None:
         return
@@ -321,6 +342,13 @@ async def stream(websocket: WebSocket) -> None:
                 break
             header, data, error = item
             after_unreadable_header = isinstance(error, _UnreadableHeader)
+            held = 0
+            if error is None and data is not None and ctx.intake is not None:
+                if ctx.intake.try_reserve(len(data)):
+                    held = len(data)
+                else:  # the service holds all it can: answered at once, the frame let go
+                    data, error = None, IngestError(503, "the lane box holds as many scans as it can take at once; "
+                                                         "retry shortly", {"Retry-After": "1"}, reason="intake_full")
             revoked = not await key_check.still_valid()
             if revoked:
                 error = IngestError(401, "this station's key no longer authenticates it (the station was disabled "
@@ -330,7 +358,7 @@ async def stream(websocket: WebSocket) -> None:
             # run together.
             bag_id = header.get("bag_id")
             earlier = last_of_bag.get(bag_id) if isinstance(bag_id, str) else None
-            task = asyncio.create_task(_screen_one(ctx, principal, header, data, error, request_id, after=earlier))
+            task = asyncio.create_task(_screen_held(ctx, held, principal, header, data, error, request_id, after=earlier))
             tasks = [t for t in tasks if not t.done()] + [task]
             last_of_bag = {b: t for b, t in last_of_bag.items() if not t.done()}
             if isinstance(bag_id, str):

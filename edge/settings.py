@@ -27,7 +27,9 @@ from inference.cores import usable_cores
 from vision.decode import LANE_MAX_PIXELS
 
 #: 32 MP: a 2,000-line belt scan at 1.5 mm/px over 3 m is about 4 MP, a high-resolution cabinet scanner
-#: about 16 MP; a decoded 32 MP RGB scan takes ~100 MB, which a lane box can afford a few of at once.
+#: about 16 MP. Decoding one peaks at 3-6 times its decoded array (the decoder's image, its numpy copy,
+#: float temporaries for 16 bit): up to ~360 MB for a 32 MP scan, and the service decodes one per model worker
+#: at a time (XSCREEN_BATCH_WORKERS, 2 on 2 cores), which a lane box can afford.
 DEFAULT_SERVICE_MAX_PIXELS = LANE_MAX_PIXELS  # `xscreen predict` refuses the same scans
 
 
@@ -111,6 +113,14 @@ class EdgeSettings(BaseSettings):
                                     "hold; scans are decoded in their model calls' threads)."
     )
     request_deadline_s: float = Field(10.0, gt=0.0, description="A scan not answered by then gets 504.")
+    intake_max_bytes: int | None = Field(
+        None, ge=1, description="Scan bytes the service holds at once, received and not yet answered, over HTTP and "
+                                "streams together; a scan beyond gets 503 with Retry-After before its body is read "
+                                "(default: queue_max + model_workers × (batch_max_size + 1) scans of max_body_bytes).")
+    max_streams: int = Field(64, ge=1, description="Open WS /v1/stream connections; a new one beyond is closed "
+                                                   "with 1013 (try again later).")
+    max_connections: int = Field(1000, ge=1, description="Connections and requests `xscreen serve` takes at once "
+                                                         "(uvicorn's limit_concurrency); beyond, 503.")
     max_views_per_bag: int = Field(
         64, ge=1, description="A new scan of a bag that already holds this many views gets 409: a bag has a few "
                               "views (and re-screenings); a station sending one bag id for every bag would "
@@ -182,6 +192,13 @@ class EdgeSettings(BaseSettings):
         if self.batch_workers is not None:
             return self.batch_workers
         return 2 if usable_cores() >= 2 else 1
+
+    @property
+    def intake_budget_bytes(self) -> int:
+        """The intake budget (`intake_max_bytes`, or what the micro-batcher holds in scans of the largest size)."""
+        if self.intake_max_bytes is not None:
+            return self.intake_max_bytes
+        return (self.queue_max + self.model_workers * (self.batch_max_size + 1)) * self.max_body_bytes
 
     @property
     def model_threads(self) -> int:

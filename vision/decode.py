@@ -27,8 +27,8 @@ Layout = Literal["grey", "rgb", "dual_energy"]
 DEFAULT_MAX_PIXELS = 64_000_000
 
 #: The lane's budget, for every path that screens a scan: the service (edge.settings) and `xscreen predict`
-#: refuse the same files. 32 MP: a high-resolution cabinet scanner gives about 16 MP; a decoded 32 MP RGB scan
-#: takes ~100 MB, which a lane box can afford a few of at once (the service decodes several in parallel).
+#: refuse the same files. 32 MP: a high-resolution cabinet scanner gives about 16 MP; decoding a 32 MP scan
+#: peaks at 3-6 times its ~100-MB decoded array, which a lane box can afford for one scan per model worker.
 LANE_MAX_PIXELS = 32_000_000
 
 
