@@ -100,21 +100,27 @@ def station_command(
     """Simulate a station: stream bags to a lane service and show sent, alarms, latency p50/p95, errors."""
     import json
 
-    from edge.station import StationConfig, StationError, run_station
+    from edge.station import StationConfig, StationError, StationSummary, run_station
 
     if source != "synth" and not Path(source).is_dir():
         raise _fail(f"--source must be 'synth' or a folder; {source!r} is neither")
     cfg = StationConfig(url=url.rstrip("/"), key=key, lanes=lanes, rate=rate, source=source, bags=bags, seed=seed,
                         live=not json_out, stream=stream)
+    summary = StationSummary()
+    interrupted = False
     try:
-        summary = run_station(cfg)
+        run_station(cfg, summary=summary)
     except StationError as exc:
         raise _fail(str(exc)) from None
+    except KeyboardInterrupt:  # Ctrl-C: every lane has stopped; the figures so far, then 130 as a shell expects
+        interrupted = True
     if json_out:
-        typer.echo(json.dumps(summary.as_dict()))
-    else:
-        for sample in summary.error_samples:
-            typer.echo(f"error sample: {sample}", err=True)
+        typer.echo(json.dumps({**summary.as_dict(), **({"interrupted": True} if interrupted else {})}))
+    for sample in summary.error_samples:
+        typer.echo(f"error sample: {sample}", err=True)
+    if interrupted:
+        typer.echo("stopped (Ctrl-C)", err=True)
+        raise typer.Exit(code=130)
     if summary.errors:
         raise typer.Exit(code=1)
 

@@ -122,16 +122,19 @@ BagSource = Callable[[int], tuple["bytes | Pair", str, str]]
 
 
 def _folder_scans(folder: Path) -> list[tuple[Path, ...]]:
-    """The scans of a folder in name order: one file each, or a `<stem>_low`/`<stem>_high` pair (as
-    `xscreen predict` reads them) as one scan."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _SUFFIX_TYPES and p.is_file())
-    names = {p.name for p in files}
+    """The scans of a folder and its subfolders, in path order (a dataset as it ships keeps its images in a
+    subfolder beside its annotations, which are skipped): one file each, or a `<stem>_low`/`<stem>_high`
+    pair (as `xscreen predict` reads them) as one scan. Hidden files and folders (".name", such as the
+    "._name.png" a Mac leaves beside every file it copies) are no scans."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _SUFFIX_TYPES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    paths = set(files)
     scans: list[tuple[Path, ...]] = []
     for p in files:
         stem = p.stem
-        if stem.endswith("_low") and stem != "_low" and f"{stem[:-4]}_high{p.suffix}" in names:
+        if stem.endswith("_low") and stem != "_low" and p.with_name(f"{stem[:-4]}_high{p.suffix}") in paths:
             scans.append((p, p.with_name(f"{stem[:-4]}_high{p.suffix}")))
-        elif not (stem.endswith("_high") and f"{stem[:-5]}_low{p.suffix}" in names):
+        elif not (stem.endswith("_high") and p.with_name(f"{stem[:-5]}_low{p.suffix}") in paths):
             scans.append((p,))
     return scans
 
@@ -141,7 +144,7 @@ def folder_source(folder: Path) -> BagSource:
     or unreadable meanwhile raises OSError naming it, for that bag."""
     scans = _folder_scans(folder)
     if not scans:
-        raise StationError(f"{folder} holds no scans ({', '.join(sorted(_SUFFIX_TYPES))})")
+        raise StationError(f"{folder} holds no scans ({', '.join(sorted(_SUFFIX_TYPES))}), in its subfolders neither")
 
     def get(k: int) -> tuple[bytes | Pair, str, str]:
         paths = scans[k % len(scans)]
@@ -317,15 +320,18 @@ class _LaneStream:
             await ws.close()
 
 
-async def _send_bag(send_once: SendOnce, cfg: StationConfig, summary: StationSummary) -> None:
-    """Deliver one scan, retrying 429/503 after the wait the service asked for; count the outcome."""
+async def _send_bag(send_once: SendOnce, cfg: StationConfig, summary: StationSummary, *, label: str = "") -> None:
+    """Deliver one scan, retrying 429/503 after the wait the service asked for; count the outcome. Its
+    latency runs from its first send to its answer, the waits it was told to make included (what the
+    lane waited for its verdict). label: which scan it is, for the error samples."""
+    start = time.perf_counter()
+    said = f"{label}: " if label else ""
     for attempt in range(cfg.max_retries + 1):
-        start = time.perf_counter()
         try:
             status, body, retry_after_s = await send_once()
         except _TRANSPORT_ERRORS as exc:
             summary.errors += 1
-            summary.error_samples = (summary.error_samples + [f"{type(exc).__name__}: {exc}"])[-5:]
+            summary.error_samples = (summary.error_samples + [f"{said}{type(exc).__name__}: {exc}"])[-5:]
             return
         if status in (429, 503) and attempt < cfg.max_retries:
             summary.retries += 1
@@ -335,7 +341,7 @@ async def _send_bag(send_once: SendOnce, cfg: StationConfig, summary: StationSum
             status, body = 0, f"the answer is not a scan result: {body!r}"
         if status != 200:
             summary.errors += 1
-            summary.error_samples = (summary.error_samples + [f"{status}: {str(body)[:200]}"])[-5:]
+            summary.error_samples = (summary.error_samples + [f"{said}{status}: {str(body)[:200]}"])[-5:]
             return
         summary.sent += 1
         summary.latencies_ms.append((time.perf_counter() - start) * 1000.0)
@@ -371,12 +377,16 @@ def check_config(cfg: StationConfig) -> None:
             raise StationError(f"{name} must be {rule}, got {value}")
 
 
-async def run_station_async(cfg: StationConfig, source: BagSource | None = None) -> StationSummary:
-    """Run the simulator until `cfg.bags` bags are answered or failed (see the module docstring)."""
+async def run_station_async(cfg: StationConfig, source: BagSource | None = None,
+                            summary: StationSummary | None = None) -> StationSummary:
+    """Run the simulator until `cfg.bags` bags are answered or failed (see the module docstring).
+    summary: filled in as bags are answered (the caller's, so that a run stopped half way, Ctrl-C, still
+    has its figures); a new one by default. Cancelled, the run cancels and awaits every lane first."""
     check_config(cfg)
     if source is None:
         source = synth_source(seed=cfg.seed, size_px=cfg.synth_size_px) if cfg.source == "synth" else folder_source(Path(cfg.source))
-    summary = StationSummary(interval_s=1.0 / cfg.rate)
+    summary = summary if summary is not None else StationSummary()
+    summary.interval_s = 1.0 / cfg.rate
     run_id = uuid.uuid4().hex[:8]  # bag ids unique per run, so a second run is not answered as duplicates
     counter = itertools.count()
     headers = {"Authorization": f"Bearer {cfg.key}"}
@@ -401,27 +411,37 @@ async def run_station_async(cfg: StationConfig, source: BagSource | None = None)
                     # (Dual-energy pairs go over HTTP even when streaming: the stream takes one image a scan.)
                     send = (stream.send_once(fields, data, content_type) if stream is not None and isinstance(data, bytes)
                             else _post_once(client, fields, bag_id, data, content_type))
-                    await _send_bag(send, cfg, summary)
+                    await _send_bag(send, cfg, summary, label=f"{name} (bag {k}, {bag_id})")
             finally:
                 if stream is not None:
                     await stream.close()
 
         workers = [asyncio.create_task(lane_worker(i + 1)) for i in range(cfg.lanes)]
-        if cfg.live:
-            from rich.live import Live
+        try:
+            if cfg.live:
+                from rich.live import Live
 
-            with Live(_table(summary, cfg), refresh_per_second=4) as live:
-                while not all(w.done() for w in workers):
-                    summary.elapsed_s = time.monotonic() - t0
-                    live.update(_table(summary, cfg))
-                    await asyncio.wait(workers, timeout=0.25)
-                summary.elapsed_s = time.monotonic() - t0
-                live.update(_table(summary, cfg))
-        await asyncio.gather(*workers)
-        summary.elapsed_s = time.monotonic() - t0
+                with Live(_table(summary, cfg), refresh_per_second=4) as live:
+                    try:
+                        while not all(w.done() for w in workers):
+                            summary.elapsed_s = time.monotonic() - t0
+                            live.update(_table(summary, cfg))
+                            await asyncio.wait(workers, timeout=0.25)
+                    finally:  # the table's last state stays on screen, stopped or not
+                        summary.elapsed_s = time.monotonic() - t0
+                        live.update(_table(summary, cfg))
+            await asyncio.gather(*workers)
+        finally:
+            # Stopped (Ctrl-C cancels the run): no lane goes on sending on a client about to close.
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            summary.elapsed_s = time.monotonic() - t0
     return summary
 
 
-def run_station(cfg: StationConfig, source: BagSource | None = None) -> StationSummary:
-    """Blocking `run_station_async`."""
-    return asyncio.run(run_station_async(cfg, source))
+def run_station(cfg: StationConfig, source: BagSource | None = None,
+                summary: StationSummary | None = None) -> StationSummary:
+    """Blocking `run_station_async`; Ctrl-C raises KeyboardInterrupt once every lane has stopped, `summary`
+    (if given) holding the figures so far."""
+    return asyncio.run(run_station_async(cfg, source, summary))
