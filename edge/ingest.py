@@ -18,10 +18,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from inference.engine import Engine
 
 _log = logging.getLogger("xscreen.edge.ingest")
+_T = TypeVar("_T")
 
 # Identifiers end up in file names, logs and a UI: printable, no separators that need escaping. Matched
 # whole (`fullmatch`: with `match`, "$" would let a final newline through).
@@ -273,25 +274,15 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         if ticket is not None:
             ticket.cancel()
         record = existing[0]
-        # The alarm's side effects are made durable again before the answer, within the deadline as a new
-        # scan's writes are (a database another process holds the write lock of answers 504, not a 500
-        # when its busy timeout runs out); they run on to their end either way.
-        side_effects = asyncio.ensure_future(_resend_effects(ctx, record, upload, sha))
-        ctx.writes.add(side_effects)
-        side_effects.add_done_callback(_write_finished(ctx, meta, "alarm side effects not written"))
-        try:
-            await asyncio.wait_for(asyncio.shield(side_effects), timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            ctx.metrics.rejections.labels(reason="deadline").inc()
-            raise IngestError(504, f"the scan is recorded (id {record.id}) but its image and its alarm's webhook "
-                                   f"and report were not written again before the request deadline "
-                                   f"({ctx.settings.request_deadline_s:g} s); they are still being written, and a "
-                                   "re-send is answered once they are") from None
-        except Exception as exc:
-            refusal = _storage_refusal(ctx, exc)
-            if refusal is None:
-                raise
-            raise refusal from exc
+        # The image and the alarm's side effects are made durable again before the answer, within the
+        # deadline as a new scan's writes are (a database another process holds the write lock of answers
+        # 504, not a 500 when its busy timeout runs out).
+        await _written(ctx, meta, _resend_effects(ctx, record, upload, sha), deadline,
+                       failure="alarm side effects not written",
+                       late=f"the scan is recorded (id {record.id}) but its image and its alarm's webhook and report "
+                            f"were not written again before the request deadline "
+                            f"({ctx.settings.request_deadline_s:g} s); they are still being written, and a re-send "
+                            "is answered once they are")
         timings = {"decode_ms": 0.0, "queue_ms": 0.0, "inference_ms": 0.0}
         return _answer(record, views, timings, started=started, duplicate=True)
     if len(views) >= ctx.settings.max_views_per_bag:
@@ -333,27 +324,34 @@ async def screen(ctx: ServiceContext, meta: ScanMeta, upload: Upload, *, started
         await _after_record(ctx, record, enqueued=created)
         return record, created, views
 
-    # The writes (image, then record) run to their end whatever happens to the request (the service awaits
-    # them before it stops); the station waits for them within its deadline only: a write held up (a database
-    # busy with another writer, a slow disk) answers 504, unacknowledged, and a re-send is answered from the
-    # record once it is written.
-    writing = asyncio.ensure_future(record_it())
-    ctx.writes.add(writing)
-    writing.add_done_callback(_write_finished(ctx, meta))
+    # The writes (image, then record): a re-send is answered from the record once it is written.
+    record, created, views = await _written(
+        ctx, meta, record_it(), deadline, failure="scan not recorded",
+        late=f"the scan was screened but its record was not written before the request deadline "
+             f"({ctx.settings.request_deadline_s:g} s); it is still being written, and a re-send of the same scan "
+             "is answered from it")
+    return _answer(record, views, timings, started=started, duplicate=not created)
+
+
+async def _written(ctx: ServiceContext, meta: ScanMeta, writes: Coroutine[Any, Any, _T], deadline: float, *,
+                   failure: str, late: str) -> _T:
+    """Await a scan's durable writes within the request's deadline. They run to their end whatever happens
+    to the request (the service awaits them before it stops; `failure` is logged if they fail with nobody
+    waiting); a write held up (a database busy with another writer, a slow disk) answers 504 (`late`),
+    unacknowledged, and one its storage refused answers that refusal (`_storage_refusal`)."""
+    future = asyncio.ensure_future(writes)
+    ctx.writes.add(future)
+    future.add_done_callback(_write_finished(ctx, meta, failure))
     try:
-        record, created, views = await asyncio.wait_for(asyncio.shield(writing),
-                                                        timeout=max(0.0, deadline - time.monotonic()))
+        return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, deadline - time.monotonic()))
     except TimeoutError:
         ctx.metrics.rejections.labels(reason="deadline").inc()
-        raise IngestError(504, f"the scan was screened but its record was not written before the request deadline "
-                               f"({ctx.settings.request_deadline_s:g} s); it is still being written, and a re-send "
-                               "of the same scan is answered from it") from None
+        raise IngestError(504, late) from None
     except Exception as exc:
         refusal = _storage_refusal(ctx, exc)
         if refusal is None:
             raise
         raise refusal from exc
-    return _answer(record, views, timings, started=started, duplicate=not created)
 
 
 def _storage_refusal(ctx: ServiceContext, exc: BaseException) -> IngestError | None:

@@ -174,3 +174,30 @@ def new_server(model: Path, db_url: str, data_dir: Path, workdir: Path, *, name:
     workdir.mkdir(parents=True, exist_ok=True)
     return ServerProcess(model=model, db_url=db_url, data_dir=data_dir, workdir=workdir, port=free_port(),
                          env=dict(env or {}), extra_args=list(extra_args or []), name=name)
+
+
+def check_shared_store(db_url: str, data_dir: Path, unique: dict, scans: int) -> None:
+    """What several processes on one database and data dir must leave: `scans` records (none twice), each
+    scan of `unique` ({key: (image bytes, id)}) stored with its image, and exactly one pending webhook outbox
+    item per alarmed scan (the webhook URL points at a closed port)."""
+    import hashlib
+
+    from edge.store import Store
+
+    store = Store(db_url, data_dir)
+    try:
+        assert store.count_scans() == scans, "a scan was stored twice (or one is missing)"
+        for data, scan_id in unique.values():
+            record = store.get_scan(scan_id)
+            assert record is not None and record.image_sha256 == hashlib.sha256(data).hexdigest()
+            assert store.read_image(record.image_sha256)[0] == data
+        alarmed = {r.id for r in store.list_scans(alarm=True, limit=1000)}
+        assert alarmed, "no scan alarmed (the tiny model's thresholds are 0.01): the outbox check is empty"
+        items = store.outbox_items()
+        keys = [item.dedupe_key for item in items]
+        assert len(keys) == len(set(keys)), "duplicate outbox items"
+        assert sorted(item.payload["scan_id"] for item in items) == sorted(alarmed), \
+            "outbox items are not exactly one per alarmed scan"
+        assert all(item.status == "pending" for item in items), "an item to a closed port was delivered?"
+    finally:
+        store.close()

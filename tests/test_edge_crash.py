@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from edge_model import tiny_package
-from edge_process import add_admin, add_station, new_server, server_processes
+from edge_process import add_admin, add_station, check_shared_store, new_server, server_processes
 from edge_support import free_port, png_bytes
 from pg_fixtures import db_url, pg_server  # noqa: F401 - fixtures
 
@@ -172,8 +172,6 @@ SHARED_SCANS = 12
 
 
 def test_two_service_processes_share_one_postgresql_database(pg_server, tmp_path: Path):  # noqa: F811
-    from edge.store import Store
-
     url = pg_server.create_database()
     data_dir = tmp_path / "data"
     hook = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there: outbox items stay pending
@@ -240,20 +238,4 @@ def test_two_service_processes_share_one_postgresql_database(pg_server, tmp_path
         ids = [scan_id for _data, scan_id in unique.values()] + [v["a"]["id"] for v in shared.values()]
         assert len(set(ids)) == len(ids) == 4 * UNIQUE_PER_THREAD + SHARED_SCANS
 
-        store = Store(url, data_dir)
-        try:
-            assert store.count_scans() == len(ids), "a scan was stored twice"
-            for data, scan_id in unique.values():
-                record = store.get_scan(scan_id)
-                assert record is not None and record.image_sha256 == hashlib.sha256(data).hexdigest()
-                assert store.read_image(record.image_sha256)[0] == data
-            alarmed = {r.id for r in store.list_scans(alarm=True, limit=1000)}
-            assert alarmed, "no scan alarmed: the outbox check below would be empty (the tiny model's thresholds are 0.01)"
-            items = store.outbox_items()
-            keys = [item.dedupe_key for item in items]
-            assert len(keys) == len(set(keys)), "duplicate outbox items"
-            assert sorted(item.payload["scan_id"] for item in items) == sorted(alarmed), \
-                "outbox items are not exactly one per alarmed scan"
-            assert all(item.status == "pending" for item in items), "an item to a closed port was delivered?"
-        finally:
-            store.close()
+        check_shared_store(url, data_dir, unique, len(ids))

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from edge_model import tiny_package
-from edge_process import add_admin, add_station, new_server, server_processes, xscreen
+from edge_process import add_admin, add_station, check_shared_store, new_server, server_processes, xscreen
 from edge_support import free_port, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -116,8 +116,6 @@ SPLIT_BAGS = 8
 
 
 def test_two_processes_on_one_fresh_sqlite_file_keep_ids_idempotency_bag_fusion_and_the_outbox(tmp_path: Path):
-    from edge.store import Store
-
     url, data_dir = _sqlite(tmp_path)
     env = _hook_env()
     a = new_server(tiny_package(), url, data_dir, tmp_path / "a", name="a", env=env)
@@ -209,23 +207,7 @@ def test_two_processes_on_one_fresh_sqlite_file_keep_ids_idempotency_bag_fusion_
                + [v[view]["id"] for v in split.values() for view in ("top", "side")])
         assert len(set(ids)) == len(ids), "two scans got the same id"
 
-        store = Store(url, data_dir)
-        try:
-            assert store.count_scans() == len(ids), "a scan was stored twice (or one is missing)"
-            for data, scan_id in unique.values():
-                record = store.get_scan(scan_id)
-                assert record is not None and record.image_sha256 == hashlib.sha256(data).hexdigest()
-                assert store.read_image(record.image_sha256)[0] == data
-            alarmed = {r.id for r in store.list_scans(alarm=True, limit=1000)}
-            assert alarmed, "no scan alarmed (the tiny model's thresholds are 0.01): the outbox check is empty"
-            items = store.outbox_items()
-            keys = [item.dedupe_key for item in items]
-            assert len(keys) == len(set(keys)), "duplicate outbox items"
-            assert sorted(item.payload["scan_id"] for item in items) == sorted(alarmed), \
-                "outbox items are not exactly one per alarmed scan"
-            assert all(item.status == "pending" for item in items), "an item to a closed port was delivered?"
-        finally:
-            store.close()
+        check_shared_store(url, data_dir, unique, len(ids))
         _no_lock_errors_logged(a, b)
 
 
