@@ -187,3 +187,19 @@ def ui_login(client: Any, name: str = "sup", password: str = SUPERVISOR_PASSWORD
     return client.post("/login", data={"username": name, "password": password, "csrf_token": hidden_csrf(form.text)},
                        follow_redirects=False)
 
+
+def stored_scan(store: Any, bag_id: str, *, alarm: bool = True, view: str = "top", station: str = "st1",
+                lane: str = "1", classes: tuple[str, ...] = ("drug_package",), seed: str = "") -> Any:
+    """A scan written straight into the store (no model run, no image file): alarmed with one box per
+    class, or clear."""
+    import hashlib
+
+    sha = hashlib.sha256(f"{station}|{bag_id}|{view}|{seed}".encode()).hexdigest()
+    detections = [{"class": c, "class_id": 0, "score": 0.9, "box_xyxy": [10.0, 20.0, 30.0, 60.0], "alarm": True}
+                  for c in classes] if alarm else []
+    record, _created = store.record_scan(
+        station=station, lane=lane, bag_id=bag_id, view=view, image_sha256=sha, media_type="image/png", width=80,
+        height=96, result={"detections": detections}, model_name="tiny-test", model_version="0.0.1", alarm=alarm,
+        alarm_classes=list(classes) if alarm else [],
+    )
+    return record

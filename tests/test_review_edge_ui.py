@@ -5,7 +5,6 @@ against a service that is starting, refuses its key, or asks to retry later."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from typing import Any
@@ -18,22 +17,7 @@ from edge import ui
 from edge.seizures import collect_seizures
 from edge.station import StationConfig, StationError, run_station
 from edge_support import hidden_csrf, png_bytes, post_png, running_service, ui_login, uvicorn_server
-
-
-
-
-def _record(store, bag_id: str, *, alarm: bool, view: str = "top", station: str = "st1", lane: str = "1",
-            classes: tuple[str, ...] = ("drug_package",), seed: str = "") -> Any:
-    """A scan written straight into the store (no model run): alarmed with one box, or clear."""
-    sha = hashlib.sha256(f"{station}|{bag_id}|{view}|{seed}".encode()).hexdigest()
-    detections = [{"class": c, "class_id": 0, "score": 0.9, "box_xyxy": [10.0, 20.0, 30.0, 60.0], "alarm": True}
-                  for c in classes] if alarm else []
-    record, _created = store.record_scan(
-        station=station, lane=lane, bag_id=bag_id, view=view, image_sha256=sha, media_type="image/png", width=80,
-        height=96, result={"detections": detections}, model_name="tiny-test", model_version="0.0.1", alarm=alarm,
-        alarm_classes=list(classes) if alarm else [],
-    )
-    return record
+from edge_support import stored_scan as _record
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ what should happen. The others pin behaviour that held."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from edge_support import (
     served_service,
     ui_login,
 )
+from edge_support import stored_scan as _record
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -39,20 +39,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 def service(tmp_path):
     with running_service(tmp_path) as svc:
         yield svc
-
-
-def _record(store, bag_id: str, *, alarm: bool = True, view: str = "top", station: str = "st1", lane: str = "1",
-            classes: tuple[str, ...] = ("drug_package",)) -> Any:
-    """A scan written straight into the store (no model run): alarmed with one box per class, or clear."""
-    sha = hashlib.sha256(f"{station}|{bag_id}|{view}".encode()).hexdigest()
-    detections = [{"class": c, "class_id": 0, "score": 0.9, "box_xyxy": [10.0, 20.0, 30.0, 60.0], "alarm": True}
-                  for c in classes] if alarm else []
-    record, _created = store.record_scan(
-        station=station, lane=lane, bag_id=bag_id, view=view, image_sha256=sha, media_type="image/png", width=80,
-        height=96, result={"detections": detections}, model_name="tiny-test", model_version="0.0.1", alarm=alarm,
-        alarm_classes=list(classes) if alarm else [],
-    )
-    return record
 
 
 def _form(page: str) -> tuple[str, dict[str, str]]:
