@@ -118,6 +118,8 @@ def station_command(
         typer.echo(json.dumps({**summary.as_dict(), **({"interrupted": True} if interrupted else {})}))
     for sample in summary.error_samples:
         typer.echo(f"error sample: {sample}", err=True)
+    if not interrupted and (note := summary.shortfall(rate)) is not None:
+        typer.echo(f"note: {note}", err=True)
     if interrupted:
         typer.echo("stopped (Ctrl-C)", err=True)
         raise typer.Exit(code=130)

@@ -102,6 +102,15 @@ class StationSummary:
                 "latency_ms_p95": round(self.latency_ms_p95, 1), "elapsed_s": round(self.elapsed_s, 2),
                 "bags_per_s": self.bags_per_s}
 
+    def shortfall(self, offered_per_s: float) -> str | None:
+        """A sentence when the run answered bags at under 90 % of the offered rate (the source could not
+        make them fast enough, or the service answer them), else None."""
+        got = self.bags_per_s
+        if self.sent + self.errors < 2 or got >= 0.9 * offered_per_s:
+            return None
+        return (f"offered {offered_per_s:g} bags/s, answered {got:g}: the bags' source (the synthesiser makes "
+                "each bag in its lane) or the service did not keep up")
+
     @property
     def bags_per_s(self) -> float:
         """Answered bags per second: B bags take B − 1 intervals from the first send, plus one for the first."""

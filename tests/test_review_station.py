@@ -482,3 +482,13 @@ def test_a_server_killed_and_restarted_mid_run_costs_errors_not_the_run(tmp_path
             assert summary["sent"] <= len(run) <= summary["sent"] + 2, (summary, len(run))
             # bags after the restart were delivered: the lanes reconnected
             assert max(int(i["bag_id"].split("-")[1]) for i in run) == bags - 1, [i["bag_id"] for i in run]
+
+
+def test_the_summary_says_when_the_offered_rate_was_not_reached() -> None:
+    from edge.station import StationSummary
+
+    slow = StationSummary(sent=10, elapsed_s=9.0, interval_s=0.1)  # 10 bags in 9.1 s: about 1.1 bags/s
+    assert "offered 10 bags/s, answered 1.1" in (slow.shortfall(10.0) or "")
+    on_time = StationSummary(sent=10, elapsed_s=0.9, interval_s=0.1)  # 10 bags/s
+    assert on_time.shortfall(10.0) is None
+    assert StationSummary(sent=1, elapsed_s=5.0, interval_s=1.0).shortfall(10.0) is None  # one bag tells nothing
