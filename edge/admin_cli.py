@@ -65,13 +65,26 @@ def _store_location(db: str | None, data_dir: Path | None) -> tuple[str, Path]:
 
 
 @contextmanager
-def _auth(db: str | None, data_dir: Path | None) -> Iterator[Auth]:
+def _auth(db: str | None, data_dir: Path | None, *, read_only: bool = False) -> Iterator[Auth]:
+    """The store's Auth, its schema migrated. read_only: for a command that only reads, a SQLite file that
+    does not exist is an error (a mistyped path), not a new empty database."""
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from edge.auth import Auth
+    from edge.settings import sqlite_url_problem
     from edge.store import Store
 
     db, data_dir = _store_location(db, data_dir)
+    try:
+        problem = sqlite_url_problem(db)
+        url = make_url(db)
+    except ArgumentError as exc:
+        _fail(f"cannot use the database URL: {exc}")
+    if problem is not None:
+        _fail(problem)
+    if read_only and url.get_backend_name() == "sqlite" and not Path(url.database or "").expanduser().is_file():
+        _fail(f"no database at {url.database}: nothing to read (xscreen serve or an admin command that adds makes it)")
     try:
         store = Store(db, data_dir)
     except (ArgumentError, ValueError) as exc:  # not a URL, or a database other than SQLite/PostgreSQL
@@ -157,7 +170,7 @@ def set_password(
         try:
             auth.set_password(name, password)
         except (KeyError, ValueError) as exc:
-            _fail(str(exc).strip("'\""))
+            _fail(exc.args[0] if exc.args else str(exc))
     typer.echo(f"Password of {name!r} set.")
 
 
@@ -172,7 +185,7 @@ def rotate_key(
         try:
             key = auth.rotate_key(name, kind=kind.value)
         except KeyError as exc:
-            _fail(str(exc).strip("'\""))
+            _fail(exc.args[0] if exc.args else str(exc))
     typer.echo(f"New API key of {kind.value} {name!r} (shown once) is on the next line:")
     typer.echo(key)
 
@@ -189,7 +202,7 @@ def disable(
         try:
             auth.set_disabled(name, kind=kind.value, disabled=not enable)
         except KeyError as exc:
-            _fail(str(exc).strip("'\""))
+            _fail(exc.args[0] if exc.args else str(exc))
     typer.echo(f"{kind.value} {name!r} {'enabled' if enable else 'disabled'}.")
 
 
@@ -198,7 +211,7 @@ def list_principals(
     data_dir: DataDirOption = None,
 ) -> None:
     """List stations and users with their roles (no secrets)."""
-    with _auth(db, data_dir) as auth:
+    with _auth(db, data_dir, read_only=True) as auth:
         for principal, disabled in auth.principals():
             state = "disabled" if disabled else "enabled"
             typer.echo(f"{principal.kind}\t{principal.name}\t{principal.role}\t{state}")

@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge.batcher import MicroBatcher
@@ -90,6 +90,19 @@ def _start_engine_alone(settings: EdgeSettings, engine: Any) -> Any | None:
     return alone
 
 
+def _make_tdr_dir(tdr_dir: Any) -> None:
+    """The TDR folder, made if missing and checked writable at start: a folder that cannot take reports
+    would otherwise only log an error at every alarm."""
+    import os
+
+    try:
+        tdr_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"the TDR folder {tdr_dir} cannot be made: {exc.strerror or exc}") from None
+    if not os.access(tdr_dir, os.W_OK):
+        raise ValueError(f"the TDR folder {tdr_dir} cannot be written")
+
+
 def _open_store(settings: EdgeSettings) -> tuple[Any, Any]:
     from edge.auth import Auth
     from edge.store import Store
@@ -115,6 +128,8 @@ async def _start(ctx: ServiceContext, stack: AsyncExitStack) -> None:
     ctx.metrics.set_model(name=engine.package.name, version=engine.package.version,
                           sha256=engine.package.weights_sha256, classes=list(engine.class_names),
                           providers=list(engine.providers))
+    if settings.tdr_dir is not None:
+        await asyncio.to_thread(_make_tdr_dir, settings.tdr_dir)
     store, auth = await asyncio.to_thread(_open_store, settings)
     stack.push_async_callback(asyncio.to_thread, store.close)
     batcher = MicroBatcher(engine.detect_prepared, max_batch=settings.batch_max_size,
@@ -139,6 +154,13 @@ async def _start(ctx: ServiceContext, stack: AsyncExitStack) -> None:
               providers=list(engine.providers), db=_redacted(settings.db_url))
 
 
+def start_error_text(exc: BaseException) -> str:
+    """A start-up failure in one line: a database driver's own message (not SQLAlchemy's three lines of
+    statement, hint and link), else the exception's first line."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 async def _start_in_background(app: FastAPI, stack: AsyncExitStack) -> None:
     """`_start`, its failure logged and kept in `ctx.start_error`, and the server asked to stop
     (`app.state.on_start_failure`, which `xscreen serve` sets)."""
@@ -147,7 +169,10 @@ async def _start_in_background(app: FastAPI, stack: AsyncExitStack) -> None:
         await _start(ctx, stack)
     except Exception as exc:  # noqa: BLE001 - reported, and the process told to end
         ctx.start_error = exc
-        _log.error("start-up failed", exc_info=exc, extra={"fields": {"error": str(exc)}})
+        # A refusal the operator can act on (a package, a database, a folder) in one line; anything else
+        # with its traceback.
+        known = isinstance(exc, (OSError, ValueError, RuntimeError, SQLAlchemyError)) and not isinstance(exc, NotImplementedError)
+        _log.error("start-up failed", exc_info=None if known else exc, extra={"fields": {"error": start_error_text(exc)}})
         stop = getattr(app.state, "on_start_failure", None)
         if stop is not None:
             stop()
@@ -350,6 +375,7 @@ def create_app(settings: EdgeSettings, *, start_in_background: bool = False) -> 
         settings=settings,
         metrics=metrics,
         limiter=RateLimiter(rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst),
+        read_limiter=RateLimiter(rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst),
         intake=IntakeBudget(settings.intake_budget_bytes),
     )
     app.include_router(routes_scans.router)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -68,9 +69,11 @@ def _principal(row: Any) -> Principal:
 
 def _check_name(name: str) -> None:
     # NUL: PostgreSQL text cannot hold it (psycopg refuses the query), so no principal may be named with it.
+    # Control characters (a newline, a tab, an escape): `xscreen admin list` prints a line per principal,
+    # and no login form can type them.
     if (not isinstance(name, str) or not name.strip() or len(name) > 128 or name != name.strip()
-            or "\x00" in name):
-        raise ValueError(f"bad name {name!r}: 1-128 characters, no leading or trailing spaces, no NUL")
+            or any(unicodedata.category(c) == "Cc" for c in name)):
+        raise ValueError(f"bad name {name!r}: 1-128 characters, no leading or trailing spaces, no control characters")
 
 
 def _check_password(password: str) -> None:

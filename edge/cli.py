@@ -33,14 +33,16 @@ def serve_command(
     insecure_cookies: Annotated[bool, typer.Option("--insecure-cookies", help="Session cookies without Secure (plain-HTTP development only).")] = False,
 ) -> None:
     """Run the lane service (FastAPI + uvicorn). Other settings come from XSCREEN_* variables or .env."""
+    import os
     import signal
+    import socket
 
     import uvicorn
     from pydantic import ValidationError
 
     from edge.app import create_app
     from edge.logs import configure_logging, uvicorn_log_config
-    from edge.settings import EdgeSettings
+    from edge.settings import EdgeSettings, unknown_environment_settings
 
     overrides = {"model_path": model, "db_url": db, "data_dir": data_dir, "host": host, "port": port,
                  "tdr_dir": tdr_dir, "webhook_url": webhook_url}
@@ -56,6 +58,14 @@ def serve_command(
         raise _fail("invalid settings:\n" + "\n".join(errors)) from None
     except ValueError as exc:  # the .env file's own refusal (a misspelt XSCREEN_* key), raised before validation
         raise _fail(f"invalid settings: {exc}") from None
+    unknown = unknown_environment_settings(dict(os.environ))
+    if unknown:
+        raise _fail(f"the environment holds XSCREEN_* variables that are no setting: {unknown} (misspelt?); "
+                    "see xscreen serve --help and the XSCREEN_* settings in edge/settings.py")
+    try:  # a host name that does not resolve, named here rather than in a bind error of the server's
+        socket.getaddrinfo(settings.host, settings.port)
+    except OSError as exc:
+        raise _fail(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     if not settings.model_path.is_file():  # (from the environment or .env: --model's own check did not run)
         raise _fail(f"model package {settings.model_path} is not a file")
     configure_logging(settings.log_level)
@@ -83,7 +93,9 @@ def serve_command(
         if app.state.ctx.start_error is None:
             raise
     if app.state.ctx.start_error is not None:
-        raise _fail(f"the service did not start: {app.state.ctx.start_error}")
+        from edge.app import start_error_text
+
+        raise _fail(f"the service did not start: {start_error_text(app.state.ctx.start_error)}")
 
 
 def station_command(

@@ -27,16 +27,23 @@ class ServiceContext:
     metrics: EdgeMetrics
     #: Scans per station (token bucket per station name).
     limiter: RateLimiter
-    #: Password attempts per user name on the login form (argon2 makes each slow; this caps how many).
+    #: A station's other requests (reads) per station, a bucket apart at the same rate.
+    read_limiter: RateLimiter
+    #: Password attempts per user name and client address on the login form (argon2 makes each slow; this
+    #: caps how many): an outsider guessing at a name spends their own bucket, not the user's.
     login_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=0.2, burst=10))
+    #: Password attempts per user name from all addresses together: guesses spread over many addresses are
+    #: bounded too, with room enough that one address's guessing does not lock the user out.
+    login_name_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=1.0, burst=200))
     #: Password attempts per client address, checked first: a flood of made-up names, each with a fresh
     #: per-name bucket, is held to one guess a second. The burst leaves room for several supervisors
     #: behind one address (an office NAT) mistyping at once.
     login_address_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate_per_s=1.0, burst=60))
     #: Scan bytes received and not yet answered, service-wide (edge/intake.py; made from the settings).
     intake: IntakeBudget | None = None
-    #: Open `WS /v1/stream` connections (at most XSCREEN_MAX_STREAMS).
+    #: Open, authenticated `WS /v1/stream` connections (at most XSCREEN_MAX_STREAMS), and by station.
     streams: int = 0
+    station_streams: dict[str, int] = field(default_factory=dict)
     engine: Engine | None = None
     store: Store | None = None
     auth: Auth | None = None

@@ -276,7 +276,11 @@ def make_engine(db_url: str) -> Engine:
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         # `~` expanded for SQLite too (it would open ./~/…, not the folder made here).
         url = url.set(database=str(Path(url.database).expanduser()))
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(f"the database's folder {folder} is not a directory (a file is in its way)") from None
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},

@@ -22,6 +22,7 @@ from starlette.requests import HTTPConnection
 
 from edge.auth import Principal, Role
 from edge.context import ServiceContext
+from edge.ratelimit import retry_after_header
 
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
@@ -73,11 +74,24 @@ async def csrf_ok(request: Request, expected: str) -> bool:
 async def authenticate(request: Request, ctx: CtxDep) -> Principal:
     """The caller, from a Bearer key or the session cookie (see the module docstring); 401 otherwise."""
     _engine, _store, auth, _batcher = _ready(ctx)
-    key = bearer_key(request.headers.get("authorization"))
+    sent = request.headers.getlist("authorization")
+    if len(sent) > 1:  # a proxy reading another of them would name another caller than the one served
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="send one Authorization header, not several")
+    key = bearer_key(sent[0] if sent else None)
     if key is not None:
         principal = await run_in_threadpool(auth.principal_for_key, key)
         if principal is None:
             raise _unauthorized("invalid API key (unknown, rotated or disabled)")
+        if principal.role == "station" and request.method in _SAFE_METHODS:
+            # A station's reads have a rate bucket of their own, as its scans do (spent in the ingest route):
+            # a compromised scanner PC cannot walk every id or load the database unhindered, and a station's
+            # reads never cost it a scan.
+            wait_s = ctx.read_limiter.acquire(principal.name)
+            if wait_s > 0:
+                ctx.metrics.rejections.labels(reason="rate_limited").inc()
+                raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                                    detail=f"station {principal.name!r} is over its rate limit",
+                                    headers={"Retry-After": retry_after_header(wait_s)})
         _remember(request, principal)
         return principal
     token = request.cookies.get(ctx.settings.session_cookie_name)

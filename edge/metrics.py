@@ -140,11 +140,20 @@ class RequestMetricsMiddleware:
         start = time.perf_counter()
         status = {"code": 500}
 
+        api = str(scope.get("path", "")).startswith("/v1/")
+
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+                names = {k.lower() for k, _v in headers}
+                # No answer is read as another type than it says (a station's upload served back included),
+                # and none of the API's, which carry scans, reviews and images, stays in a browser's cache.
+                if b"x-content-type-options" not in names:
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                if api and b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
             elif message["type"] == "websocket.accept":
                 status["code"] = 101

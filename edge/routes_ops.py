@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request, Response
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -82,13 +81,34 @@ async def openapi_description(principal: AnyRoleDep, request: Request) -> JSONRe
     return JSONResponse(request.app.openapi())
 
 
+def _reference_html(schema: dict) -> str:
+    """The API's reference as plain HTML, from its OpenAPI description: every operation with its summary,
+    description, parameters and answers. No script: nothing loads from another origin (the interactive
+    Swagger and ReDoc pages fetch theirs from a CDN, which would run in the origin that holds supervisors'
+    sessions, and which an offline lane box cannot reach); `/openapi.json` serves the tools that want one."""
+    from html import escape
+
+    sections = []
+    for path, item in schema.get("paths", {}).items():
+        for method, op in item.items():
+            params = ", ".join(f"{p['name']} ({p['in']}{', required' if p.get('required') else ''})"
+                               for p in op.get("parameters", []))
+            answers = "; ".join(f"{code}: {r.get('description', '')}" for code, r in sorted(op.get("responses", {}).items()))
+            sections.append(
+                f'<section class="view"><h2><code>{escape(method.upper())} {escape(path)}</code></h2>'
+                f"<p><b>{escape(op.get('summary', ''))}</b></p><p>{escape(op.get('description', ''))}</p>"
+                f"<p>Parameters: {escape(params) or 'none'}{'; a body' if 'requestBody' in op else ''}.</p>"
+                f"<p>Answers: {escape(answers)}</p></section>")
+    info = schema.get("info", {})
+    return (f'<p>{escape(str(info.get("description", "")))}</p><p>Machine-readable: '
+            f'<a href="/openapi.json">/openapi.json</a> (OpenAPI {escape(str(schema.get("openapi", "")))}).</p>'
+            + "\n".join(sections))
+
+
 @router.get("/docs", include_in_schema=False)
-async def swagger_page(principal: AnyRoleDep, request: Request) -> HTMLResponse:
-    """Swagger UI over `/openapi.json` (any role; in a browser, after logging in at /login)."""
-    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - API")
-
-
 @router.get("/redoc", include_in_schema=False)
-async def redoc_page(principal: AnyRoleDep, request: Request) -> HTMLResponse:
-    """ReDoc over `/openapi.json` (any role)."""
-    return get_redoc_html(openapi_url="/openapi.json", title=f"{request.app.title} - API")
+async def reference_page(principal: AnyRoleDep, request: Request) -> HTMLResponse:
+    """The API's reference page (any role; in a browser, after logging in at /login)."""
+    from edge.ui import page
+
+    return page(f"{request.app.title}: API {request.app.version}", _reference_html(request.app.openapi()))

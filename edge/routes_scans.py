@@ -29,6 +29,7 @@ router = APIRouter(prefix="/v1/scans", tags=["scans"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No, malformed or invalid credentials."},
     403: {"model": ErrorOut, "description": "The caller's role may not use this route."},
+    429: {"model": ErrorOut, "description": "A station over its rate limit (see Retry-After)."},
 }
 _NOT_FOUND = {404: {"model": ErrorOut, "description": "No scan with this id."}}
 
@@ -302,9 +303,10 @@ async def get_image(scan_id: ScanIdPath, principal: ReviewerDep, ctx: CtxDep) ->
     _engine, store, _auth, _batcher = ctx.require()
     record = await _get_record(ctx, scan_id)
     data, path = await _stored_image(store, record)
+    # A download, not a page: the file is the station's bytes as sent (the review UI shows the preview).
     return Response(data, media_type=record.media_type, headers={
-        "Cache-Control": "private, max-age=3600",
-        "Content-Disposition": f'inline; filename="scan-{scan_id}.{path.suffix.lstrip(".")}"',
+        "Cache-Control": "no-store",
+        "Content-Disposition": f'attachment; filename="scan-{scan_id}.{path.suffix.lstrip(".")}"',
     })
 
 
@@ -328,7 +330,7 @@ async def get_preview(
     async with ctx.decode_slots:
         png = await asyncio.to_thread(render_preview, data, record, boxes=boxes, max_side=max_side,
                                       max_pixels=ctx.settings.max_pixels)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 @router.get(

@@ -120,8 +120,7 @@ async def _authenticate(ws: WebSocket, ctx: ServiceContext) -> tuple[Principal, 
             return None
     ws.state.principal = f"{principal.kind}:{principal.name}"
     ws.state.station = principal.name
-    await ws.send_json({"type": "ready", "station": principal.name})
-    return principal, _KeyCheck(auth, key)
+    return principal, _KeyCheck(auth, key)  # ("ready" is said once the stream has its slot)
 
 
 async def _send_error(ws: WebSocket, seq: Any, status: int, detail: str, retry_after_s: float | None = None) -> None:
@@ -292,15 +291,25 @@ async def _next_scan(frames: _Frames, *, after_unreadable_header: bool
 async def stream(websocket: WebSocket) -> None:
     """Stream scans; see the module docstring for the protocol. Role: station."""
     ctx: ServiceContext = websocket.app.state.ctx
-    if ctx.streams >= ctx.settings.max_streams:
-        await websocket.accept()  # accepted only to say why: 1013, try again later
-        await websocket.close(code=1013, reason=f"the lane box has {ctx.settings.max_streams} streams open: retry later")
+    authenticated = await _authenticate(websocket, ctx)
+    if authenticated is None:
+        return
+    # Only authenticated streams hold a slot (an anonymous socket holds none while it has AUTH_TIMEOUT_S
+    # to send its key), and one station cannot take every slot.
+    station = authenticated[0].name
+    if ctx.streams >= ctx.settings.max_streams or ctx.station_streams.get(station, 0) >= ctx.settings.max_streams_per_station:
+        await websocket.close(code=1013, reason=f"the lane box has {ctx.settings.max_streams} streams open, at most "
+                                                f"{ctx.settings.max_streams_per_station} per station: retry later")
         return
     ctx.streams += 1
+    ctx.station_streams[station] = ctx.station_streams.get(station, 0) + 1
     try:
-        await _serve_stream(websocket, ctx)
+        await _serve_stream(websocket, ctx, authenticated)
     finally:
         ctx.streams -= 1
+        ctx.station_streams[station] -= 1
+        if not ctx.station_streams[station]:
+            del ctx.station_streams[station]
 
 
 async def _screen_held(ctx: ServiceContext, held: int, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -312,11 +321,9 @@ async def _screen_held(ctx: ServiceContext, held: int, *args: Any, **kwargs: Any
             ctx.intake.release(held)
 
 
-async def _serve_stream(websocket: WebSocket, ctx: ServiceContext) -> None:
-    authenticated = await _authenticate(websocket, ctx)
-    if authenticated is None:
-        return
+async def _serve_stream(websocket: WebSocket, ctx: ServiceContext, authenticated: tuple[Principal, _KeyCheck]) -> None:
     principal, key_check = authenticated
+    await websocket.send_json({"type": "ready", "station": principal.name})
     request_id = websocket.scope.get("state", {}).get("request_id")
     frames = _Frames(websocket)
     # A slot per scan from before its header is read until its answer is sent: at most MAX_IN_FLIGHT scans

@@ -34,7 +34,30 @@ DEFAULT_SERVICE_MAX_PIXELS = LANE_MAX_PIXELS  # `xscreen predict` refuses the sa
 
 
 #: XSCREEN_* variables of other commands, allowed in a shared .env file.
-_OTHER_XSCREEN_KEYS = frozenset({"station_key", "pg_bin"})
+_OTHER_XSCREEN_KEYS = frozenset({"station_key", "pg_bin", "cache_dir"})
+
+
+def unknown_environment_settings(environ: dict[str, str]) -> list[str]:
+    """XSCREEN_* variables of `environ` that are no setting of the service nor another command's (a typo
+    would otherwise be ignored without a word, the service running on the default instead)."""
+    prefix = "XSCREEN_"
+    known = set(EdgeSettings.model_fields) | _OTHER_XSCREEN_KEYS
+    return sorted(k for k in environ if k.upper().startswith(prefix) and k[len(prefix):].lower() not in known)
+
+
+def sqlite_url_problem(db_url: str) -> str | None:
+    """Why `db_url` names no SQLite file a lane can keep (an in-memory database: what is written there is
+    gone with the process, and no other command reaches it), or None."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite":
+        return None
+    name = url.database or ""
+    if name in ("", ":memory:") or "mode=memory" in name or name.startswith("file::memory:"):
+        return (f"{db_url!r} is an in-memory database: nothing would outlive the process; "
+                "use sqlite:///path/to/xscreen.db")
+    return None
 
 
 class _CheckedDotEnv:
@@ -117,8 +140,10 @@ class EdgeSettings(BaseSettings):
         None, ge=1, description="Scan bytes the service holds at once, received and not yet answered, over HTTP and "
                                 "streams together; a scan beyond gets 503 with Retry-After before its body is read "
                                 "(default: queue_max + model_workers × (batch_max_size + 1) scans of max_body_bytes).")
-    max_streams: int = Field(64, ge=1, description="Open WS /v1/stream connections; a new one beyond is closed "
-                                                   "with 1013 (try again later).")
+    max_streams: int = Field(64, ge=1, description="Open, authenticated WS /v1/stream connections; a new one "
+                                                   "beyond is closed with 1013 (try again later).")
+    max_streams_per_station: int = Field(16, ge=1, description="Open WS /v1/stream connections of one station "
+                                                               "(a stream per lane); beyond, 1013.")
     max_connections: int = Field(1000, ge=1, description="Connections and requests `xscreen serve` takes at once "
                                                          "(uvicorn's limit_concurrency); beyond, 503.")
     max_views_per_bag: int = Field(
@@ -220,6 +245,18 @@ class EdgeSettings(BaseSettings):
             raise ValueError("not a database URL: use sqlite:///file.db or postgresql+psycopg://...") from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql")
+        problem = sqlite_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("host", "data_dir", "tdr_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # An empty XSCREEN_HOST binds every interface, an empty folder is the working directory: neither is
+        # what a blank line in .env means.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (leave the setting out for its default)")
         return value
 
     @field_validator("webhook_url")

@@ -64,7 +64,8 @@ def e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _page(title: str, body: str, *, principal: Principal | None = None, csrf: str = "", status_code: int = 200) -> HTMLResponse:
+def page(title: str, body: str, *, principal: Principal | None = None, csrf: str = "", status_code: int = 200) -> HTMLResponse:
+    """A page of the UI's layout, with its security headers (`body`: HTML, escaped by the caller)."""
     nav = ""
     if principal is not None:
         nav = _template("nav.html").substitute(user=e(principal.name), role=e(principal.role), csrf=e(csrf))
@@ -87,7 +88,7 @@ async def error_page(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, UIPageError)
     href, text = exc.link
     body = f'<p class="error">{e(exc.message)}</p>\n<p><a href="{e(href)}">{e(text)}</a></p>'
-    return _page(exc.title, body, status_code=exc.status_code)
+    return page(exc.title, body, status_code=exc.status_code)
 
 
 def invalid_request_page(request: Request, detail: str, *, in_path: bool) -> HTMLResponse:
@@ -96,11 +97,11 @@ def invalid_request_page(request: Request, detail: str, *, in_path: bool) -> HTM
     that does not exist, 404; a bad form field or query parameter is a 422 that names it and leads back to
     the page it came from."""
     if in_path:
-        return _page("No such page", f'<p class="error">There is no page at {e(request.url.path)}.</p>\n'
+        return page("No such page", f'<p class="error">There is no page at {e(request.url.path)}.</p>\n'
                      '<p><a href="/ui/queue">Back to the queue</a></p>', status_code=status.HTTP_404_NOT_FOUND)
     href = _form_page(request)
     body = f'<p class="error">The request could not be read ({e(detail)}).</p>\n<p><a href="{e(href)}">Back</a></p>'
-    return _page("Invalid request", body, status_code=422)
+    return page("Invalid request", body, status_code=422)
 
 
 def is_ui_page(path: str) -> bool:
@@ -170,7 +171,7 @@ SessionDep = Annotated[UISession, Depends(ui_session)]
 def _login_page(ctx: ServiceContext, message: str = "", status_code: int = 200) -> HTMLResponse:
     token = secrets.token_urlsafe(32)
     body = _template("login.html").substitute(csrf=e(token), message=f'<p class="error">{e(message)}</p>' if message else "")
-    response = _page("Log in", body, status_code=status_code)
+    response = page("Log in", body, status_code=status_code)
     response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/login",
                         secure=ctx.settings.session_cookie_secure, max_age=3600)
     return response
@@ -201,7 +202,8 @@ async def login(
         return _login_page(ctx, "The login form expired; please try again.", status.HTTP_403_FORBIDDEN)
     # The address first: refused there, the made-up name gets no bucket of its own.
     address = request.client.host if request.client is not None else ""
-    if ctx.login_address_limiter.acquire(address) > 0 or ctx.login_limiter.acquire(username) > 0:
+    if (ctx.login_address_limiter.acquire(address) > 0 or ctx.login_limiter.acquire(f"{address}|{username}") > 0
+            or ctx.login_name_limiter.acquire(username) > 0):
         return _login_page(ctx, "Too many attempts; wait a minute and try again.", status.HTTP_429_TOO_MANY_REQUESTS)
     logged_in = await run_in_threadpool(lambda: auth.login(username, password, ttl_s=ctx.settings.session_ttl_s))
     if logged_in is None:
@@ -296,7 +298,7 @@ async def queue_page(
     body = _template("queue.html").substitute(unreviewed=_queue_rows(unreviewed, empty="No alarms waiting."),
                                               reviewed=_queue_rows(reviewed, empty="None yet."),
                                               summary=e(summary), pager=_queue_pager(before, older=older))
-    return _page("Alarm queue", body, principal=session.principal, csrf=session.csrf)
+    return page("Alarm queue", body, principal=session.principal, csrf=session.csrf)
 
 
 def _detections_table(record: ScanRecord) -> str:
@@ -352,7 +354,7 @@ async def bag_page(scan_id: ScanIdPath, session: SessionDep, ctx: CtxDep) -> HTM
         tdr=f' <a href="/v1/scans/{record.id}/tdr">DICOS TDR of the bag</a>' if alarmed_views(views) else "",
         csrf=e(session.csrf), seen=e(",".join(seen)),
     )
-    return _page(f"Bag {record.bag_id}", body, principal=session.principal, csrf=session.csrf)
+    return page(f"Bag {record.bag_id}", body, principal=session.principal, csrf=session.csrf)
 
 
 @router.post("/ui/bags/{scan_id}/review", summary="Confirm or clear a bag (CSRF-protected form)",
@@ -420,7 +422,7 @@ async def seizures_page(session: SessionDep, ctx: CtxDep) -> HTMLResponse:
     body = _template("seizures.html").substitute(
         rows="\n".join(rows) or '<tr><td colspan="7">No seizures yet.</td></tr>', count=len(items)
     )
-    return _page("Seizures", body, principal=session.principal, csrf=session.csrf)
+    return page("Seizures", body, principal=session.principal, csrf=session.csrf)
 
 
 def mount(app: FastAPI) -> None:

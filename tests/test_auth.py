@@ -167,9 +167,9 @@ def test_names_with_nul_are_refused_and_match_no_one(auth: Auth):
     auth.add_user("sam", "supervisor", password=PASSWORD)
     assert auth.verify_password("sam\x00", PASSWORD) is None
     assert auth.verify_password("\x00", PASSWORD) is None
-    with pytest.raises(ValueError, match="NUL"):
+    with pytest.raises(ValueError, match="no control characters"):
         auth.add_user("kim\x00", "supervisor", password=PASSWORD)
-    with pytest.raises(ValueError, match="NUL"):
+    with pytest.raises(ValueError, match="no control characters"):
         auth.add_station("lane\x001")
 
 

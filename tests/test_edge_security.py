@@ -252,7 +252,10 @@ def test_login_attempts_are_limited_per_address(tmp_path):
         svc.ctx.login_address_limiter = RateLimiter(rate_per_s=1.0, burst=5, clock=clock)
         statuses = [_login(svc.client, f"made-up-{i}", "whatever1").status_code for i in range(6)]
         assert statuses == [401] * 5 + [429]  # each name had a full bucket; the address did not
-        assert "made-up-5" not in svc.ctx.login_limiter._buckets  # refused first, it got no bucket
+        # Refused first, the made-up name got no bucket of its own (per address and name, or per name).
+        assert not any(k.endswith("|made-up-5") for k in svc.ctx.login_limiter._buckets)
+        assert any(k.endswith("|made-up-4") for k in svc.ctx.login_limiter._buckets)
+        assert "made-up-5" not in svc.ctx.login_name_limiter._buckets and "made-up-4" in svc.ctx.login_name_limiter._buckets
         clock.t += 60.0
         assert _login(svc.client).status_code == 303
 
