@@ -210,17 +210,9 @@ def _seq_problem(seq: Any) -> str | None:
         return None
     if isinstance(seq, float) and math.isfinite(seq):
         return None
-    if isinstance(seq, str) and len(seq) <= 256 and seq.isprintable() and _utf8(seq):
+    if isinstance(seq, str) and len(seq) <= 256 and seq.isprintable():  # (a lone surrogate is not printable)
         return None
     return "seq must be a finite number, or a string of at most 256 printable characters"
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _no_constants(name: str) -> Any:
