@@ -407,7 +407,10 @@ def test_browser_keyboard_only_review(tmp_path):
                 page = browser.new_page()
                 page.set_default_timeout(10_000)
                 page.goto(f"{svc.url}/login")
-                page.keyboard.type("sup")  # the name field has autofocus
+                # The name field has autofocus: typed keys reach it once the focus is there (typing before
+                # lost the first letters on a busy machine, and the login failed).
+                page.wait_for_function("document.activeElement && document.activeElement.name === 'username'")
+                page.keyboard.type("sup")
                 page.keyboard.press("Tab")
                 page.keyboard.type(SUPERVISOR_PASSWORD)
                 page.keyboard.press("Enter")
