@@ -362,7 +362,9 @@ def test_a_slow_sender_is_cut_off_at_the_request_deadline(lane):
                 writer.write(_head(station, lane["keys"][station], f"slow-{i}", len(BODY)))
                 writer.write(BODY[:sent])
                 conns.append((reader, writer))
-            await asyncio.gather(*(w.drain() for _r, w in conns))
+            # (A connection the service already cut off, on a loaded machine while the rest were still
+            # being written, resets here: that is the outcome under test, counted below.)
+            await asyncio.gather(*(w.drain() for _r, w in conns), return_exceptions=True)
             await asyncio.sleep(3.0)  # the deadline (1 s) and then some
             held = rss(server.proc.pid) - base
             states: collections.Counter[str] = collections.Counter()
