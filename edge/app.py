@@ -294,13 +294,14 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     (507). The transaction that failed wrote nothing. Any other database error is an internal one."""
     from edge import ui
     from edge.db import SQLITE_BUSY_TIMEOUT_MS
+    from edge.storage_faults import database_full
 
     cause = str(getattr(exc, "orig", exc))
     if "database is locked" in cause or "database table is locked" in cause:
         status_code, title = 503, "Database busy"
         detail = (f"the database is busy: another process held its write lock for over "
                   f"{SQLITE_BUSY_TIMEOUT_MS / 1000:g} s; the request was not completed; retry later")
-    elif "disk is full" in cause:
+    elif database_full(exc):
         status_code, title = 507, "Storage full"
         detail = "the lane box's storage is full (the database cannot grow); the request was not completed"
     else:

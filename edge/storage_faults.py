@@ -35,12 +35,17 @@ class StorageFailure:
     detail: str
 
 
+def database_full(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's "database or disk is full" (its volume has no room for the write)."""
+    return "disk is full" in str(getattr(exc, "orig", exc))
+
+
 def storage_failure(exc: BaseException) -> StorageFailure | None:
     """The refusal for a storage error raised while writing a scan (its image, fsync or record), or None
     for any other error."""
     from sqlalchemy.exc import OperationalError
 
-    if isinstance(exc, OperationalError) and "disk is full" in str(exc.orig):
+    if isinstance(exc, OperationalError) and database_full(exc):
         return StorageFailure(507, "storage_full", "the lane box's storage is full (the database cannot grow): "
                                                     "the scan was not stored; send it again once space is freed")
     if isinstance(exc, DatabaseFileGoneError):

@@ -203,3 +203,17 @@ def stored_scan(store: Any, bag_id: str, *, alarm: bool = True, view: str = "top
         alarm_classes=list(classes) if alarm else [],
     )
     return record
+
+
+#: Debian's chromium, which the browser tests drive through Playwright (make test installs it).
+CHROMIUM = "/usr/bin/chromium"
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Headless chromium from `playwright.sync_api.sync_playwright()`, with the flags this closed network
+    needs (no background connections, no sandbox as root)."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run"],
+    )

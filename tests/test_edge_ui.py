@@ -17,8 +17,8 @@ from edge_support import (
     served_service,
     ui_login,
 )
+from edge_support import CHROMIUM, launch_chromium
 
-CHROMIUM = "/usr/bin/chromium"
 
 
 
@@ -128,11 +128,7 @@ def test_browser_login_confirm_and_seizure(tmp_path):
         assert r.status_code == 200 and r.json()["alarm"]
         scan_id = r.json()["id"]
         with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"],
-            )
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page()
                 page.set_default_timeout(15_000)

@@ -28,11 +28,9 @@ from edge_support import (
     served_service,
     ui_login,
 )
+from edge_support import CHROMIUM, launch_chromium
 from edge_support import stored_scan as _record
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture()
@@ -376,10 +374,6 @@ def test_session_expiry_logout_and_disabling_end_the_session_server_side(service
 # -- a real browser -----------------------------------------------------------------------------------------
 
 
-def _launch(p):
-    return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-
-
 def _log_in(page, url: str) -> None:
     page.set_default_timeout(10_000)
     page.goto(f"{url}/login")
@@ -402,7 +396,7 @@ def test_browser_keyboard_only_review(tmp_path):
         store = svc.ctx.store
         rec = _record(store, "bag-kbd")
         with playwright_api.sync_playwright() as p:
-            browser = _launch(p)
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page()
                 page.set_default_timeout(10_000)
@@ -456,7 +450,7 @@ def test_browser_pages_fit_a_phone_width_viewport(tmp_path):
         store.add_review(rec.id, user="sup", verdict="confirmed", note="seized")
         _record(store, "bag-phone-waiting")
         with playwright_api.sync_playwright() as p:
-            browser = _launch(p)
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 375, "height": 740})
                 _log_in(page, svc.url)
@@ -484,7 +478,7 @@ def test_browser_a_note_at_the_textarea_limit_with_line_breaks_is_accepted(tmp_p
         store = svc.ctx.store
         rec = _record(store, "bag-long-note")
         with playwright_api.sync_playwright() as p:
-            browser = _launch(p)
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page()
                 _log_in(page, svc.url)
@@ -516,7 +510,7 @@ def test_browser_shows_a_multi_line_note_on_several_lines(tmp_path):
         rec = _record(store, "bag-lines")
         store.add_review(rec.id, user="sup", verdict="confirmed", note="1 kg powder\n2 phones\n3 passports")
         with playwright_api.sync_playwright() as p:
-            browser = _launch(p)
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page()
                 _log_in(page, svc.url)
